@@ -1,0 +1,55 @@
+"""What every command shares: one-line errors, consoles, and the device choice."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from diffshot.errors import DiffshotError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``error: message`` on stderr as one line and return the Exit to raise."""
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+def user_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn DiffshotError (and Ctrl-C) into a one-line message and a non-zero exit, never a traceback.
+
+    Python warnings raised by the library are shown as one ``warning:`` line each.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                return command(*args, **kwargs)
+            except DiffshotError as exc:
+                raise fail(str(exc).replace("\n", " ")) from None
+            except KeyboardInterrupt:
+                raise fail("interrupted", 130) from None
+            finally:
+                for item in caught:
+                    if issubclass(item.category, UserWarning | RuntimeWarning):
+                        stderr.print(f"[yellow]warning:[/] {item.message}", highlight=False)
+
+    return wrapper
+
+
+def interactive() -> bool:
+    """Whether stderr is a terminal (progress bars are shown only then)."""
+    return sys.stderr.isatty()

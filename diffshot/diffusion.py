@@ -1,0 +1,35 @@
+"""The diffusion step of Diff-ResNet: x ← x − τ·L·x, applied T times (the paper's diffusion layers)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def diffuse(x: torch.Tensor, lap: torch.Tensor, step_size: float, layers: int) -> torch.Tensor:
+    """Apply ``layers`` explicit diffusion steps to the features ``x`` [E, n, d] (or a sparse L [n, n])."""
+    for _ in range(layers):
+        x = x - step_size * (torch.sparse.mm(lap, x) if lap.is_sparse else lap @ x)
+    return x
+
+
+def diffusion_operator(lap: torch.Tensor, step_size: float, layers: int) -> torch.Tensor:
+    """P = (I − τL)^T [E, n, n], so that diffused features are P·x, by repeated squaring.
+
+    For an episode of n points and d ≥ n dimensions this is far cheaper than T products with x.
+    """
+    eye = torch.eye(lap.shape[-1], dtype=lap.dtype, device=lap.device).expand_as(lap)
+    step = eye - step_size * lap
+    result = eye.clone()
+    power = layers
+    while power:
+        if power & 1:
+            result = result @ step
+        power >>= 1
+        if power:
+            step = step @ step
+    return result
+
+
+def diffuse_gram(g: torch.Tensor, operator: torch.Tensor) -> torch.Tensor:
+    """Inner products of the diffused points, P G Pᵀ, without forming the diffused features."""
+    return operator @ g @ operator.transpose(-1, -2)

@@ -1,0 +1,231 @@
+"""Seeded, vectorised N-way K-shot Q-query episode sampling.
+
+Randomness is counter-based: every random number is a hash of (seed, stream, episode index,
+slot), so episode ``i`` is the same whatever the chunk size, method, device or process that
+draws it — methods are compared on identical tasks (paired), as the protocol asks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from diffshot.errors import DiffshotError
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_STREAM_CLASSES, _STREAM_ROWS, _STREAM_IMBALANCE = 1, 2, 3
+_GAMMA_TRIES = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeSpec:
+    """The shape of a task: ``ways`` classes, ``shots`` labelled and ``queries`` unlabelled rows per class.
+
+    ``imbalance`` is the Dirichlet concentration of the α-TIM protocol (Veilleux et al., NeurIPS
+    2021): per-class query counts are drawn from Dirichlet(α), total kept at ways × queries,
+    each class keeping at least one; ``None`` means balanced queries.
+    """
+
+    ways: int
+    shots: int
+    queries: int
+    imbalance: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("ways", "shots", "queries"):
+            if getattr(self, name) <= 0:
+                raise DiffshotError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        if self.ways < 2:
+            raise DiffshotError(f"--ways must be at least 2, got {self.ways}")
+        if self.imbalance is not None and not self.imbalance > 0:
+            raise DiffshotError(f"the Dirichlet concentration must be positive, got {self.imbalance}")
+
+    @property
+    def num_support(self) -> int:
+        return self.ways * self.shots
+
+    @property
+    def num_query(self) -> int:
+        return self.ways * self.queries
+
+    @property
+    def rows_needed(self) -> int:
+        """Rows a class needs to take part in an episode."""
+        return self.shots + self.queries
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassPool:
+    """Row indices of each eligible class, padded into a matrix for vectorised sampling."""
+
+    rows: np.ndarray  # [C, max_count] int64, padded with -1
+    counts: np.ndarray  # [C]
+    labels: np.ndarray  # [C] the dataset label of each pool class
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.counts.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeIndices:
+    """A chunk of episodes as row indices: support first (class-major), then queries."""
+
+    rows: np.ndarray  # [E, ns + nq] indices into the feature matrix
+    support_labels: np.ndarray  # [E, ns] in 0..ways-1
+    query_labels: np.ndarray  # [E, nq] in 0..ways-1
+    classes: np.ndarray  # [E, ways] dataset labels of the episode's classes
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self.rows.shape[0])
+
+
+def build_pool(labels: np.ndarray, spec: EpisodeSpec, class_names: tuple[str, ...] | None = None) -> ClassPool:
+    """Group rows by class, leaving out (with the returned list) classes too small for ``spec``."""
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels)
+    order = np.argsort(labels, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    eligible = np.flatnonzero(counts >= spec.rows_needed)
+    if eligible.size < spec.ways:
+        raise DiffshotError(
+            f"only {eligible.size} classes have at least shots + queries = {spec.rows_needed} rows; "
+            f"{spec.ways}-way episodes need {spec.ways}"
+        )
+    width = int(counts[eligible].max())
+    offsets = np.arange(width)
+    within = offsets[None, :] < counts[eligible, None]
+    positions = np.where(within, starts[eligible, None] + offsets[None, :], 0)
+    rows = np.where(within, order[positions], -1)
+    return ClassPool(rows=rows, counts=counts[eligible], labels=eligible)
+
+
+def small_classes(labels: np.ndarray, spec: EpisodeSpec) -> np.ndarray:
+    """Labels of classes with some rows but fewer than shots + queries (left out of sampling)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    return np.flatnonzero((counts > 0) & (counts < spec.rows_needed))
+
+
+def sample_episodes(pool: ClassPool, spec: EpisodeSpec, seed: int, start: int, count: int) -> EpisodeIndices:
+    """Episodes ``start .. start+count-1`` of the stream fixed by ``seed``, as row indices."""
+    episode_ids = np.arange(start, start + count, dtype=np.uint64)
+    class_keys = _uniform(seed, _STREAM_CLASSES, episode_ids, pool.num_classes)
+    chosen = np.argpartition(class_keys, spec.ways - 1, axis=1)[:, : spec.ways]
+    chosen = np.take_along_axis(chosen, np.argsort(np.take_along_axis(class_keys, chosen, 1), axis=1), 1)
+    query_counts = _query_counts(seed, episode_ids, spec, pool.counts[chosen])
+    need = spec.shots + int(query_counts.max())
+    row_keys = _uniform(seed, _STREAM_ROWS, episode_ids, spec.ways * pool.rows.shape[1])
+    row_keys = row_keys.reshape(count, spec.ways, pool.rows.shape[1])
+    row_keys = np.where(pool.rows[chosen] >= 0, row_keys, 2.0)
+    picked = np.argpartition(row_keys, need - 1, axis=2)[..., :need] if need < row_keys.shape[2] else None
+    if picked is None:
+        picked = np.broadcast_to(np.arange(row_keys.shape[2]), row_keys.shape).copy()
+    picked = np.take_along_axis(picked, np.argsort(np.take_along_axis(row_keys, picked, 2), axis=2), 2)
+    picked_rows = np.take_along_axis(pool.rows[chosen], picked, 2)  # [E, ways, need]
+    support = picked_rows[:, :, : spec.shots].reshape(count, -1)
+    rank = np.arange(need - spec.shots)
+    query_mask = rank[None, None, :] < query_counts[:, :, None]
+    queries = picked_rows[:, :, spec.shots :][query_mask].reshape(count, spec.num_query)
+    way_ids = np.broadcast_to(np.arange(spec.ways)[None, :, None], query_mask.shape)
+    query_labels = way_ids[query_mask].reshape(count, spec.num_query)
+    support_labels = np.broadcast_to(np.repeat(np.arange(spec.ways), spec.shots), (count, spec.num_support))
+    return EpisodeIndices(
+        rows=np.concatenate([support, queries], axis=1),
+        support_labels=np.ascontiguousarray(support_labels),
+        query_labels=query_labels,
+        classes=pool.labels[chosen],
+    )
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijective 64-bit hash with good avalanche."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _uniform(seed: int, stream: int, episode_ids: np.ndarray, width: int) -> np.ndarray:
+    """Uniform floats in [0, 1), shape [len(episode_ids), width], addressed by (seed, stream, episode, slot)."""
+    with np.errstate(over="ignore"):
+        key = _mix64(np.uint64(seed % (1 << 64)) * _GOLDEN + np.uint64(stream))
+        counters = episode_ids[:, None] * np.uint64(width) + np.arange(width, dtype=np.uint64)[None, :]
+        bits = _mix64(_mix64(counters ^ key) + key)
+    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def _gamma(seed: int, episode_ids: np.ndarray, ways: int, alpha: float) -> np.ndarray:
+    """Gamma(alpha, 1) variates [E, ways] by Marsaglia–Tsang on counter-based uniforms (vectorised)."""
+    boost = alpha < 1.0
+    a = alpha + 1.0 if boost else alpha
+    d = a - 1.0 / 3.0
+    c = 1.0 / np.sqrt(9.0 * d)
+    u = _uniform(seed, _STREAM_IMBALANCE, episode_ids, ways * (3 * _GAMMA_TRIES + 1))
+    u = u.reshape(len(episode_ids), ways, 3 * _GAMMA_TRIES + 1)
+    u1, u2, u3 = u[..., 0:_GAMMA_TRIES], u[..., _GAMMA_TRIES : 2 * _GAMMA_TRIES], u[..., 2 * _GAMMA_TRIES : -1]
+    normal = np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
+    v = (1.0 + c * normal) ** 3
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accept = (v > 0) & (np.log1p(-u3) < 0.5 * normal**2 + d - d * v + d * np.log(np.where(v > 0, v, 1.0)))
+    first = np.argmax(accept, axis=-1)
+    draws = np.take_along_axis(d * np.where(v > 0, v, 1.0), first[..., None], -1)[..., 0]
+    if boost:
+        draws = draws * (1.0 - u[..., -1]) ** (1.0 / alpha)
+    return draws
+
+
+def _query_counts(seed: int, episode_ids: np.ndarray, spec: EpisodeSpec, class_sizes: np.ndarray) -> np.ndarray:
+    """Per-class query counts [E, ways]: ``queries`` each, or a Dirichlet draw summing to ways × queries."""
+    count = len(episode_ids)
+    if spec.imbalance is None:
+        return np.full((count, spec.ways), spec.queries, dtype=np.int64)
+    weights = _gamma(seed, episode_ids, spec.ways, spec.imbalance)
+    share = weights / weights.sum(axis=1, keepdims=True)
+    spare = spec.num_query - spec.ways
+    raw = share * spare
+    counts = 1 + np.floor(raw).astype(np.int64)
+    remainder = spec.num_query - counts.sum(axis=1)
+    order = np.argsort(-(raw - np.floor(raw)), axis=1, kind="stable")
+    bonus = (np.arange(spec.ways)[None, :] < remainder[:, None]).astype(np.int64)
+    np.put_along_axis(counts, order, np.take_along_axis(counts, order, 1) + bonus, 1)
+    capacity = class_sizes - spec.shots
+    while np.any(counts > capacity):
+        excess = np.maximum(counts - capacity, 0)
+        counts -= excess
+        room = capacity - counts
+        for _ in range(int(excess.sum(axis=1).max())):
+            owed = spec.num_query - counts.sum(axis=1)
+            target = np.argmax(room, axis=1)
+            give = (owed > 0).astype(np.int64)
+            counts[np.arange(count), target] += give
+            room[np.arange(count), target] -= give
+    return counts
+
+
+def gather(features: torch.Tensor, indices: EpisodeIndices, num_support: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Support [E, ns, d] and query [E, nq, d] tensors for a chunk of episodes."""
+    rows = torch.from_numpy(indices.rows).to(features.device)
+    batch = features[rows]
+    return batch[:, :num_support], batch[:, num_support:]
+
+
+@dataclasses.dataclass(frozen=True)
+class Episodes:
+    """A batch of tasks as tensors, what every method receives; query labels are never part of it."""
+
+    support: torch.Tensor  # [E, ns, d]
+    support_labels: torch.Tensor  # [E, ns] in 0..ways-1
+    query: torch.Tensor  # [E, nq, d]
+    ways: int
+    centre: torch.Tensor  # [d] the base-class mean used for centring
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self.support.shape[0])
+
+    @property
+    def points_per_class(self) -> float:
+        """Average number of points (support + query) a class has in an episode."""
+        return (self.support.shape[1] + self.query.shape[1]) / self.ways

@@ -1,0 +1,78 @@
+"""The canonical HDF5 features file (DESIGN.md): read and write it with h5py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from diffshot.atomic import atomic_path
+from diffshot.errors import DiffshotError
+from diffshot.features.featureset import FeatureSet, make_featureset
+
+FORMAT_NAME = "diffshot-features"
+FORMAT_VERSION = 1
+_STRUCTURED = ("features", "labels", "class_names", "class_split", "base_mean")
+
+
+def is_canonical(handle: h5py.File) -> bool:
+    """Whether an open HDF5 file has the canonical ``features`` and ``labels`` datasets."""
+    return "features" in handle and "labels" in handle
+
+
+def read_canonical(handle: h5py.File, source: str) -> FeatureSet:
+    """Read an open canonical HDF5 file into a FeatureSet."""
+    for key in ("features", "labels"):
+        if key not in handle or not isinstance(handle[key], h5py.Dataset):
+            raise DiffshotError(f"{source}: missing dataset {key!r}")
+    optional = {k: handle[k][()] for k in ("class_names", "class_split", "base_mean") if k in handle}
+    rows = handle["features"].shape[0]
+    metadata = {
+        key: _decode(ds[()])
+        for key, ds in handle.items()
+        if key not in _STRUCTURED and isinstance(ds, h5py.Dataset) and ds.shape[:1] == (rows,)
+    }
+    attrs = {k: v for k, v in handle.attrs.items() if k not in ("format", "format_version")}
+    return make_featureset(
+        handle["features"][()],
+        handle["labels"][()],
+        class_names=None if "class_names" not in optional else list(_decode(optional["class_names"])),
+        class_split=None if "class_split" not in optional else list(_decode(optional["class_split"])),
+        base_mean=optional.get("base_mean"),
+        metadata=metadata,
+        attrs=attrs,
+        source=source,
+    )
+
+
+def write_canonical(fs: FeatureSet, path: str | os.PathLike[str], extra_attrs: dict[str, str] | None = None) -> Path:
+    """Write ``fs`` as a canonical HDF5 file, atomically (temporary file, then rename)."""
+    strings = h5py.string_dtype(encoding="utf-8")
+    with atomic_path(path, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as out:
+            out.create_dataset("features", data=fs.features.astype(np.float32, copy=False))
+            out.create_dataset("labels", data=fs.labels.astype(np.int64, copy=False))
+            out.create_dataset("class_names", data=np.array(fs.class_names, dtype=object), dtype=strings)
+            if fs.class_split is not None:
+                out.create_dataset("class_split", data=np.array(fs.class_split, dtype=object), dtype=strings)
+            if fs.base_mean is not None:
+                out.create_dataset("base_mean", data=fs.base_mean.astype(np.float32))
+            for key, values in fs.metadata.items():
+                if values.dtype.kind in "OUS":
+                    out.create_dataset(key, data=np.array([str(v) for v in values], dtype=object), dtype=strings)
+                else:
+                    out.create_dataset(key, data=values)
+            for key, value in {**fs.attrs, **(extra_attrs or {})}.items():
+                out.attrs[key] = str(value)
+            out.attrs["format"] = FORMAT_NAME
+            out.attrs["format_version"] = FORMAT_VERSION
+    return Path(path)
+
+
+def _decode(values: np.ndarray) -> np.ndarray:
+    """Turn HDF5 byte strings into Python strings; leave numbers alone."""
+    if values.dtype.kind in "OS":
+        return np.array([v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v) for v in values])
+    return values

@@ -1,0 +1,40 @@
+"""Per-episode accuracy and the field's summary: mean ± 95% interval (1.96·std/√n), and paired differences."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+Z95 = 1.96
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """Mean and 95% half-interval of per-episode values, in the values' unit (percent for accuracy)."""
+
+    mean: float
+    ci95: float
+    n: int
+
+
+def episode_accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Accuracy of each episode in percent, [E], from predicted and true query labels [E, nq]."""
+    return (predictions == labels).to(torch.float64).mean(dim=-1).mul(100.0).cpu().numpy()
+
+
+def summarise(values: np.ndarray) -> Summary:
+    """Mean ± 1.96·std/√n, std with ddof = 0 as in the field's evaluation code (SimpleShot, Diff-ResNet)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return Summary(float("nan"), float("nan"), 0)
+    return Summary(float(values.mean()), float(Z95 * values.std() / np.sqrt(values.size)), int(values.size))
+
+
+def paired_difference(values: np.ndarray, baseline: np.ndarray) -> Summary:
+    """Mean per-episode difference to a baseline on the same episodes, with its own 95% interval."""
+    values, baseline = np.asarray(values), np.asarray(baseline)
+    if values.shape != baseline.shape:
+        raise ValueError(f"paired values need the same episodes: {values.shape} vs {baseline.shape}")
+    return summarise(values - baseline)
