@@ -17,17 +17,17 @@ def diffusion_operator(lap: torch.Tensor, step_size: float, layers: int) -> torc
 
     For an episode of n points and d ≥ n dimensions this is far cheaper than T products with x.
     """
-    eye = torch.eye(lap.shape[-1], dtype=lap.dtype, device=lap.device).expand_as(lap)
+    eye = torch.eye(lap.shape[-1], dtype=lap.dtype, device=lap.device)
     step = eye - step_size * lap
-    result = eye.clone()
+    result: torch.Tensor | None = None
     power = layers
     while power:
         if power & 1:
-            result = result @ step
+            result = step if result is None else result @ step
         power >>= 1
         if power:
             step = step @ step
-    return result
+    return eye.expand_as(lap).clone() if result is None else result
 
 
 def diffuse_gram(g: torch.Tensor, operator: torch.Tensor) -> torch.Tensor:

@@ -204,28 +204,39 @@ def _query_counts(seed: int, episode_ids: np.ndarray, spec: EpisodeSpec, class_s
     return counts
 
 
-def gather(features: torch.Tensor, indices: EpisodeIndices, num_support: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Support [E, ns, d] and query [E, nq, d] tensors for a chunk of episodes."""
-    rows = torch.from_numpy(indices.rows).to(features.device)
-    batch = features[rows]
-    return batch[:, :num_support], batch[:, num_support:]
+def gather(features: torch.Tensor, indices: EpisodeIndices) -> torch.Tensor:
+    """The points [E, ns + nq, d] of a chunk of episodes, support first."""
+    return features[torch.from_numpy(indices.rows).to(features.device)]
 
 
 @dataclasses.dataclass(frozen=True)
 class Episodes:
     """A batch of tasks as tensors, what every method receives; query labels are never part of it."""
 
-    support: torch.Tensor  # [E, ns, d]
+    points: torch.Tensor  # [E, ns + nq, d], support first
     support_labels: torch.Tensor  # [E, ns] in 0..ways-1
-    query: torch.Tensor  # [E, nq, d]
     ways: int
     centre: torch.Tensor  # [d] the base-class mean used for centring
 
     @property
     def num_episodes(self) -> int:
-        return int(self.support.shape[0])
+        return int(self.points.shape[0])
+
+    @property
+    def num_support(self) -> int:
+        return int(self.support_labels.shape[-1])
+
+    @property
+    def support(self) -> torch.Tensor:
+        """The labelled points [E, ns, d]."""
+        return self.points[:, : self.num_support]
+
+    @property
+    def query(self) -> torch.Tensor:
+        """The unlabelled points [E, nq, d]."""
+        return self.points[:, self.num_support :]
 
     @property
     def points_per_class(self) -> float:
         """Average number of points (support + query) a class has in an episode."""
-        return (self.support.shape[1] + self.query.shape[1]) / self.ways
+        return self.points.shape[1] / self.ways

@@ -10,14 +10,14 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from diffshot.episodes import EpisodeSpec, Episodes, build_pool, gather, sample_episodes, small_classes
+from diffshot.episodes import Episodes, EpisodeSpec, build_pool, gather, sample_episodes, small_classes
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet
 from diffshot.methods import get_method
 from diffshot.methods.base import ParamValue
 from diffshot.stats import Summary, episode_accuracy, paired_difference, summarise
 
-CHUNK_BYTES = 192 * 2**20
+CHUNK_BYTES = 64 * 2**20
 MAX_CHUNK = 2000
 
 
@@ -114,11 +114,9 @@ def evaluate(
         count = min(chunk, episodes - start)
         tick = time.perf_counter()
         indices = sample_episodes(pool, spec, seed, start, count)
-        support, query = gather(features, indices, spec.num_support)
         batch = Episodes(
-            support=support,
+            points=gather(features, indices),
             support_labels=torch.from_numpy(indices.support_labels).to(device),
-            query=query,
             ways=spec.ways,
             centre=centre,
         )

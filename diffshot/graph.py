@@ -19,17 +19,18 @@ def gram(x: torch.Tensor) -> torch.Tensor:
     return x @ x.transpose(-1, -2)
 
 
-def distances_from_gram(g: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances [E, n, n] from a Gram matrix, with an exact zero diagonal."""
+def squared_distances_from_gram(g: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances [E, n, n] from a Gram matrix, with an exact zero diagonal."""
     sq_norms = torch.diagonal(g, dim1=-2, dim2=-1)
     sq = (sq_norms[..., :, None] + sq_norms[..., None, :] - 2.0 * g).clamp_min(0.0)
     sq.diagonal(dim1=-2, dim2=-1).zero_()
-    return sq.sqrt()
+    return sq
 
 
-def knn_torch(distances: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` smallest distances of each row and their columns, ascending, from a dense matrix."""
-    return torch.topk(distances, k, dim=-1, largest=False, sorted=True)
+def knn_torch(squared: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` smallest distances of each row and their columns, ascending, from dense squared distances."""
+    sq, idx = torch.topk(squared, k, dim=-1, largest=False, sorted=True)
+    return sq.sqrt(), idx
 
 
 def knn_faiss(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,8 +41,8 @@ def knn_faiss(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """
     use_gpu = x.is_cuda and hasattr(faiss, "knn_gpu") and faiss.get_num_gpus() > 0
     points = x.detach().to("cpu", torch.float32).contiguous().numpy()
-    dists = np.empty(points.shape[:2] + (k,), dtype=np.float32)
-    ids = np.empty(points.shape[:2] + (k,), dtype=np.int64)
+    dists = np.empty((*points.shape[:2], k), dtype=np.float32)
+    ids = np.empty((*points.shape[:2], k), dtype=np.int64)
     for e in range(points.shape[0]):
         if use_gpu:
             dists[e], ids[e] = faiss.knn_gpu(faiss.StandardGpuResources(), points[e], points[e], k)
@@ -52,14 +53,15 @@ def knn_faiss(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def nearest_neighbours(
-    x: torch.Tensor, k: int, backend: str = "torch", distances: torch.Tensor | None = None
+    x: torch.Tensor, k: int, backend: str = "torch", inner: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted distances and indices [E, n, k] of each point's ``k`` nearest points (itself first)."""
+    """Sorted distances and indices [E, n, k] of each point's ``k`` nearest points (itself first).
+
+    ``inner`` is the episode Gram matrix when the caller already has it (the torch backend reuses it).
+    """
     if backend == "faiss":
         return knn_faiss(x, k)
-    if distances is None:
-        distances = distances_from_gram(gram(x))
-    return knn_torch(distances, k)
+    return knn_torch(squared_distances_from_gram(gram(x) if inner is None else inner), k)
 
 
 def gaussian_weights(dist: torch.Tensor, idx: torch.Tensor, n: int, n_top: int, sigma: int) -> torch.Tensor:
@@ -71,7 +73,7 @@ def gaussian_weights(dist: torch.Tensor, idx: torch.Tensor, n: int, n_top: int, 
     cutoff = dist[..., n_top - 1 : n_top]
     scale = dist[..., sigma - 1 : sigma].clamp_min(torch.finfo(dist.dtype).tiny)
     values = torch.exp(-((dist / scale) ** 2)) * (dist < cutoff)
-    weights = torch.zeros(dist.shape[:-1] + (n,), dtype=dist.dtype, device=dist.device)
+    weights = torch.zeros((*dist.shape[:-1], n), dtype=dist.dtype, device=dist.device)
     return weights.scatter_(-1, idx, values)
 
 
@@ -88,9 +90,9 @@ def laplacian(w: torch.Tensor) -> torch.Tensor:
 
 
 def episode_laplacian(
-    x: torch.Tensor, n_top: int, sigma: int, backend: str = "torch", distances: torch.Tensor | None = None
+    x: torch.Tensor, n_top: int, sigma: int, backend: str = "torch", inner: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The Laplacian [E, n, n] of the normalised Gaussian kNN graph of each episode's points."""
     k = min(max(n_top, sigma), x.shape[-2])
-    dist, idx = nearest_neighbours(x, k, backend, distances)
+    dist, idx = nearest_neighbours(x, k, backend, inner)
     return laplacian(normalise_weights(gaussian_weights(dist, idx, x.shape[-2], min(n_top, k), min(sigma, k))))

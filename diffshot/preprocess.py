@@ -27,6 +27,13 @@ def cross_domain_shift(support: torch.Tensor, query: torch.Tensor) -> torch.Tens
     return query + (support.mean(dim=-2, keepdim=True) - query.mean(dim=-2, keepdim=True))
 
 
+def shift_queries_(points: torch.Tensor, num_support: int) -> torch.Tensor:
+    """Cross-domain shift, in place, on stacked points [E, ns + nq, d] (support first); returns ``points``."""
+    support, query = points[:, :num_support], points[:, num_support:]
+    query += support.mean(dim=-2, keepdim=True) - query.mean(dim=-2, keepdim=True)
+    return points
+
+
 def power_transform(x: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
     """Element-wise x ↦ (x + ε)^β on non-negative features (PT-MAP, Hu et al. 2021)."""
     return (x.clamp_min(0) + 1e-6).pow(beta)

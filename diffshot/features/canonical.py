@@ -50,24 +50,23 @@ def read_canonical(handle: h5py.File, source: str) -> FeatureSet:
 def write_canonical(fs: FeatureSet, path: str | os.PathLike[str], extra_attrs: dict[str, str] | None = None) -> Path:
     """Write ``fs`` as a canonical HDF5 file, atomically (temporary file, then rename)."""
     strings = h5py.string_dtype(encoding="utf-8")
-    with atomic_path(path, suffix=".h5") as tmp:
-        with h5py.File(tmp, "w") as out:
-            out.create_dataset("features", data=fs.features.astype(np.float32, copy=False))
-            out.create_dataset("labels", data=fs.labels.astype(np.int64, copy=False))
-            out.create_dataset("class_names", data=np.array(fs.class_names, dtype=object), dtype=strings)
-            if fs.class_split is not None:
-                out.create_dataset("class_split", data=np.array(fs.class_split, dtype=object), dtype=strings)
-            if fs.base_mean is not None:
-                out.create_dataset("base_mean", data=fs.base_mean.astype(np.float32))
-            for key, values in fs.metadata.items():
-                if values.dtype.kind in "OUS":
-                    out.create_dataset(key, data=np.array([str(v) for v in values], dtype=object), dtype=strings)
-                else:
-                    out.create_dataset(key, data=values)
-            for key, value in {**fs.attrs, **(extra_attrs or {})}.items():
-                out.attrs[key] = str(value)
-            out.attrs["format"] = FORMAT_NAME
-            out.attrs["format_version"] = FORMAT_VERSION
+    with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as out:
+        out.create_dataset("features", data=fs.features.astype(np.float32, copy=False))
+        out.create_dataset("labels", data=fs.labels.astype(np.int64, copy=False))
+        out.create_dataset("class_names", data=np.array(fs.class_names, dtype=object), dtype=strings)
+        if fs.class_split is not None:
+            out.create_dataset("class_split", data=np.array(fs.class_split, dtype=object), dtype=strings)
+        if fs.base_mean is not None:
+            out.create_dataset("base_mean", data=fs.base_mean.astype(np.float32))
+        for key, values in fs.metadata.items():
+            if values.dtype.kind in "OUS":
+                out.create_dataset(key, data=np.array([str(v) for v in values], dtype=object), dtype=strings)
+            else:
+                out.create_dataset(key, data=values)
+        for key, value in {**fs.attrs, **(extra_attrs or {})}.items():
+            out.attrs[key] = str(value)
+        out.attrs["format"] = FORMAT_NAME
+        out.attrs["format_version"] = FORMAT_VERSION
     return Path(path)
 
 

@@ -178,7 +178,9 @@ def make_featureset(
     for key, values in (metadata or {}).items():
         arr = np.asarray(values)
         if arr.shape[:1] != (feats.shape[0],):
-            raise DiffshotError(f"{source}: per-row dataset {key!r} has {arr.shape[:1]} rows, features {feats.shape[0]}")
+            raise DiffshotError(
+                f"{source}: per-row dataset {key!r} has {arr.shape[:1]} rows, features {feats.shape[0]}"
+            )
         meta[key] = arr
     return FeatureSet(
         features=feats,

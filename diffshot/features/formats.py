@@ -1,13 +1,487 @@
-"""Importers for the field's other feature formats (filled in by the importers work)."""
+"""Importers for the field's feature formats, recognised by content (extension only as a hint), read as data."""
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import h5py
+import numpy as np
+
 from diffshot.errors import DiffshotError
-from diffshot.features.featureset import FeatureSet
+from diffshot.features.canonical import is_canonical, read_canonical
+from diffshot.features.featureset import FeatureSet, make_featureset
+from diffshot.features.safe_pickle import safe_load, safe_torch_load
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+ZIP_MAGIC = b"PK\x03\x04"
+NPY_MAGIC = b"\x93NUMPY"
+TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+PICKLE_SUFFIXES = (".pkl", ".plk", ".pickle")
+EMBEDDED_SUFFIXES = ("_embedded_feature.plk", "_embedded_feature.pkl")
+KNOWN = (
+    "expected the canonical HDF5, CloserLookFewShot's HDF5 (all_feats, all_labels, count), "
+    ".npz with features and labels, or a pickle/torch file holding a {class: vectors} dict, "
+    "SimpleShot's [base_mean, ..., {class: vectors}, ...] list, a (features, labels) pair, "
+    "a {'features', 'labels'} dict, TIM's {'concat_features', 'concat_labels'} or EASY's [classes, samples, d] tensor"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Imported:
+    """Arrays pulled out of a foreign file, before validation into a FeatureSet."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    layout: str
+    class_names: Sequence[str] | None = None
+    class_split: Sequence[str] | None = None
+    base_mean: np.ndarray | None = None
+    note: str | None = None
 
 
 def read_foreign(path: Path, base_mean_path: Path | None) -> FeatureSet:
-    """Read a non-canonical features file."""
-    raise DiffshotError(f"{path}: not a features file diffshot knows (expected the canonical HDF5)")
+    """Read a features file in any supported format; the base mean from ``base_mean_path`` or a sibling file."""
+    path = Path(path)
+    container = sniff(path)
+    if container == "hdf5":
+        fs = _read_hdf5(path)
+    else:
+        fs = _to_featureset(parse(load_object(path, container), path, container), path, container)
+    mean_path = Path(base_mean_path) if base_mean_path is not None else sibling_base_mean(path)
+    return fs if mean_path is None else _with_base_mean(fs, mean_path)
+
+
+def read_base_mean(path: Path) -> np.ndarray:
+    """The base-class mean [d] held by ``path``: a 1-D array, SimpleShot's list, or a file with a 'base_mean' entry."""
+    path = Path(path)
+    container = sniff(path)
+    if container == "hdf5":
+        return _vector(_hdf5_base_mean(path), path, "base mean")
+    return _vector(_mean_in(load_object(path, container), path), path, "base mean")
+
+
+def sibling_base_mean(path: Path) -> Path | None:
+    """Diff-ResNet's ``<prefix>_base_mean.plk`` next to ``<prefix>_embedded_feature.plk``, when it exists."""
+    for suffix in EMBEDDED_SUFFIXES:
+        if path.name.endswith(suffix):
+            candidate = path.with_name(path.name[: -len(suffix)] + "_base_mean" + suffix[-4:])
+            return candidate if candidate.is_file() else None
+    return None
+
+
+def sniff(path: Path) -> str:
+    """The container by its first bytes: hdf5, npz, npy, torch, pickle, or unknown."""
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if not head:
+        raise DiffshotError(f"{path}: empty file")
+    if head.startswith(HDF5_MAGIC):
+        return "hdf5"
+    if head.startswith(ZIP_MAGIC):
+        return _zip_kind(path)
+    if head.startswith(NPY_MAGIC):
+        return "npy"
+    if head.startswith(TORCH_LEGACY_MAGIC):
+        return "torch"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    return "pickle" if path.suffix.lower() in PICKLE_SUFFIXES else "unknown"
+
+
+def _zip_kind(path: Path) -> str:
+    """A zip archive is a torch file (it holds data.pkl) or an .npz (only .npy members)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DiffshotError(f"{path}: corrupt or truncated zip archive ({exc})") from None
+    if any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+        return "torch"
+    if names and all(name.endswith(".npy") for name in names):
+        return "npz"
+    return "zip"
+
+
+def load_object(path: Path, container: str) -> object:
+    """The Python object a non-HDF5 file holds, loaded as data only."""
+    if container == "pickle":
+        return safe_load(path)
+    if container == "torch":
+        return safe_torch_load(path)
+    if container == "npz":
+        return _read_npz(path)
+    if container == "npy":
+        return _read_npy(path)
+    what = "a zip archive that is neither .npz nor a torch file" if container == "zip" else _describe_bytes(path)
+    raise _unknown(path, what)
+
+
+def _describe_bytes(path: Path) -> str:
+    """'a text file' or 'unrecognised binary data', from the first bytes."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unrecognised binary data"
+    return "a text file"
+
+
+def _unknown(path: Path, what: str) -> DiffshotError:
+    """The one-line error for content that matches no known layout."""
+    return DiffshotError(f"{path}: not a features file diffshot knows ({what}); {KNOWN}")
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz, loaded with allow_pickle=False."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: _npz_member(archive, key, path) for key in archive.files}
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DiffshotError(f"{path}: corrupt or truncated .npz ({exc})") from None
+
+
+def _npz_member(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    """One array of an .npz; Python-object arrays are refused since they need pickle."""
+    try:
+        return archive[key]
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DiffshotError(
+                f"{path}: array {key!r} holds Python objects, which need pickle; diffshot reads .npz with "
+                f"allow_pickle=False, so save strings as a fixed-width array (np.array(names, dtype=str))"
+            ) from None
+        raise DiffshotError(f"{path}: array {key!r} is corrupt ({exc})") from None
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """A single .npy array, loaded with allow_pickle=False."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise DiffshotError(f"{path}: not a readable .npy without pickle ({str(exc).splitlines()[0]})") from None
+    except (OSError, EOFError) as exc:
+        raise DiffshotError(f"{path}: corrupt or truncated .npy ({exc})") from None
+
+
+def _read_hdf5(path: Path) -> FeatureSet:
+    """A CloserLookFewShot or canonical HDF5 file; otherwise an error naming the missing datasets."""
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise DiffshotError(f"{path}: unreadable HDF5 file ({exc})") from None
+    with handle:
+        if "all_feats" in handle or "all_labels" in handle:
+            return _to_featureset(_closer_look(handle, path), path, "hdf5")
+        if is_canonical(handle):
+            return read_canonical(handle, str(path))
+        missing = [key for key in ("features", "labels") if key not in handle]
+        names = " and ".join(repr(key) for key in missing)
+        raise DiffshotError(
+            f"{path}: not a features file diffshot knows: missing dataset{'s' * (len(missing) > 1)} {names}; "
+            f"expected the canonical HDF5 (features, labels) or CloserLookFewShot's (all_feats, all_labels, count)"
+        )
+
+
+def _closer_look(handle: h5py.File, path: Path) -> Imported:
+    """CloserLookFewShot's save_features.py layout; rows past ``count`` are zero padding and are dropped."""
+    for key in ("all_feats", "all_labels"):
+        if not isinstance(handle.get(key), h5py.Dataset):
+            raise DiffshotError(
+                f"{path}: missing dataset {key!r} (CloserLookFewShot layout: all_feats, all_labels, count)"
+            )
+    feats, labels = handle["all_feats"], handle["all_labels"]
+    rows = feats.shape[0] if feats.ndim else 0
+    if labels.shape[:1] != (rows,):
+        raise DiffshotError(f"{path}: all_feats has {rows} rows but all_labels has shape {labels.shape}")
+    count = _closer_look_count(handle, path, rows)
+    note = f"dropped {rows - count} zero-padding rows past count" if count < rows else None
+    return Imported(feats[:count], labels[:count], "closer-look-hdf5", note=note)
+
+
+def _closer_look_count(handle: h5py.File, path: Path, rows: int) -> int:
+    """The number of real rows: the ``count`` dataset (or attribute); every row when neither is there."""
+    if "count" in handle:
+        raw = handle["count"][()]
+    elif "count" in handle.attrs:
+        raw = handle.attrs["count"]
+    else:
+        return rows
+    values = np.asarray(raw).reshape(-1)
+    if values.size != 1 or values.dtype.kind not in "iuf":
+        raise DiffshotError(f"{path}: 'count' must be a single integer, got {values.size} values of {values.dtype}")
+    count = int(values[0])
+    if not 0 < count <= rows:
+        raise DiffshotError(f"{path}: 'count' is {count} but all_feats has {rows} rows")
+    return count
+
+
+def _hdf5_base_mean(path: Path) -> np.ndarray:
+    """The ``base_mean`` dataset of an HDF5 file."""
+    try:
+        with h5py.File(path, "r") as handle:
+            if not isinstance(handle.get("base_mean"), h5py.Dataset):
+                raise DiffshotError(f"{path}: missing dataset 'base_mean'")
+            return handle["base_mean"][()]
+    except OSError as exc:
+        raise DiffshotError(f"{path}: unreadable HDF5 file ({exc})") from None
+
+
+def parse(obj: object, path: Path, container: str) -> Imported:
+    """Recognise the layout of a loaded object (dict, list, tuple, array or tensor) and pull out features and labels."""
+    if isinstance(obj, Mapping):
+        return _parse_mapping(obj, path, container)
+    if isinstance(obj, list | tuple):
+        return _parse_sequence(obj, path)
+    if isinstance(obj, np.ndarray) or _is_tensor(obj):
+        return _parse_array(_array(obj, path, "the stored array"), path)
+    raise _unknown(path, _describe(obj))
+
+
+def _parse_mapping(obj: Mapping[object, object], path: Path, container: str) -> Imported:
+    """TIM's dict, a {'features', 'labels'} dict (or .npz), or a {class: vectors} dict."""
+    noun = "array" if container == "npz" else "key"
+    for feat_key, label_key, layout in (
+        ("concat_features", "concat_labels", "tim-dict"),
+        ("features", "labels", "npz" if container == "npz" else "features-labels-dict"),
+    ):
+        if feat_key in obj and label_key in obj:
+            return Imported(
+                features=_array(obj[feat_key], path, feat_key),
+                labels=_labels(obj[label_key], path, label_key),
+                layout=layout,
+                class_names=_strings(obj.get("class_names"), path, "class_names"),
+                class_split=_strings(obj.get("class_split"), path, "class_split"),
+                base_mean=None if obj.get("base_mean") is None else _vector(obj["base_mean"], path, "base_mean"),
+            )
+        if feat_key in obj or label_key in obj:
+            found, missing = (feat_key, label_key) if feat_key in obj else (label_key, feat_key)
+            raise DiffshotError(f"{path}: missing {noun} {missing!r} (found {found!r}; both are needed)")
+    if _is_class_dict(obj):
+        return _parse_class_dict(obj, path)
+    raise _unknown(path, _describe(obj))
+
+
+def _parse_sequence(seq: Sequence[object], path: Path) -> Imported:
+    """SimpleShot's [base_mean, ..., {class: vectors}, ...], a (features, labels) pair, or EASY's per-class list."""
+    if len(seq) >= 2 and _is_vector(seq[0]):
+        found = next((item for item in seq[1:] if isinstance(item, Mapping) and _is_class_dict(item)), None)
+        if found is not None:
+            base_mean = _vector(seq[0], path, "the list's first element (base mean)")
+            return dataclasses.replace(_parse_class_dict(found, path), layout="simpleshot-list", base_mean=base_mean)
+    if not seq or not all(isinstance(item, list | tuple | np.ndarray) or _is_tensor(item) for item in seq):
+        raise _unknown(path, _describe(seq))
+    arrays = [_array(item, path, f"element {index}") for index, item in enumerate(seq)]
+    if len(arrays) == 2 and arrays[0].ndim == 2 and arrays[1].ndim == 1:
+        return Imported(arrays[0], _labels(arrays[1], path, "labels"), "features-labels-pair")
+    if all(array.ndim == 2 for array in arrays):
+        return _per_class(arrays, path, "easy-class-list")
+    raise _unknown(path, _describe(seq))
+
+
+def _parse_array(array: np.ndarray, path: Path) -> Imported:
+    """EASY's [classes, samples, d] tensor, or a lone vector (a base mean read as a one-row set)."""
+    if array.ndim == 3:
+        return _per_class(list(array), path, "easy-tensor")
+    if array.ndim == 1:
+        return Imported(_numeric(array, path, "the vector")[None, :], np.zeros(1, np.int64), "vector", ["vector"])
+    raise _unknown(path, f"an array of shape {tuple(array.shape)} with no labels")
+
+
+def _per_class(blocks: Sequence[np.ndarray], path: Path, layout: str) -> Imported:
+    """Rows stacked class after class; the label is the class's position (EASY stores base, val, novel in order)."""
+    dims = {block.shape[1] for block in blocks}
+    if len(dims) > 1:
+        raise DiffshotError(f"{path}: per-class arrays have different dimensions {sorted(dims)}")
+    counts = [block.shape[0] for block in blocks]
+    labels = np.repeat(np.arange(len(blocks), dtype=np.int64), counts)
+    note = "classes numbered in stored order; the file records no base/val/novel split, so every class is novel"
+    return Imported(np.concatenate(blocks), labels, layout, note=note)
+
+
+def _parse_class_dict(obj: Mapping[object, object], path: Path) -> Imported:
+    """{class: list of vectors or [n, d] array}: rows in the dict's order, labelled by key (sorted into 0..C-1)."""
+    blocks, keys = [], []
+    for key, value in obj.items():
+        rows = _rows(value, path, f"class {key!r}")
+        if rows.shape[0]:
+            blocks.append(rows)
+            keys.append(key)
+    if not blocks:
+        raise DiffshotError(f"{path}: every class in the dict is empty")
+    dims = {block.shape[1] for block in blocks}
+    if len(dims) > 1:
+        raise DiffshotError(f"{path}: classes hold vectors of different dimensions {sorted(dims)}")
+    labels = np.repeat(_key_labels(keys), [block.shape[0] for block in blocks])
+    return Imported(np.concatenate(blocks), labels, "class-dict")
+
+
+def _rows(value: object, path: Path, what: str) -> np.ndarray:
+    """A class's vectors as a 2-D numeric array [n, d] (a single vector becomes one row; empty gives [0, 0])."""
+    array = _array(value, path, what)
+    if array.size == 0:
+        return np.zeros((0, 0), np.float32)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2:
+        raise DiffshotError(f"{path}: {what} holds an array of shape {tuple(array.shape)}; expected vectors [n, d]")
+    return _numeric(array, path, what)
+
+
+def _key_labels(keys: Sequence[object]) -> np.ndarray:
+    """Dict keys as labels: integers stay integers (sorted numerically); anything else becomes its string."""
+    if all(isinstance(key, int | np.integer) and not isinstance(key, bool) for key in keys):
+        return np.array([int(key) for key in keys], dtype=np.int64)
+    return np.array([_text(key) for key in keys])
+
+
+def _is_class_dict(obj: Mapping[object, object]) -> bool:
+    """Whether every key is a class id (int or string) and every value a collection of vectors."""
+    keys_ok = all(isinstance(key, int | str | bytes | np.integer) and not isinstance(key, bool) for key in obj)
+    values_ok = all(isinstance(value, list | tuple | np.ndarray) or _is_tensor(value) for value in obj.values())
+    return bool(obj) and keys_ok and values_ok
+
+
+def _is_tensor(value: object) -> bool:
+    """Whether ``value`` is a torch tensor (torch is only imported by whoever built one)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _is_vector(value: object) -> bool:
+    """Whether ``value`` is a 1-D numeric array or tensor."""
+    if _is_tensor(value):
+        return value.ndim == 1 and not value.is_complex()
+    return isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "fiu"
+
+
+def _array(value: object, path: Path, what: str) -> np.ndarray:
+    """A numpy array from an array, a tensor, or a (nested) list of them or of numbers."""
+    if _is_tensor(value):
+        return _tensor_to_numpy(value)
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        if isinstance(value, list | tuple) and any(isinstance(v, np.ndarray) or _is_tensor(v) for v in value):
+            return np.stack([_array(item, path, what) for item in value])
+        return np.asarray(value)
+    except ValueError:
+        raise DiffshotError(f"{path}: {what} holds vectors of different lengths") from None
+
+
+def _tensor_to_numpy(tensor: object) -> np.ndarray:
+    """A CPU numpy copy of a tensor; bfloat16 and other non-numpy floats become float32."""
+    import torch
+
+    tensor = tensor.detach().cpu()
+    if tensor.layout != torch.strided:
+        tensor = tensor.to_dense()
+    if tensor.is_floating_point() and tensor.dtype not in (torch.float16, torch.float32, torch.float64):
+        tensor = tensor.to(torch.float32)
+    return tensor.numpy()
+
+
+def _numeric(array: np.ndarray, path: Path, what: str) -> np.ndarray:
+    """The array when it holds numbers; an error naming ``what`` otherwise."""
+    if array.dtype.kind not in "fiu":
+        raise DiffshotError(f"{path}: {what} is not numeric (dtype {array.dtype})")
+    return array
+
+
+def _labels(value: object, path: Path, what: str) -> np.ndarray:
+    """Labels as a 1-D array; a [N, 1] column is flattened."""
+    array = _array(value, path, what)
+    return array.reshape(-1) if array.ndim == 2 and array.shape[1] == 1 else array
+
+
+def _vector(value: object, path: Path, what: str) -> np.ndarray:
+    """A 1-D numeric vector (a [1, d] row is accepted)."""
+    array = _array(value, path, what)
+    if array.ndim == 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 1 or array.size == 0:
+        raise DiffshotError(f"{path}: {what} must be a 1-D vector [d], got shape {tuple(array.shape)}")
+    return _numeric(array, path, what)
+
+
+def _strings(value: object, path: Path, what: str) -> list[str] | None:
+    """A list of strings from an array or list of str/bytes; None stays None."""
+    if value is None:
+        return None
+    array = _array(value, path, what)
+    if array.ndim != 1:
+        raise DiffshotError(f"{path}: {what} must be 1-D, got shape {tuple(array.shape)}")
+    return [_text(item) for item in array.tolist()]
+
+
+def _text(value: object) -> str:
+    """A str from str, bytes or anything printable."""
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _mean_in(obj: object, path: Path) -> object:
+    """Where a base mean sits in a loaded object: the object itself, SimpleShot's first element, or 'base_mean'."""
+    if isinstance(obj, np.ndarray) or _is_tensor(obj):
+        return obj
+    if isinstance(obj, list | tuple) and obj and _is_vector(obj[0]):
+        return obj[0]
+    if isinstance(obj, Mapping) and "base_mean" in obj:
+        return obj["base_mean"]
+    raise DiffshotError(
+        f"{path}: no base mean here ({_describe(obj)}); expected a 1-D vector [d], SimpleShot's list "
+        f"[base_mean, ...], or a file with a 'base_mean' entry"
+    )
+
+
+def _describe(obj: object) -> str:
+    """A short account of a loaded object for error messages."""
+    if isinstance(obj, Mapping):
+        keys = [repr(key) for key in list(obj)[:5]]
+        more = ", ..." if len(obj) > 5 else ""
+        return f"a dict with keys [{', '.join(keys)}{more}]"
+    if isinstance(obj, list | tuple):
+        kinds = sorted({type(item).__name__ for item in obj[:20]})
+        return f"a {type(obj).__name__} of {len(obj)} items ({', '.join(kinds) or 'empty'})"
+    if isinstance(obj, np.ndarray) or _is_tensor(obj):
+        return f"an array of shape {tuple(obj.shape)}"
+    return f"a {type(obj).__name__}"
+
+
+def _to_featureset(imported: Imported, path: Path, container: str) -> FeatureSet:
+    """Validate imported arrays into a FeatureSet, recording where they came from in ``attrs``."""
+    attrs = {"imported_from": imported.layout, "imported_container": container}
+    if imported.note:
+        attrs["import_note"] = imported.note
+    return make_featureset(
+        imported.features,
+        imported.labels,
+        class_names=imported.class_names,
+        class_split=imported.class_split,
+        base_mean=imported.base_mean,
+        attrs=attrs,
+        source=str(path),
+    )
+
+
+def _with_base_mean(fs: FeatureSet, mean_path: Path) -> FeatureSet:
+    """``fs`` with its base mean taken from ``mean_path`` (which wins over one stored in the file)."""
+    mean = read_base_mean(mean_path)
+    if mean.shape[0] != fs.dim:
+        raise DiffshotError(f"{mean_path}: base mean has dimension {mean.shape[0]}, but {fs.source} has {fs.dim}")
+    return make_featureset(
+        fs.features,
+        fs.labels,
+        class_names=fs.class_names,
+        class_split=fs.class_split,
+        base_mean=mean,
+        metadata=fs.metadata,
+        attrs={**fs.attrs, "base_mean_from": str(mean_path)},
+        source=fs.source,
+    )
+
+
+__all__ = ["KNOWN", "Imported", "load_object", "parse", "read_base_mean", "read_foreign", "sibling_base_mean", "sniff"]

@@ -9,11 +9,12 @@ import warnings
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from diffshot.errors import DiffshotError
 from diffshot.features.canonical import is_canonical, read_canonical
 from diffshot.features.featureset import FeatureSet
-from diffshot.features.formats import read_foreign
+from diffshot.features.formats import read_base_mean, read_foreign
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -49,8 +50,16 @@ def read_features(path: str | os.PathLike[str], base_mean_path: str | os.PathLik
                 fs = read_canonical(handle, str(p))
                 if base_mean_path is None:
                     return fs
-                return dataclasses.replace(fs, base_mean=read_foreign(check_readable(base_mean_path), None).features[0])
+                return dataclasses.replace(fs, base_mean=_checked_mean(fs, read_base_mean(check_readable(base_mean_path))))
     return read_foreign(p, None if base_mean_path is None else check_readable(base_mean_path))
+
+
+def _checked_mean(fs: FeatureSet, mean: np.ndarray) -> np.ndarray:
+    """The base mean, if its dimension matches the features."""
+    mean = np.asarray(mean, dtype=np.float32).reshape(-1)
+    if mean.shape[0] != fs.dim:
+        raise DiffshotError(f"{fs.source}: the base mean has dimension {mean.shape[0]}, the features {fs.dim}")
+    return mean
 
 
 def clean_features(fs: FeatureSet, drop_nonfinite: bool = False, drop_zero: bool = False) -> FeatureSet:

@@ -1,4 +1,4 @@
-"""Training-free Diff-ResNet diffusion (Wang, Dou, Bao, Shi, TPAMI 2024): smooth along a kNN graph, then nearest prototype.
+"""Training-free Diff-ResNet diffusion (Wang, Dou, Bao, Shi, TPAMI 2024): kNN-graph smoothing, nearest prototype.
 
 Per episode (DESIGN.md): CL2N, cross-domain shift, Gaussian kNN graph with normalised Laplacian L,
 T steps x ← x − τ·L·x, then each query takes the nearest (optionally rectified) prototype.
@@ -15,9 +15,9 @@ import torch
 from diffshot.classify import gram_squared_distances, rectified_mix, support_averaging
 from diffshot.diffusion import diffuse_gram, diffusion_operator
 from diffshot.episodes import Episodes
-from diffshot.graph import KNN_BACKENDS, distances_from_gram, episode_laplacian, gram
+from diffshot.graph import KNN_BACKENDS, episode_laplacian, gram
 from diffshot.methods.base import Method, Param, ParamValue, Scores
-from diffshot.preprocess import cl2n, cross_domain_shift
+from diffshot.preprocess import cl2n, shift_queries_
 
 PAPER_N_TOP = 8
 PAPER_SIGMA = 4
@@ -36,15 +36,12 @@ def graph_size(episodes: Episodes, n_top: ParamValue, sigma: ParamValue) -> tupl
 
 def diffused_gram(episodes: Episodes, params: Mapping[str, ParamValue]) -> torch.Tensor:
     """Gram matrix [E, n, n] of the diffused support + query points of every episode."""
-    support = cl2n(episodes.support, episodes.centre)
-    query = cl2n(episodes.query, episodes.centre)
+    points = cl2n(episodes.points, episodes.centre)
     if params["shift"]:
-        query = cross_domain_shift(support, query)
-    points = torch.cat([support, query], dim=-2)
+        shift_queries_(points, episodes.num_support)
     inner = gram(points)
     n_top, sigma = graph_size(episodes, params["n_top"], params["sigma"])
-    distances = distances_from_gram(inner) if params["knn"] == "torch" else None
-    lap = episode_laplacian(points, n_top, sigma, str(params["knn"]), distances)
+    lap = episode_laplacian(points, n_top, sigma, str(params["knn"]), inner)
     operator = diffusion_operator(lap, float(params["step_size"]), int(params["layers"]))
     return diffuse_gram(inner, operator)
 
@@ -52,7 +49,7 @@ def diffused_gram(episodes: Episodes, params: Mapping[str, ParamValue]) -> torch
 def score(episodes: Episodes, params: Mapping[str, ParamValue]) -> Scores:
     """Negative squared distance of each diffused query to each diffused (rectified) prototype."""
     inner = diffused_gram(episodes, params)
-    num_support = episodes.support.shape[-2]
+    num_support = episodes.num_support
     if params["rectify"]:
         mix = rectified_mix(inner, episodes.support_labels, episodes.ways)
     else:

@@ -12,8 +12,8 @@ from diffshot.preprocess import cl2n
 
 def score(episodes: Episodes, params: Mapping[str, ParamValue]) -> Scores:
     """Negative squared distance of each CL2N query to each CL2N class mean of the support."""
-    support = cl2n(episodes.support, episodes.centre)
-    query = cl2n(episodes.query, episodes.centre)
+    points = cl2n(episodes.points, episodes.centre)
+    support, query = points[:, : episodes.num_support], points[:, episodes.num_support :]
     return -squared_distances(query, prototypes(support, episodes.support_labels, episodes.ways))
 
 

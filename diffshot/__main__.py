@@ -1,0 +1,5 @@
+"""``python -m diffshot``: the same CLI as the ``diffshot`` console script."""
+
+from diffshot.cli import app
+
+app()

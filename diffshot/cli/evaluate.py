@@ -1,0 +1,177 @@
+"""`diffshot evaluate`: accuracy ± 95% interval of methods on seeded N-way K-shot episodes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from diffshot.atomic import check_writable, write_text_atomic
+from diffshot.cli.common import interactive, stderr, stdout, user_errors
+from diffshot.cli.demo import default_features
+from diffshot.device import resolve_device
+from diffshot.episodes import EpisodeSpec
+from diffshot.errors import DiffshotError
+from diffshot.evaluate import evaluate as run_evaluation
+from diffshot.features import file_sha256, load_features
+from diffshot.methods import get_method
+from diffshot.report import features_info, results_table, to_csv, to_json_document
+
+DEFAULT_METHODS = ("simpleshot", "diffusion")
+FORMATS = ("table", "json", "csv")
+
+
+def parse_assignments(items: list[str]) -> dict[str, dict[str, str]]:
+    """``METHOD.KEY=VALUE`` strings as {method: {key: value}}."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not method or not name:
+            raise DiffshotError(f"--set {item!r}: expected METHOD.PARAM=VALUE, e.g. diffusion.layers=8")
+        get_method(method)
+        out.setdefault(method, {})[name.replace("-", "_")] = value
+    return out
+
+
+def method_overrides(
+    methods: list[str], shared: dict[str, object], assignments: dict[str, dict[str, str]]
+) -> list[tuple[str, dict[str, object]]]:
+    """Per-method parameter overrides: shared flags go to every method that has the parameter."""
+    given = {k: v for k, v in shared.items() if v is not None}
+    used: set[str] = set()
+    runs = []
+    for name in methods:
+        method = get_method(name)
+        names = {p.name for p in method.params}
+        overrides: dict[str, object] = {k: v for k, v in given.items() if k in names}
+        used |= overrides.keys()
+        overrides.update(assignments.get(name, {}))
+        method.resolve(overrides)
+        runs.append((name, overrides))
+    unused = sorted(set(given) - used)
+    if unused:
+        flags = ", ".join("--" + u.replace("_", "-") for u in unused)
+        raise DiffshotError(f"{flags} given, but none of the methods {', '.join(methods)} takes it")
+    return runs
+
+
+def output_format(fmt: str | None, output: Path | None) -> str:
+    """The format to write: explicit, else from the output's extension, else the table."""
+    if fmt is not None and fmt not in FORMATS:
+        raise DiffshotError(f"--format {fmt!r}: choose table, json or csv")
+    if fmt is not None and not (output is not None and fmt == "table"):
+        return fmt
+    if output is not None and fmt == "table":
+        raise DiffshotError("--format table prints to the terminal; write --output as json or csv")
+    if output is not None and output.suffix.lower() in (".json", ".csv"):
+        return output.suffix.lower()[1:]
+    return "json" if output is not None else "table"
+
+
+@user_errors
+def evaluate(
+    features: Annotated[
+        Path | None, typer.Argument(help="Features file (canonical HDF5 or a field format); default: the demo set.")
+    ] = None,
+    ways: Annotated[int, typer.Option(help="Classes per episode (N).")] = 5,
+    shots: Annotated[list[int] | None, typer.Option(help="Labelled rows per class (K); repeat for several.")] = None,
+    queries: Annotated[int, typer.Option(help="Unlabelled query rows per class (Q).")] = 15,
+    episodes: Annotated[int, typer.Option(help="Episodes per setting (the field reports 10,000).")] = 10_000,
+    method: Annotated[
+        list[str] | None, typer.Option("--method", "-m", help="Method to run; repeat for several.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Fixes the episodes: same seed, same tasks for every method.")] = 0,
+    split: Annotated[
+        str | None, typer.Option(help="Classes to sample: novel|val|base|all (default novel if the file has a split).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto|cpu|cuda (auto: cuda when torch sees a GPU).")] = "auto",
+    knn: Annotated[str | None, typer.Option(help="Neighbour search of graph methods: torch|faiss.")] = None,
+    step_size: Annotated[float | None, typer.Option(help="Diffusion step τ (default 0.5).")] = None,
+    layers: Annotated[int | None, typer.Option(help="Diffusion steps T (default 6).")] = None,
+    n_top: Annotated[str | None, typer.Option(help="Graph size n_top, or auto (default auto; paper 8).")] = None,
+    sigma: Annotated[
+        str | None, typer.Option(help="Gaussian width rank sigma, or auto (default auto; paper 4).")
+    ] = None,
+    rectify: Annotated[
+        bool | None, typer.Option("--rectify/--no-rectify", help="BD-CSPN prototype rectification (default off).")
+    ] = None,
+    shift: Annotated[
+        bool | None, typer.Option("--shift/--no-shift", help="Cross-domain shift of the queries (default on).")
+    ] = None,
+    set_params: Annotated[
+        list[str] | None, typer.Option("--set", help="Any method parameter: METHOD.PARAM=VALUE (repeatable).")
+    ] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="table|json|csv (default: from --output, else table).")
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="Write the results here (atomically).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no table.")] = False,
+    base_mean: Annotated[
+        Path | None, typer.Option(help="Base-mean file for pickled features (e.g. *_base_mean.plk).")
+    ] = None,
+    drop_nonfinite: Annotated[bool, typer.Option(help="Drop rows with NaN/Inf instead of failing.")] = False,
+    drop_zero: Annotated[bool, typer.Option(help="Drop all-zero rows instead of failing.")] = False,
+    chunk_size: Annotated[int | None, typer.Option(help="Episodes per batch (default: sized to memory).")] = None,
+) -> None:
+    """Evaluate few-shot methods on seeded episodes: accuracy ± 95% interval (1.96·std/√n), in percent."""
+    shots = shots or [1]
+    methods = method or list(DEFAULT_METHODS)
+    fmt = output_format(fmt, output)
+    if output is not None:
+        check_writable(output)
+    if chunk_size is not None and chunk_size <= 0:
+        raise DiffshotError(f"--chunk-size must be positive, got {chunk_size}")
+    specs = [EpisodeSpec(ways, k, queries) for k in shots]
+    if episodes <= 0:
+        raise DiffshotError(f"--episodes must be a positive integer, got {episodes}")
+    shared = {"knn": knn, "step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
+    shared |= {"rectify": rectify, "shift": shift}
+    runs = method_overrides(methods, shared, parse_assignments(set_params or []))
+    path = features if features is not None else default_features()
+    fs = load_features(path, base_mean_path=base_mean, drop_nonfinite=drop_nonfinite, drop_zero=drop_zero)
+    torch_device = resolve_device(device)
+    evaluations = []
+    with _progress(quiet, episodes * len(specs)) as advance:
+        for spec in specs:
+            done = sum(ev.episodes for ev in evaluations)
+            evaluations.append(
+                run_evaluation(
+                    fs,
+                    runs,
+                    spec,
+                    episodes=episodes,
+                    seed=seed,
+                    split=split,
+                    device=torch_device,
+                    chunk_size=chunk_size,
+                    on_chunk=lambda finished, done=done: advance(done + finished),
+                )
+            )
+    info = features_info(path, file_sha256(path), fs.dim, evaluations[0])
+    info["device"] = str(torch_device)
+    document = to_json_document(evaluations, info)
+    rendered = {"json": lambda: json.dumps(document, indent=2) + "\n", "csv": lambda: to_csv(document)}
+    if output is not None:
+        write_text_atomic(output, rendered[fmt]())
+    if output is None and fmt in rendered:
+        typer.echo(rendered[fmt](), nl=False)
+    elif not quiet:
+        stdout.print(results_table(document, title=f"{path} · {info['split']} classes · seed {seed}"))
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool, total: int) -> Iterator[Callable[[int], None]]:
+    """A Rich progress bar on stderr when it is a terminal and not --quiet; yields ``advance(completed)``."""
+    if quiet or not interactive():
+        yield lambda completed: None
+        return
+    columns = (TextColumn("episodes"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=stderr, transient=True) as bar:
+        task = bar.add_task("evaluate", total=total)
+        yield lambda completed: bar.update(task, completed=completed)

@@ -1,0 +1,46 @@
+"""`diffshot info`: what a features file holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from diffshot.cli.common import stdout, user_errors
+from diffshot.features import SPLITS, read_features
+
+
+@user_errors
+def info(
+    features: Annotated[Path, typer.Argument(help="Features file (canonical HDF5 or a field format).")],
+    base_mean: Annotated[Path | None, typer.Option(help="Base-mean file for pickled features.")] = None,
+) -> None:
+    """Rows, dimension, classes per split, rows per class, base mean, non-finite rows and provenance."""
+    fs = read_features(features, base_mean)
+    counts = fs.rows_per_class()
+    table = Table(title=str(features), show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    table.add_row("rows", f"{fs.num_rows:,}")
+    table.add_row("dimension", str(fs.dim))
+    table.add_row("dtype (as loaded)", str(fs.features.dtype))
+    table.add_row("classes", str(fs.num_classes))
+    if fs.class_split is None:
+        table.add_row("class split", "none (every class counts as novel)")
+    for split in SPLITS if fs.class_split is not None else ():
+        members = fs.classes_in_split(split)
+        table.add_row(f"  {split}", f"{members.size} classes, {int(counts[members].sum()):,} rows")
+    table.add_row(
+        "rows per class",
+        f"min {counts.min()} · median {np.median(counts):g} · max {counts.max()}",
+    )
+    table.add_row("base mean", "present" if fs.base_mean is not None else "absent (centring falls back)")
+    table.add_row("non-finite rows", str(int(fs.nonfinite_rows().sum())))
+    table.add_row("all-zero rows", str(int(fs.zero_rows().sum())))
+    table.add_row("per-row metadata", ", ".join(fs.metadata) or "none")
+    for key, value in fs.attrs.items():
+        table.add_row(f"attr {key}", value)
+    stdout.print(table)

@@ -1,0 +1,36 @@
+"""Shared fixtures: the real data in ../shared/data (tests skip cleanly without it) and small synthetic sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from diffshot.features import FeatureSet, load_features
+from diffshot.synth import SynthSpec, synthesise
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+BANKING77 = SHARED_DATA / "banking77" / "banking77-minilm.h5"
+OMNIGLOT_REFERENCE = SHARED_DATA / "omniglot" / "omniglot-small-conv4-reference.h5"
+
+
+def shared_file(path: Path) -> Path:
+    """``path`` when ../shared/data holds it, else skip the test."""
+    if not path.is_file():
+        pytest.skip(f"real data not available: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def banking77_path() -> Path:
+    return shared_file(BANKING77)
+
+
+@pytest.fixture(scope="session")
+def banking77(banking77_path: Path) -> FeatureSet:
+    return load_features(banking77_path)
+
+
+@pytest.fixture(scope="session")
+def synthetic() -> FeatureSet:
+    return synthesise(SynthSpec(rows_per_class=30, dim=32))
