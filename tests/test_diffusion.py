@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from diffshot.diffusion import diffuse, diffuse_gram, diffusion_operator
@@ -10,6 +11,7 @@ from diffshot.episodes import EpisodeSpec, Episodes, build_pool, gather, sample_
 from diffshot.features import FeatureSet
 from diffshot.graph import episode_laplacian, gram
 from diffshot.methods import get_method
+from diffshot.methods.diffusion import graph_size
 
 
 def _laplacian(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,9 +86,7 @@ def test_batched_diffusion_matches_unbatched_reference_on_real_episodes(banking7
         batched = get_method("diffusion").score(batch, params).argmax(-1)
         agree, ties = 0, 0
         for e in range(indices.num_episodes):
-            dist, pred = reference_diffusion(
-                batch.support[e], batch.query[e], labels[e], 5, centre, 8, 4, 0.5, 6
-            )
+            dist, pred = reference_diffusion(batch.support[e], batch.query[e], labels[e], 5, centre, 8, 4, 0.5, 6)
             same = batched[e] == pred
             agree += int(same.sum())
             sorted_d = dist.sort(1).values
@@ -95,15 +95,24 @@ def test_batched_diffusion_matches_unbatched_reference_on_real_episodes(banking7
         assert agree + ties == indices.rows.shape[0] * spec.num_query
 
 
-def test_auto_graph_reduces_to_the_paper_setting(banking77: FeatureSet) -> None:
-    from diffshot.methods.diffusion import graph_size
-
-    for shots, queries, expected in ((1, 15, (8, 4)), (5, 15, (8, 4)), (1, 1, (3, 3)), (1, 3, (5, 4))):
-        spec = EpisodeSpec(5, shots, queries)
-        points = torch.zeros(1, spec.num_support + spec.num_query, 2)
-        batch = Episodes(points, torch.zeros(1, spec.num_support, dtype=torch.long), 5, torch.zeros(2))
-        assert graph_size(batch, "auto", "auto") == expected
-        assert graph_size(batch, 6, "auto")[0] == 6
+@pytest.mark.parametrize(
+    ("ways", "shots", "queries", "expected"),
+    [
+        (5, 1, 15, (8, 4)),
+        (5, 5, 15, (8, 4)),
+        (5, 1, 1, (3, 3)),
+        (5, 1, 3, (5, 4)),
+        (20, 5, 1, (2, 2)),
+        (10, 5, 5, (3, 3)),
+    ],
+)
+def test_auto_graph_reduces_to_the_paper_setting(ways: int, shots: int, queries: int, expected: tuple) -> None:
+    spec = EpisodeSpec(ways, shots, queries)
+    points = torch.zeros(1, spec.num_support + spec.num_query, 2)
+    batch = Episodes(points, torch.zeros(1, spec.num_support, dtype=torch.long), ways, torch.zeros(2))
+    assert graph_size(batch, "auto", "auto") == expected
+    assert graph_size(batch, 6, "auto") == (6, 4)
+    assert graph_size(batch, "auto", 1)[1] == 1
 
 
 def test_method_scores_do_not_depend_on_batching(synthetic: FeatureSet) -> None:

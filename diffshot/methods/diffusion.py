@@ -8,6 +8,7 @@ P = (I − τL)^T, so their distances come from P G Pᵀ without touching the d-
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -18,19 +19,33 @@ from diffshot.episodes import Episodes
 from diffshot.graph import KNN_BACKENDS, episode_laplacian, gram
 from diffshot.methods.base import Method, Param, ParamValue, Scores
 from diffshot.preprocess import cl2n, shift_queries_
+from diffshot.sinkhorn import PTMAP_ALPHA, PTMAP_STEPS, balanced_assignment
 
 PAPER_N_TOP = 8
 PAPER_SIGMA = 4
 
 
-def graph_size(episodes: Episodes, n_top: ParamValue, sigma: ParamValue) -> tuple[int, int]:
-    """The n_top and sigma to use: explicit values win; ``auto`` adapts the graph to the episode.
+def auto_n_top(shots: int, points_per_class: float) -> int:
+    """n_top adapted to the episode: a point keeps about as many neighbours as there are queries per shot.
 
-    auto: n_top = min(8, ⌊m⌋ + 1) for m points per class (support + query), so a point keeps at
-    most as many neighbours as its class has other members; sigma = min(4, n_top). This is the
-    paper's 8 / 4 whenever m ≥ 7 (its 16 or 20 points per class) and 3 / 3 for one shot, one query.
+    With m = points per class and q = m − shots queries per class: n_top = 8 (the paper's) when
+    m ≥ 16, the regime the paper tuned for (16 or 20 points per class); else 2 + ⌈q / shots⌉, capped
+    at 8 — one shot and one query gives 3, as measured best in issue 2; and when there are fewer
+    queries than shots, n_top = 2: the graph keeps only the point itself, so only the shift acts
+    (diffusion among few queries and many labelled points mixes neighbouring classes' prototypes).
     """
-    top = min(PAPER_N_TOP, int(episodes.points_per_class) + 1) if n_top == "auto" else int(n_top)
+    queries = points_per_class - shots
+    if points_per_class >= 16:
+        return PAPER_N_TOP
+    if queries < shots:
+        return 2
+    return min(PAPER_N_TOP, 2 + math.ceil(queries / shots - 1e-9))
+
+
+def graph_size(episodes: Episodes, n_top: ParamValue, sigma: ParamValue) -> tuple[int, int]:
+    """The n_top and sigma to use: explicit values win; ``auto`` follows :func:`auto_n_top`, sigma = min(4, n_top)."""
+    shots = episodes.num_support // episodes.ways
+    top = auto_n_top(shots, episodes.points_per_class) if n_top == "auto" else int(n_top)
     return top, (min(PAPER_SIGMA, top) if sigma == "auto" else int(sigma))
 
 
@@ -47,9 +62,13 @@ def diffused_gram(episodes: Episodes, params: Mapping[str, ParamValue]) -> torch
 
 
 def score(episodes: Episodes, params: Mapping[str, ParamValue]) -> Scores:
-    """Negative squared distance of each diffused query to each diffused (rectified) prototype."""
+    """Negative squared distance to each diffused (rectified) prototype, or PT-MAP's balanced soft assignment."""
     inner = diffused_gram(episodes, params)
     num_support = episodes.num_support
+    if params["assign"] == "balanced":
+        return balanced_assignment(
+            inner, episodes.support_labels, episodes.ways, float(params["lam"]), PTMAP_ALPHA, PTMAP_STEPS
+        )
     if params["rectify"]:
         mix = rectified_mix(inner, episodes.support_labels, episodes.ways)
     else:
@@ -68,7 +87,7 @@ METHOD = Method(
             "n_top",
             "auto",
             "keep entries below the n_top-th smallest distance, the point itself included "
-            "(paper: 8; auto: min(8, points per class + 1))",
+            "(paper: 8; auto: adapts to queries per shot, see README)",
             allow_auto=True,
             minimum=2,
         ),
@@ -82,6 +101,14 @@ METHOD = Method(
         Param("rectify", False, "BD-CSPN prototype rectification with pseudo-labelled queries"),
         Param("shift", True, "cross-domain shift: move the query mean onto the support mean"),
         Param("knn", "torch", "neighbour search: batched dense torch, or FAISS", choices=KNN_BACKENDS),
+        Param(
+            "assign",
+            "nearest",
+            "nearest prototype, or balanced: PT-MAP's Sinkhorn soft assignment with prototype updates on the "
+            "diffused features (assumes every class has the same number of queries)",
+            choices=("nearest", "balanced"),
+        ),
+        Param("lam", 10.0, "Sinkhorn sharpness λ of --assign balanced (PT-MAP: 10)", minimum=0.0),
     ),
     score=score,
     transductive=True,
