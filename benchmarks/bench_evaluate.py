@@ -18,11 +18,11 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-import torch  # noqa: E402
+import torch
 
-from diffshot.episodes import EpisodeSpec  # noqa: E402
-from diffshot.evaluate import evaluate  # noqa: E402
-from diffshot.features import load_features  # noqa: E402
+from diffshot.episodes import EpisodeSpec
+from diffshot.evaluate import evaluate
+from diffshot.features import load_features
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "banking77" / "banking77-minilm.h5"
 

@@ -83,7 +83,9 @@ def test_csv_and_diffusion_options(demo: Path) -> None:
 
 def test_torch_and_faiss_knn_give_identical_results(demo: Path) -> None:
     outs = [
-        json.loads(invoke("evaluate", demo, "--episodes", 100, "--format", "json", "-m", "diffusion", "--knn", k).stdout)
+        json.loads(
+            invoke("evaluate", demo, "--episodes", 100, "--format", "json", "-m", "diffusion", "--knn", k).stdout
+        )
         for k in ("torch", "faiss")
     ]
     assert outs[0]["results"][0]["accuracy"] == outs[1]["results"][0]["accuracy"]
@@ -212,5 +214,7 @@ def test_console_script_runs_in_a_subprocess(demo: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["results"][0]["episodes"] == 30
-    bad = subprocess.run([sys.executable, "-m", "diffshot", "evaluate", "/nonexistent.h5"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "diffshot", "evaluate", "/nonexistent.h5"], capture_output=True, text=True
+    )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1

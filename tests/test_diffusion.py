@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffshot.diffusion import diffuse, diffuse_gram, diffusion_operator
-from diffshot.episodes import EpisodeSpec, Episodes, build_pool, gather, sample_episodes
+from diffshot.episodes import Episodes, EpisodeSpec, build_pool, gather, sample_episodes
 from diffshot.features import FeatureSet
 from diffshot.graph import episode_laplacian, gram
 from diffshot.methods import get_method

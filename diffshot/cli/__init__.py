@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import typer
 
+from diffshot.cli.batch import batch
 from diffshot.cli.convert import convert
 from diffshot.cli.evaluate import evaluate
 from diffshot.cli.info import info
 from diffshot.cli.methods import methods
+from diffshot.cli.predict import predict
 from diffshot.cli.synth import synth
+from diffshot.cli.tune import tune
 
 app = typer.Typer(
     name="diffshot",
@@ -19,5 +22,9 @@ app = typer.Typer(
 )
 for command in (evaluate, info, convert, synth, methods):
     app.command()(command)
+
+app.command()(predict)
+app.command()(tune)
+app.command()(batch)
 
 __all__ = ["app"]

@@ -50,7 +50,9 @@ def read_features(path: str | os.PathLike[str], base_mean_path: str | os.PathLik
                 fs = read_canonical(handle, str(p))
                 if base_mean_path is None:
                     return fs
-                return dataclasses.replace(fs, base_mean=_checked_mean(fs, read_base_mean(check_readable(base_mean_path))))
+                return dataclasses.replace(
+                    fs, base_mean=_checked_mean(fs, read_base_mean(check_readable(base_mean_path)))
+                )
     return read_foreign(p, None if base_mean_path is None else check_readable(base_mean_path))
 
 

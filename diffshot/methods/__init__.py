@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from diffshot.errors import DiffshotError
-from diffshot.methods import diffusion, simpleshot
+from diffshot.methods import bdcspn, diffresnet, diffusion, labelprop, laplacianshot, ptmap, simpleshot, tim
 from diffshot.methods.base import Method, Param, ParamValue, Scores
 
 REGISTRY: dict[str, Method] = {
@@ -11,6 +11,12 @@ REGISTRY: dict[str, Method] = {
     for method in (
         simpleshot.METHOD,
         diffusion.METHOD,
+        diffresnet.METHOD,
+        bdcspn.METHOD,
+        laplacianshot.METHOD,
+        ptmap.METHOD,
+        tim.METHOD,
+        labelprop.METHOD,
     )
 }
 
