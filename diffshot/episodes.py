@@ -134,7 +134,7 @@ def sample_episodes(pool: ClassPool, spec: EpisodeSpec, seed: int, start: int, c
     support_labels = np.broadcast_to(np.repeat(np.arange(spec.ways), spec.shots), (count, spec.num_support))
     return EpisodeIndices(
         rows=np.concatenate([support, queries], axis=1),
-        support_labels=np.ascontiguousarray(support_labels),
+        support_labels=support_labels.copy(),
         query_labels=query_labels,
         classes=pool.labels[chosen],
     )

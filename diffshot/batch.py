@@ -1,0 +1,336 @@
+"""Scripted evaluation for CI: a TOML suite of evaluations → JSON per entry, CSV, JUnit XML, Markdown summary.
+
+Suite format (paths — ``features``, ``config`` — resolve relative to the suite file)::
+
+    [defaults]                      # optional; any entry key except name
+    features = "../data/set.h5"
+    episodes = 200
+
+    [[entry]]
+    name = "set-5w1s"               # required; letters, digits, . _ -
+    shots = 1
+    methods = ["simpleshot", "diffusion"]
+    config = "tuned.toml"           # optional tuned parameters
+    params.diffusion = { layers = 6 }
+    fail_under = { diffusion = 70.0 }   # minimum mean accuracy (percent)
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+from diffshot.atomic import check_writable, write_text_atomic
+from diffshot.config import load_toml, read_config, validate_method_params
+from diffshot.episodes import EpisodeSpec
+from diffshot.errors import DiffshotError
+from diffshot.evaluate import evaluate
+from diffshot.features import FeatureSet, file_sha256, load_features
+from diffshot.report import CSV_FIELDS, features_info, to_csv, to_json_document
+
+DEFAULT_METHODS = ("simpleshot", "diffusion")
+ENTRY_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "features": (str,),
+    "ways": (int,),
+    "shots": (int,),
+    "queries": (int,),
+    "episodes": (int,),
+    "seed": (int,),
+    "split": (str,),
+    "methods": (list,),
+    "params": (dict,),
+    "config": (str,),
+    "fail_under": (dict,),
+}
+ENTRY_DEFAULTS: dict[str, object] = {"ways": 5, "shots": 1, "queries": 15, "episodes": 1000, "seed": 0}
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+class SuiteError(DiffshotError):
+    """A malformed suite (exit code 2): the message names the entry and the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One validated suite entry."""
+
+    name: str
+    features: Path
+    spec: EpisodeSpec
+    episodes: int
+    seed: int
+    split: str | None
+    methods: tuple[tuple[str, dict[str, object]], ...]
+    fail_under: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """One entry's result: its JSON document, or the reason it was skipped."""
+
+    entry: Entry
+    document: dict[str, object] | None
+    skipped: str | None = None
+
+    def failures(self) -> dict[str, tuple[float, float]]:
+        """Methods whose accuracy is below their threshold: name → (accuracy, threshold)."""
+        if self.document is None:
+            return {}
+        found = {}
+        for record in self.document["results"]:  # type: ignore[union-attr]
+            limit = self.entry.fail_under.get(record["method"])
+            if limit is not None and record["accuracy"] < limit:
+                found[record["method"]] = (record["accuracy"], limit)
+        return found
+
+
+def _check_type(where: str, key: str, value: object) -> None:
+    """Fail when ``value`` does not have the TOML type the key takes."""
+    kinds = ENTRY_TYPES[key]
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        expected = {str: "a string", int: "an integer", list: "an array", dict: "a table"}[kinds[0]]
+        raise SuiteError(f"{where}: key {key!r} must be {expected}, got {value!r}")
+
+
+def parse_suite(path: str | Path, config: Path | None = None) -> list[Entry]:
+    """Read and validate a whole suite before anything runs; SuiteError names the entry and the key."""
+    suite = Path(path)
+    try:
+        data = load_toml(suite)
+    except DiffshotError as exc:
+        raise SuiteError(str(exc)) from None
+    unknown = sorted(set(data) - {"defaults", "entry"})
+    if unknown:
+        raise SuiteError(f"{suite}: unknown top-level key {unknown[0]!r} (allowed: defaults, entry)")
+    defaults = data.get("defaults", {})
+    entries = data.get("entry", [])
+    if not isinstance(defaults, dict):
+        raise SuiteError(f"{suite}: [defaults] must be a table")
+    if not isinstance(entries, list) or not entries:
+        raise SuiteError(f"{suite}: no [[entry]] tables")
+    try:
+        base = read_config(config) if config is not None else {}
+    except DiffshotError as exc:
+        raise SuiteError(f"--config: {exc}") from None
+    parsed = [_parse_entry(suite, i, defaults, raw, base) for i, raw in enumerate(entries)]
+    names = [e.name for e in parsed]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SuiteError(f"{suite}: entry {dupes[0]!r}: key 'name' is used by more than one entry")
+    return parsed
+
+
+def _parse_entry(
+    suite: Path, position: int, defaults: Mapping[str, object], raw: object, base: Mapping[str, dict[str, object]]
+) -> Entry:
+    """Validate one [[entry]] (merged over [defaults])."""
+    label = f"entry {position + 1}"
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{suite}: {label} must be a table")
+    if "name" in defaults:
+        raise SuiteError(f"{suite}: [defaults]: key 'name' belongs to each entry")
+    merged = {**ENTRY_DEFAULTS, **defaults, **raw}
+    if isinstance(raw.get("name"), str):
+        label = f"entry {raw['name']!r}"
+    where = f"{suite}: {label}"
+    for key, value in merged.items():
+        if key not in ENTRY_TYPES:
+            raise SuiteError(f"{where}: unknown key {key!r} (allowed: {', '.join(ENTRY_TYPES)})")
+        _check_type(where, key, value)
+    for key in ("name", "features"):
+        if key not in merged:
+            raise SuiteError(f"{where}: key {key!r} is required")
+    name = str(merged["name"])
+    if not NAME_PATTERN.match(name):
+        raise SuiteError(f"{where}: key 'name' may hold only letters, digits, '.', '_' and '-'")
+    try:
+        spec = EpisodeSpec(int(merged["ways"]), int(merged["shots"]), int(merged["queries"]))  # type: ignore[arg-type]
+    except DiffshotError as exc:
+        raise SuiteError(f"{where}: {str(exc).lstrip('-')}") from None
+    for key in ("episodes",):
+        if int(merged[key]) <= 0:  # type: ignore[arg-type]
+            raise SuiteError(f"{where}: key {key!r} must be positive, got {merged[key]}")
+    methods = _methods(where, suite, merged, base)
+    fail_under = _thresholds(where, merged.get("fail_under", {}), [m for m, _ in methods])  # type: ignore[arg-type]
+    return Entry(
+        name=name,
+        features=(suite.parent / str(merged["features"])),
+        spec=spec,
+        episodes=int(merged["episodes"]),  # type: ignore[arg-type]
+        seed=int(merged["seed"]),  # type: ignore[arg-type]
+        split=merged.get("split"),  # type: ignore[arg-type]
+        methods=methods,
+        fail_under=fail_under,
+    )
+
+
+def _methods(
+    where: str, suite: Path, merged: Mapping[str, object], base: Mapping[str, dict[str, object]]
+) -> tuple[tuple[str, dict[str, object]], ...]:
+    """(method, parameters) pairs: the batch --config, then the entry's config, then its params."""
+    names = merged.get("methods", list(DEFAULT_METHODS))
+    if not names or not all(isinstance(n, str) for n in names):  # type: ignore[union-attr]
+        raise SuiteError(f"{where}: key 'methods' must be a non-empty array of method names")
+    config = dict(base)
+    if "config" in merged:
+        try:
+            config.update(read_config(suite.parent / str(merged["config"])))
+        except DiffshotError as exc:
+            raise SuiteError(f"{where}: key 'config': {exc}") from None
+    params = merged.get("params", {})
+    for method, table in params.items():  # type: ignore[union-attr]
+        if method not in names:  # type: ignore[operator]
+            raise SuiteError(f"{where}: key 'params.{method}': {method} is not in this entry's methods")
+        try:
+            validate_method_params(method, table, f"key 'params.{method}'")
+        except DiffshotError as exc:
+            raise SuiteError(f"{where}: {exc}") from None
+    runs = []
+    for method in names:  # type: ignore[union-attr]
+        try:
+            validate_method_params(method, {}, "key 'methods'")
+        except DiffshotError as exc:
+            raise SuiteError(f"{where}: {exc}") from None
+        runs.append((method, {**config.get(method, {}), **params.get(method, {})}))  # type: ignore[union-attr]
+    return tuple(runs)
+
+
+def _thresholds(where: str, table: Mapping[str, object], methods: list[str]) -> dict[str, float]:
+    """Validated fail_under thresholds (percent) per method of the entry."""
+    out = {}
+    for method, value in table.items():
+        if method not in methods:
+            raise SuiteError(f"{where}: key 'fail_under.{method}': {method} is not in this entry's methods")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+            raise SuiteError(f"{where}: key 'fail_under.{method}' must be a number from 0 to 100, got {value!r}")
+        out[method] = float(value)
+    return out
+
+
+def run_suite(
+    entries: list[Entry],
+    device: str = "cpu",
+    skip_missing: bool = False,
+    on_entry: Callable[[Entry], None] | None = None,
+) -> list[Outcome]:
+    """Run every entry (features files are read once each); missing files fail, or are skipped when asked."""
+    for entry in entries:
+        if not entry.features.is_file() and not skip_missing:
+            raise SuiteError(f"entry {entry.name!r}: key 'features': {entry.features}: no such file")
+    cache: dict[Path, tuple[FeatureSet, str]] = {}
+    outcomes = []
+    for entry in entries:
+        if on_entry is not None:
+            on_entry(entry)
+        if not entry.features.is_file():
+            outcomes.append(Outcome(entry, None, f"features file {entry.features} not found"))
+            continue
+        if entry.features not in cache:
+            cache[entry.features] = (load_features(entry.features), file_sha256(entry.features))
+        fs, sha = cache[entry.features]
+        evaluation = evaluate(
+            fs, list(entry.methods), entry.spec, entry.episodes, entry.seed, entry.split, device=device
+        )
+        document = to_json_document([evaluation], features_info(entry.features, sha, fs.dim, evaluation))
+        outcomes.append(Outcome(entry, document))
+    return outcomes
+
+
+def combined_csv(outcomes: list[Outcome]) -> str:
+    """One CSV for all entries: the evaluate CSV columns plus entry, fail_under and passed."""
+    fields = ["entry", *CSV_FIELDS, "fail_under", "passed"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for outcome in outcomes:
+        if outcome.document is None:
+            continue
+        failed = outcome.failures()
+        for row in csv.DictReader(io.StringIO(to_csv(outcome.document))):
+            limit = outcome.entry.fail_under.get(row["method"])
+            row.update(entry=outcome.entry.name, fail_under="" if limit is None else limit)
+            row["passed"] = str(row["method"] not in failed).lower()
+            writer.writerow(row)
+    return buffer.getvalue()
+
+
+def junit_xml(outcomes: list[Outcome]) -> str:
+    """JUnit XML: one test case per entry and method; a missed threshold is a failure, a missing file a skip."""
+    suite = ET.Element("testsuite", name="diffshot batch")
+    counts = {"tests": 0, "failures": 0, "skipped": 0}
+    for outcome in outcomes:
+        entry = outcome.entry
+        records = outcome.document["results"] if outcome.document is not None else []  # type: ignore[index]
+        by_method = {r["method"]: r for r in records}  # type: ignore[union-attr]
+        failed = outcome.failures()
+        for method, _ in entry.methods:
+            counts["tests"] += 1
+            record = by_method.get(method)
+            case = ET.SubElement(suite, "testcase", classname=entry.name, name=method)
+            case.set("time", f"{record['seconds'] if record else 0}")
+            if outcome.skipped is not None:
+                counts["skipped"] += 1
+                ET.SubElement(case, "skipped", message=outcome.skipped)
+            elif method in failed:
+                counts["failures"] += 1
+                acc, limit = failed[method]
+                ET.SubElement(case, "failure", message=f"accuracy {acc:.2f} < fail_under {limit:.2f}")
+            if record is not None:
+                out = ET.SubElement(case, "system-out")
+                acc, ci = record["accuracy"], record["ci95"]
+                out.text = f"accuracy {acc:.2f} ± {ci:.2f} over {record['episodes']} episodes"
+    for key, value in counts.items():
+        suite.set(key, str(value))
+    suite.set("errors", "0")
+    ET.indent(suite)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
+
+
+def markdown_summary(outcomes: list[Outcome]) -> str:
+    """A Markdown table fit for a CI job summary: entry, method, protocol, accuracy, threshold, status."""
+    lines = [
+        "| entry | method | ways | shots | episodes | accuracy (%) | fail_under | status |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for outcome in outcomes:
+        entry = outcome.entry
+        records = {r["method"]: r for r in (outcome.document or {}).get("results", [])}  # type: ignore[union-attr]
+        failed = outcome.failures()
+        for method, _ in entry.methods:
+            limit = entry.fail_under.get(method)
+            record = records.get(method)
+            accuracy = f"{record['accuracy']:.2f} ± {record['ci95']:.2f}" if record else "-"
+            status = "skipped" if outcome.skipped else ("FAIL" if method in failed else "pass")
+            threshold = "-" if limit is None else f"{limit:.2f}"
+            row = [entry.name, method, str(entry.spec.ways), str(entry.spec.shots), str(entry.episodes)]
+            lines.append("| " + " | ".join([*row, accuracy, threshold, status]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def output_paths(output_dir: Path, entries: list[Entry], junit: Path | None) -> dict[str, Path]:
+    """Every file batch writes, checked writable before anything runs (a missing folder is an error)."""
+    if not output_dir.is_dir():
+        raise DiffshotError(f"{output_dir}: output folder does not exist")
+    paths = {f"json:{e.name}": output_dir / f"{e.name}.json" for e in entries}
+    paths |= {"csv": output_dir / "results.csv", "markdown": output_dir / "summary.md"}
+    paths["junit"] = junit if junit is not None else output_dir / "junit.xml"
+    for path in paths.values():
+        check_writable(path)
+    return paths
+
+
+def write_outputs(paths: Mapping[str, Path], outcomes: list[Outcome]) -> None:
+    """Write every output file atomically, after all entries have run."""
+    for outcome in outcomes:
+        if outcome.document is not None:
+            write_text_atomic(paths[f"json:{outcome.entry.name}"], json.dumps(outcome.document, indent=2) + "\n")
+    write_text_atomic(paths["csv"], combined_csv(outcomes))
+    write_text_atomic(paths["junit"], junit_xml(outcomes))
+    write_text_atomic(paths["markdown"], markdown_summary(outcomes))

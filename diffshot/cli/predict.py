@@ -1,0 +1,129 @@
+"""`diffshot predict`: label an unlabelled features file from a labelled support file, by sparse diffusion."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import faiss
+import torch
+import typer
+from rich.table import Table
+
+from diffshot.atomic import check_writable
+from diffshot.cli.common import stderr, stdout, user_errors
+from diffshot.config import read_config
+from diffshot.errors import DiffshotError
+from diffshot.methods import get_method
+from diffshot.predict import (
+    OUTPUT_FORMATS,
+    accuracy,
+    faiss_has_gpu,
+    load_rows,
+    options_from_params,
+    write_predictions,
+)
+from diffshot.predict import (
+    predict as run_predict,
+)
+from diffshot.sparse_graph import EXACT_LIMIT, INDEX_CHOICES
+
+
+def _device(choice: str) -> torch.device:
+    """The torch device; ``cuda`` without a GPU falls back to the CPU with a notice."""
+    if choice not in ("auto", "cpu", "cuda") and not choice.startswith("cuda"):
+        raise DiffshotError(f"unknown device {choice!r}; choose auto, cpu or cuda")
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        stderr.print("notice: --device cuda asked for, but torch sees no CUDA GPU; running on the CPU")
+        return torch.device("cpu")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def _format(fmt: str | None, output: Path) -> str:
+    """The output format: explicit, else from the extension, else csv."""
+    if fmt is not None:
+        if fmt not in OUTPUT_FORMATS:
+            raise DiffshotError(f"--format {fmt!r}: choose csv or json")
+        return fmt
+    return "json" if output.suffix.lower() == ".json" else "csv"
+
+
+@user_errors
+def predict(
+    support: Annotated[Path, typer.Option(help="Labelled features file (any classes, unequal shots allowed).")],
+    query: Annotated[Path, typer.Option(help="Features file to label (its labels are ignored, except for accuracy).")],
+    output: Annotated[Path, typer.Option(help="Where to write the predictions (atomically).")],
+    fmt: Annotated[str | None, typer.Option("--format", help="csv|json (default: from --output's extension).")] = None,
+    support_split: Annotated[str | None, typer.Option(help="Use only this class split of the support file.")] = None,
+    query_split: Annotated[str | None, typer.Option(help="Use only this class split of the query file.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Tuned TOML config; its [diffusion] table is used.")] = None,
+    step_size: Annotated[float | None, typer.Option(help="Diffusion step τ (default 0.5).")] = None,
+    layers: Annotated[int | None, typer.Option(help="Diffusion steps T; 0 turns diffusion off (default 6).")] = None,
+    n_top: Annotated[str | None, typer.Option(help="Graph size n_top, or auto (= 8).")] = None,
+    sigma: Annotated[str | None, typer.Option(help="Gaussian width rank sigma, or auto (= 4).")] = None,
+    rectify: Annotated[bool | None, typer.Option("--rectify/--no-rectify", help="BD-CSPN rectification.")] = None,
+    shift: Annotated[bool | None, typer.Option("--shift/--no-shift", help="Cross-domain shift (default on).")] = None,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature of the confidence.")] = 0.1,
+    index: Annotated[
+        str, typer.Option(help="kNN index: auto|flat|hnsw|ivf (auto: flat up to --exact-limit).")
+    ] = "auto",
+    exact_limit: Annotated[int, typer.Option(help="Largest point count for the exact index under auto.")] = EXACT_LIMIT,
+    device: Annotated[str, typer.Option(help="auto|cpu|cuda (cuda without a GPU runs on the CPU).")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch and FAISS.")] = None,
+    drop_nonfinite: Annotated[bool, typer.Option(help="Drop rows with NaN/Inf instead of failing.")] = False,
+    drop_zero: Annotated[bool, typer.Option(help="Drop all-zero rows instead of failing.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary table.")] = False,
+) -> None:
+    """Label a query set by transductive diffusion over support + queries on a sparse FAISS kNN graph."""
+    start = time.perf_counter()
+    out_format = _format(fmt, output)
+    check_writable(output)
+    if index not in INDEX_CHOICES:
+        raise DiffshotError(f"--index {index!r}: choose one of {', '.join(INDEX_CHOICES)}")
+    if threads is not None:
+        if threads <= 0:
+            raise DiffshotError(f"--threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(threads)
+    params = read_config(config).get("diffusion", {}) if config is not None else {}
+    flags = {"step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
+    flags |= {"rectify": rectify, "shift": shift}
+    resolved = get_method("diffusion").resolve({**params, **{k: v for k, v in flags.items() if v is not None}})
+    options = options_from_params(resolved, temperature=temperature, index=index, exact_limit=exact_limit)
+    torch_device = _device(device)
+    if torch_device.type == "cuda" and not faiss_has_gpu():
+        stderr.print("notice: this faiss has no GPU support; the kNN graph is built on the CPU")
+    support_fs, _ = load_rows(support, support_split, drop_nonfinite, drop_zero)
+    query_fs, rows = load_rows(query, query_split, drop_nonfinite, drop_zero)
+    loaded = time.perf_counter() - start
+    prediction = run_predict(support_fs, query_fs, options, torch_device)
+    tick = time.perf_counter()
+    write_predictions(output, prediction, query_fs, rows, out_format)
+    timings = {"load": loaded, **prediction.timings, "output": time.perf_counter() - tick}
+    if quiet:
+        return
+    scored = accuracy(prediction, query_fs)
+    stdout.print(_summary(prediction.counts(), query_fs.num_rows))
+    stdout.print(
+        f"{query_fs.num_rows} query rows, {support_fs.num_rows} support rows, {len(prediction.class_names)} classes; "
+        f"index {prediction.index}, n_top {prediction.n_top}, sigma {prediction.sigma}, "
+        f"τ {options.step_size:g}, T {options.layers}; "
+        f"confidence = softmax(−squared distance / {options.temperature:g})"
+    )
+    if scored is not None:
+        stdout.print(f"accuracy {scored[0]:.2f}% on the {scored[1]} query rows whose class is a support class")
+    stderr.print("timing: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()), highlight=False)
+
+
+def _summary(counts: dict[str, int], total: int) -> Table:
+    """Rows per predicted class."""
+    table = Table(title="predicted classes")
+    table.add_column("class")
+    table.add_column("rows", justify="right")
+    table.add_column("share", justify="right")
+    for name, count in counts.items():
+        table.add_row(name, str(count), f"{100.0 * count / total:.1f}%")
+    return table

@@ -1,0 +1,138 @@
+"""Choose diffusion hyper-parameters on the validation classes: a grid, every point on the same episodes.
+
+Every configuration of the grid is one ``diffusion`` run of a single :func:`diffshot.evaluate.evaluate`
+call, so all of them see identical episodes and their differences are paired.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from diffshot.episodes import EpisodeSpec
+from diffshot.errors import DiffshotError
+from diffshot.evaluate import Evaluation, MethodResult, evaluate
+from diffshot.features import FeatureSet
+from diffshot.methods import get_method
+from diffshot.stats import Summary
+
+METHOD = "diffusion"
+GRID_KEYS = ("step_size", "layers", "n_top", "sigma", "rectify", "shift")
+DEFAULT_GRID: dict[str, tuple[object, ...]] = {
+    "step_size": (0.1, 0.25, 0.5, 0.75, 1.0),
+    "layers": (1, 2, 4, 6, 8, 12),
+    "n_top": ("auto",),
+    "sigma": ("auto",),
+    "rectify": (False,),
+    "shift": (True,),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranked:
+    """One grid point: its parameters, its result, and its paired difference to the best."""
+
+    params: dict[str, object]
+    result: MethodResult
+    versus_best: Summary
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneResult:
+    """The ranked grid, the evaluation it came from, and the axes where the best sits at the edge."""
+
+    ranked: tuple[Ranked, ...]
+    evaluation: Evaluation
+    grid: dict[str, tuple[object, ...]]
+    edges: tuple[str, ...]
+
+    @property
+    def best(self) -> Ranked:
+        return self.ranked[0]
+
+
+def check_split(fs: FeatureSet, split: str, allow_novel: bool) -> None:
+    """Refuse tuning on test (novel) classes unless ``allow_novel``: it inflates the reported results."""
+    touches_novel = split == "novel" or (split == "all" and fs.classes_in_split("novel").size > 0)
+    if touches_novel and not allow_novel:
+        raise DiffshotError(
+            f"refusing to tune on split {split!r}: it holds the novel (test) classes, and choosing "
+            "hyper-parameters on test classes inflates the results; use --split val, or --allow-novel"
+        )
+
+
+def make_grid(overrides: Mapping[str, Sequence[object]] | None = None) -> dict[str, tuple[object, ...]]:
+    """The default grid with some axes replaced; each value is checked by the diffusion method."""
+    grid = dict(DEFAULT_GRID)
+    method = get_method(METHOD)
+    for key, values in (overrides or {}).items():
+        if key not in GRID_KEYS:
+            raise DiffshotError(f"unknown grid axis {key!r}; choose from {', '.join(GRID_KEYS)}")
+        if not values:
+            raise DiffshotError(f"grid axis {key} has no values")
+        grid[key] = tuple(method.resolve({key: v})[key] for v in values)
+    return grid
+
+
+def grid_points(grid: Mapping[str, Sequence[object]]) -> list[dict[str, object]]:
+    """Every combination of the grid's values, in a fixed order."""
+    keys = list(grid)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def edge_axes(grid: Mapping[str, Sequence[object]], best: Mapping[str, object]) -> tuple[str, ...]:
+    """Numeric axes (more than one value) where the best value is the smallest or largest tried."""
+    edges = []
+    for key, values in grid.items():
+        numeric = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        value = best[key]
+        if len(numeric) > 1 and value in numeric and value in (min(numeric), max(numeric)):
+            edges.append(key)
+    return tuple(edges)
+
+
+def tune(
+    fs: FeatureSet,
+    spec: EpisodeSpec,
+    grid: Mapping[str, Sequence[object]] | None = None,
+    episodes: int = 2000,
+    seed: int = 0,
+    split: str = "val",
+    allow_novel: bool = False,
+    device: str = "cpu",
+    on_chunk: Callable[[int], None] | None = None,
+) -> TuneResult:
+    """Evaluate every grid point on the same episodes of ``split`` and rank them by mean accuracy."""
+    check_split(fs, split, allow_novel)
+    full = make_grid(grid)
+    points = grid_points(full)
+    evaluation = evaluate(
+        fs,
+        [(METHOD, p) for p in points],
+        spec,
+        episodes=episodes,
+        seed=seed,
+        split=split,
+        device=device,
+        on_chunk=on_chunk,
+    )
+    means = np.array([r.summary.mean for r in evaluation.results])
+    order = sorted(range(len(points)), key=lambda i: (-means[i], i))
+    best = evaluation.results[order[0]]
+    ranked = tuple(Ranked(points[i], evaluation.results[i], evaluation.results[i].paired(best)) for i in order)
+    return TuneResult(ranked, evaluation, full, edge_axes(full, points[order[0]]))
+
+
+def step_layer_view(result: TuneResult) -> tuple[list[object], list[object], np.ndarray]:
+    """Accuracy on a τ × T matrix, the other parameters fixed at the best's values (NaN where not run)."""
+    taus, depths = list(result.grid["step_size"]), list(result.grid["layers"])
+    table = np.full((len(taus), len(depths)), np.nan)
+    fixed = {k: v for k, v in result.best.params.items() if k not in ("step_size", "layers")}
+    for entry in result.ranked:
+        if all(entry.params[k] == v for k, v in fixed.items()):
+            i, j = taus.index(entry.params["step_size"]), depths.index(entry.params["layers"])
+            table[i, j] = entry.result.summary.mean
+    return taus, depths, table

@@ -1,0 +1,196 @@
+"""predict: sparse FAISS graph equals the dense recipe, BANKING77 acceptance, outputs, and one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from diffshot.cli import app
+from diffshot.features import FeatureSet, write_canonical
+from diffshot.graph import episode_laplacian
+from diffshot.predict import PredictOptions, accuracy, predict, select_rows
+from diffshot.sparse_graph import choose_index, knn_graph, neighbour_recall, sparse_laplacian
+
+runner = CliRunner()
+
+
+def invoke(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *needles: str) -> None:
+    assert result.exit_code != 0
+    message = result.stderr.strip()
+    assert message.startswith("error:") and "\n" not in message, message
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in message, message
+
+
+@pytest.fixture(scope="module")
+def novel_task(banking77: FeatureSet) -> tuple[FeatureSet, FeatureSet]:
+    """BANKING77 novel classes: 5 labelled rows per class as support, every other row as a query."""
+    novel, _ = select_rows(banking77, "novel")
+    rng = np.random.default_rng(0)
+    support = np.zeros(novel.num_rows, dtype=bool)
+    for c in range(novel.num_classes):
+        support[rng.choice(np.flatnonzero(novel.labels == c), 5, replace=False)] = True
+    return novel.take_rows(support), novel.take_rows(~support)
+
+
+@pytest.fixture(scope="module")
+def task_files(tmp_path_factory: pytest.TempPathFactory, novel_task) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("predict")
+    support, query = novel_task
+    return write_canonical(support, folder / "support.h5"), write_canonical(query, folder / "query.h5")
+
+
+def test_sparse_laplacian_equals_dense_recipe() -> None:
+    x = torch.nn.functional.normalize(torch.randn(150, 12, generator=torch.Generator().manual_seed(0)), dim=1)
+    dense = episode_laplacian(x[None], 8, 4)[0]
+    dist, ids = knn_graph(x.numpy(), 8, "flat")
+    sparse = sparse_laplacian(dist, ids, 8, 4)
+    assert sparse.layout == torch.sparse_csr
+    assert torch.allclose(sparse.to_dense(), dense, atol=1e-6)
+
+
+def test_auto_index_is_exact_below_the_limit_and_hnsw_above() -> None:
+    assert choose_index("auto", 1000, exact_limit=5000) == "flat"
+    assert choose_index("auto", 6000, exact_limit=5000) == "hnsw"
+    assert choose_index("ivf", 10) == "ivf"
+
+
+def test_banking77_diffusion_beats_nearest_prototype(novel_task) -> None:
+    support, query = novel_task
+    assert support.num_rows == 150 and query.num_rows > 5000
+    diffused = predict(support, query, PredictOptions())
+    plain = predict(support, query, PredictOptions(layers=0, shift=False))
+    acc, count = accuracy(diffused, query)
+    base, _ = accuracy(plain, query)
+    assert count == query.num_rows
+    assert acc >= base + 2.0, (acc, base)
+
+
+def test_hnsw_recall_against_exact(novel_task) -> None:
+    support, query = novel_task
+    points = np.concatenate([support.features, query.features])
+    _, exact = knn_graph(points, 8, "flat")
+    _, approx = knn_graph(points, 8, "hnsw")
+    assert neighbour_recall(approx[:, 1:], exact[:, 1:]) >= 0.95
+
+
+def test_unequal_shots_and_forced_approximate_index(novel_task) -> None:
+    support, query = novel_task
+    keep = np.ones(support.num_rows, dtype=bool)
+    keep[np.flatnonzero(support.labels == 0)[:3]] = False
+    prediction = predict(support.take_rows(keep), query, PredictOptions(index="auto", exact_limit=1000))
+    assert prediction.index == "hnsw"
+    assert accuracy(prediction, query)[0] > 80.0
+    assert np.all((prediction.confidence > 0) & (prediction.confidence <= 1))
+
+
+def test_predict_cli_csv_and_json(task_files, tmp_path: Path) -> None:
+    support, query = task_files
+    out = tmp_path / "pred.csv"
+    result = invoke("predict", "--support", support, "--query", query, "--output", out)
+    assert result.exit_code == 0, result.stderr
+    assert "accuracy" in result.stdout and "temperature" not in result.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["row", "text", "class", "confidence"]
+    assert len(rows) > 5000 and rows[0]["row"] == "0"
+    out_json = tmp_path / "pred.json"
+    result = invoke("predict", "--support", support, "--query", query, "--output", out_json, "--layers", 0, "-q")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(out_json.read_text())
+    assert doc["temperature"] == 0.1 and len(doc["predictions"]) == len(rows)
+
+
+def test_predict_split_selection_keeps_file_row_numbers(banking77_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.csv"
+    args = ["predict", "--support", banking77_path, "--query", banking77_path, "--output", out, "-q"]
+    result = invoke(*args, "--support-split", "val", "--query-split", "val", "--layers", 0)
+    assert result.exit_code == 0, result.stderr
+    rows = [int(r["row"]) for r in csv.DictReader(out.open())]
+    assert rows == sorted(rows) and rows[-1] > len(rows)
+
+
+def _write(fs: FeatureSet, path: Path) -> Path:
+    return write_canonical(fs, path)
+
+
+def test_bad_inputs_are_one_line_errors_and_write_nothing(synthetic: FeatureSet, tmp_path: Path) -> None:
+    good = _write(synthetic, tmp_path / "good.h5")
+    out = tmp_path / "out.csv"
+    narrow = dataclasses.replace(synthetic, features=np.ascontiguousarray(synthetic.features[:, :16]), base_mean=None)
+    cases = {
+        "dimension mismatch": _write(narrow, tmp_path / "narrow.h5"),
+    }
+    result = invoke("predict", "--support", good, "--query", cases["dimension mismatch"], "--output", out)
+    assert_one_line_error(result, "dimension mismatch")
+    bad = synthetic.features.copy()
+    bad[3, 0] = np.nan
+    nonfinite = _write(dataclasses.replace(synthetic, features=bad), tmp_path / "nan.h5")
+    assert_one_line_error(invoke("predict", "--support", good, "--query", nonfinite, "--output", out), "NaN")
+    result = invoke("predict", "--support", good, "--query", good, "--output", tmp_path / "missing" / "o.csv")
+    assert_one_line_error(result, "does not exist")
+    empty = tmp_path / "empty.h5"
+    with h5py.File(empty, "w") as handle:
+        handle["features"] = np.zeros((0, synthetic.dim), np.float32)
+        handle["labels"] = np.zeros(0, np.int64)
+    assert_one_line_error(invoke("predict", "--support", good, "--query", empty, "--output", out), "no rows")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.h5", "good.h5", "nan.h5", "narrow.h5"]
+
+
+def test_library_errors_for_empty_query_and_empty_support_class(synthetic: FeatureSet) -> None:
+    from diffshot.errors import DiffshotError
+
+    empty_query = synthetic.take_rows(np.zeros(synthetic.num_rows, dtype=bool))
+    with pytest.raises(DiffshotError, match="zero rows"):
+        predict(synthetic, empty_query)
+    no_class0 = synthetic.take_rows(synthetic.labels != 0)
+    with pytest.raises(DiffshotError, match="has zero rows"):
+        predict(no_class0, synthetic)
+
+
+def test_config_feeds_predict(task_files, tmp_path: Path) -> None:
+    support, query = task_files
+    config = tmp_path / "c.toml"
+    config.write_text("[diffusion]\nlayers = 0\nshift = false\n")
+    out = tmp_path / "a.csv"
+    result = invoke("predict", "--support", support, "--query", query, "--output", out, "--config", config)
+    assert result.exit_code == 0, result.stderr
+    assert "T 0" in result.stdout
+    config.write_text("[diffusion]\nlayers = 'six'\n")
+    result = invoke("predict", "--support", support, "--query", query, "--output", out, "--config", config)
+    assert_one_line_error(result, "diffusion.layers")
+
+
+def test_dropped_rows_keep_file_row_numbers(synthetic: FeatureSet, tmp_path: Path) -> None:
+    bad = synthetic.features.copy()
+    bad[[2, 5], 1] = np.inf
+    path = write_canonical(dataclasses.replace(synthetic, features=bad), tmp_path / "q.h5")
+    good = write_canonical(synthetic, tmp_path / "s.h5")
+    out = tmp_path / "o.csv"
+    args = ["predict", "--support", good, "--query", path, "--output", out, "--drop-nonfinite", "-q"]
+    result = invoke(*args, "--query-split", "novel")
+    assert result.exit_code == 0, result.stderr
+    assert "dropped 2 rows" in result.stderr
+    rows = [int(r["row"]) for r in csv.DictReader(out.open())]
+    novel = np.flatnonzero(np.isin(synthetic.labels, synthetic.classes_in_split("novel")))
+    assert rows == [r for r in novel.tolist() if r not in (2, 5)]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+def test_cuda_without_gpu_runs_on_cpu_with_notice(synthetic: FeatureSet, tmp_path: Path) -> None:
+    path = write_canonical(synthetic, tmp_path / "s.h5")
+    result = invoke("predict", "--support", path, "--query", path, "--output", tmp_path / "o.csv", "--device", "cuda")
+    assert result.exit_code == 0, result.stderr
+    assert "notice" in result.stderr and "CPU" in result.stderr

@@ -1,0 +1,92 @@
+"""tune: same episodes for every grid point, ranking, edge warning, novel refusal, TOML round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from diffshot.cli import app
+from diffshot.config import read_config, write_config
+from diffshot.episodes import EpisodeSpec
+from diffshot.errors import DiffshotError
+from diffshot.evaluate import evaluate
+from diffshot.features import FeatureSet
+from diffshot.tune import edge_axes, step_layer_view, tune
+
+runner = CliRunner()
+SPEC = EpisodeSpec(5, 1, 15)
+
+
+def test_tune_ranks_paired_results_on_val(banking77: FeatureSet) -> None:
+    grid = {"step_size": [0.25, 1.0], "layers": [2, 6]}
+    result = tune(banking77, SPEC, grid, episodes=100, seed=3)
+    means = [r.result.summary.mean for r in result.ranked]
+    assert means == sorted(means, reverse=True) and len(means) == 4
+    assert result.evaluation.split == "val" and len(result.evaluation.classes) == 10
+    again = evaluate(banking77, [("diffusion", result.best.params)], SPEC, episodes=100, seed=3, split="val")
+    assert np.array_equal(again.results[0].accuracies, result.best.result.accuracies)
+    assert result.ranked[0].versus_best.mean == 0.0 and result.ranked[-1].versus_best.mean <= 0.0
+    taus, depths, table = step_layer_view(result)
+    assert taus == [0.25, 1.0] and depths == [2, 6] and np.isfinite(table).all()
+    assert table.max() == pytest.approx(means[0])
+
+
+def test_edge_axes() -> None:
+    grid = {"step_size": (0.1, 0.5, 1.0), "layers": (2, 6, 8), "n_top": ("auto",), "shift": (True, False)}
+    assert edge_axes(grid, {"step_size": 0.5, "layers": 8, "n_top": "auto", "shift": False}) == ("layers",)
+    assert edge_axes(grid, {"step_size": 0.5, "layers": 6, "n_top": "auto", "shift": True}) == ()
+
+
+def test_tune_refuses_novel_unless_allowed(synthetic: FeatureSet) -> None:
+    with pytest.raises(DiffshotError, match="inflates"):
+        tune(synthetic, SPEC, episodes=10, split="novel")
+    with pytest.raises(DiffshotError, match="inflates"):
+        tune(synthetic, SPEC, episodes=10, split="all")
+    result = tune(synthetic, SPEC, {"step_size": [0.5], "layers": [2]}, episodes=10, split="novel", allow_novel=True)
+    assert len(result.ranked) == 1
+
+
+def test_bad_grid_values(synthetic: FeatureSet) -> None:
+    with pytest.raises(DiffshotError, match="layers"):
+        tune(synthetic, SPEC, {"layers": ["many"]}, episodes=10)
+    with pytest.raises(DiffshotError, match="unknown grid axis"):
+        tune(synthetic, SPEC, {"depth": [1]}, episodes=10)
+
+
+def test_config_round_trip_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    config = {"diffusion": {"step_size": 0.75, "layers": 8, "n_top": "auto", "sigma": 3, "rectify": True}}
+    write_config(path, config, ["a comment"])
+    assert read_config(path) == config
+    for text, needle in (
+        ("[diffusion]\nstep = 0.5\n", "unknown key diffusion.step"),
+        ("[diffusion]\nlayers = 6.5\n", "diffusion.layers must be an integer"),
+        ("[diffusion]\nrectify = 'yes'\n", "diffusion.rectify must be true/false"),
+        ("[diffusion]\nlayers = -1\n", "at least"),
+        ("[nosuch]\nx = 1\n", "unknown method 'nosuch'"),
+        ("[diffusion\n", "not valid TOML"),
+    ):
+        path.write_text(text)
+        with pytest.raises(DiffshotError, match=r".*") as caught:
+            read_config(path)
+        message = str(caught.value)
+        assert needle in message and str(path) in message and "\n" not in message, message
+
+
+def test_tune_cli_writes_config_and_warns_at_edge(banking77_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "best.toml"
+    args = ["tune", banking77_path, "--episodes", 60, "--step-size", "0.25,1.0", "--layers", "1,2", "--output", out]
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.stderr
+    assert "τ (rows) × T (columns)" in result.stdout
+    assert "edge of the grid" in result.stderr
+    best = read_config(out)["diffusion"]
+    assert best["step_size"] in (0.25, 1.0) and best["layers"] in (1, 2)
+    refused = runner.invoke(
+        app, ["tune", str(banking77_path), "--split", "novel", "--output", str(tmp_path / "n.toml")]
+    )
+    assert refused.exit_code == 1 and "--allow-novel" in refused.stderr
+    assert not (tmp_path / "n.toml").exists()
