@@ -102,10 +102,14 @@ def select_rows(fs: FeatureSet, split: str | None) -> tuple[FeatureSet, np.ndarr
 
 
 def load_rows(
-    path: str | os.PathLike[str], split: str | None = None, drop_nonfinite: bool = False, drop_zero: bool = False
+    path: str | os.PathLike[str],
+    split: str | None = None,
+    drop_nonfinite: bool = False,
+    drop_zero: bool = False,
+    require_labels: bool = True,
 ) -> tuple[FeatureSet, np.ndarray]:
     """Read, clean and split-select a features file; also the file row number of every kept row."""
-    fs = read_features(path)
+    fs = read_features(path, require_labels=require_labels)
     fs = dataclasses.replace(fs, metadata={**fs.metadata, ROW_KEY: np.arange(fs.num_rows)})
     fs, _ = select_rows(clean_features(fs, drop_nonfinite=drop_nonfinite, drop_zero=drop_zero), split)
     rows = fs.metadata[ROW_KEY]

@@ -194,3 +194,20 @@ def test_cuda_without_gpu_runs_on_cpu_with_notice(synthetic: FeatureSet, tmp_pat
     result = invoke("predict", "--support", path, "--query", path, "--output", tmp_path / "o.csv", "--device", "cuda")
     assert result.exit_code == 0, result.stderr
     assert "notice" in result.stderr and "CPU" in result.stderr
+
+
+def test_query_file_without_labels_is_predicted(tmp_path: Path, synthetic) -> None:
+    """A query file with no `labels` dataset (rows to label) is accepted; no accuracy is claimed."""
+    novel = synthetic.select_split("novel")
+    support = write_canonical(novel.take_rows(np.arange(novel.num_rows) % 30 < 5), tmp_path / "support.h5")
+    query = tmp_path / "query.h5"
+    with h5py.File(query, "w") as handle:
+        handle.create_dataset("features", data=novel.features[np.arange(novel.num_rows) % 30 >= 5])
+    out = tmp_path / "pred.csv"
+    result = CliRunner().invoke(
+        app, ["predict", "--support", str(support), "--query", str(query), "--output", str(out)]
+    )
+    assert result.exit_code == 0, result.stderr
+    lines = out.read_text().strip().splitlines()
+    assert len(lines) == 1 + 20 * 25
+    assert "accuracy" not in result.stdout.lower()

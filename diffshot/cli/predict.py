@@ -97,7 +97,7 @@ def predict(
     if torch_device.type == "cuda" and not faiss_has_gpu():
         stderr.print("notice: this faiss has no GPU support; the kNN graph is built on the CPU")
     support_fs, _ = load_rows(support, support_split, drop_nonfinite, drop_zero)
-    query_fs, rows = load_rows(query, query_split, drop_nonfinite, drop_zero)
+    query_fs, rows = load_rows(query, query_split, drop_nonfinite, drop_zero, require_labels=False)
     loaded = time.perf_counter() - start
     prediction = run_predict(support_fs, query_fs, options, torch_device)
     tick = time.perf_counter()

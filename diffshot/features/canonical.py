@@ -17,17 +17,25 @@ FORMAT_VERSION = 1
 _STRUCTURED = ("features", "labels", "class_names", "class_split", "base_mean")
 
 
-def is_canonical(handle: h5py.File) -> bool:
-    """Whether an open HDF5 file has the canonical ``features`` and ``labels`` datasets."""
-    return "features" in handle and "labels" in handle
+def is_canonical(handle: h5py.File, require_labels: bool = True) -> bool:
+    """Whether an open HDF5 file has the canonical ``features`` (and, if required, ``labels``) datasets."""
+    return "features" in handle and ("labels" in handle or not require_labels)
 
 
-def read_canonical(handle: h5py.File, source: str) -> FeatureSet:
-    """Read an open canonical HDF5 file into a FeatureSet."""
-    for key in ("features", "labels"):
+UNLABELLED = "<unlabelled>"
+
+
+def read_canonical(handle: h5py.File, source: str, require_labels: bool = True) -> FeatureSet:
+    """Read an open canonical HDF5 file into a FeatureSet (rows without ``labels`` form one unlabelled class)."""
+    for key in ("features", "labels") if require_labels else ("features",):
         if key not in handle or not isinstance(handle[key], h5py.Dataset):
             raise DiffshotError(f"{source}: missing dataset {key!r}")
-    optional = {k: handle[k][()] for k in ("class_names", "class_split", "base_mean") if k in handle}
+    if "labels" not in handle:
+        labels, names = np.zeros(handle["features"].shape[0], dtype=np.int64), [UNLABELLED]
+    else:
+        labels, names = handle["labels"][()], None
+    per_class = ("class_names", "class_split") if "labels" in handle else ()
+    optional = {k: handle[k][()] for k in (*per_class, "base_mean") if k in handle}
     rows = handle["features"].shape[0]
     metadata = {
         key: _decode(ds[()])
@@ -35,10 +43,12 @@ def read_canonical(handle: h5py.File, source: str) -> FeatureSet:
         if key not in _STRUCTURED and isinstance(ds, h5py.Dataset) and ds.shape[:1] == (rows,)
     }
     attrs = {k: v for k, v in handle.attrs.items() if k not in ("format", "format_version")}
+    if "class_names" in optional:
+        names = list(_decode(optional["class_names"]))
     return make_featureset(
         handle["features"][()],
-        handle["labels"][()],
-        class_names=None if "class_names" not in optional else list(_decode(optional["class_names"])),
+        labels,
+        class_names=names,
         class_split=None if "class_split" not in optional else list(_decode(optional["class_split"])),
         base_mean=optional.get("base_mean"),
         metadata=metadata,

@@ -37,8 +37,15 @@ def is_hdf5(path: Path) -> bool:
         return handle.read(8) == HDF5_SIGNATURE
 
 
-def read_features(path: str | os.PathLike[str], base_mean_path: str | os.PathLike[str] | None = None) -> FeatureSet:
-    """Read a features file of any supported format, without cleaning it."""
+def read_features(
+    path: str | os.PathLike[str],
+    base_mean_path: str | os.PathLike[str] | None = None,
+    require_labels: bool = True,
+) -> FeatureSet:
+    """Read a features file of any supported format, without cleaning it.
+
+    With ``require_labels=False`` a canonical file without ``labels`` (rows to predict) is accepted.
+    """
     p = check_readable(path)
     if is_hdf5(p):
         try:
@@ -46,8 +53,8 @@ def read_features(path: str | os.PathLike[str], base_mean_path: str | os.PathLik
         except OSError as exc:
             raise DiffshotError(f"{p}: unreadable HDF5 file ({exc})") from None
         with handle:
-            if is_canonical(handle):
-                fs = read_canonical(handle, str(p))
+            if is_canonical(handle, require_labels):
+                fs = read_canonical(handle, str(p), require_labels)
                 if base_mean_path is None:
                     return fs
                 return dataclasses.replace(
