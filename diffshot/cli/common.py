@@ -10,6 +10,7 @@ from typing import ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from diffshot.errors import DiffshotError
 
@@ -22,7 +23,7 @@ stderr = Console(stderr=True, soft_wrap=True)
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``error: message`` on stderr as one line and return the Exit to raise."""
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
     return typer.Exit(code)
 
 
@@ -45,7 +46,7 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
             finally:
                 for item in caught:
                     if issubclass(item.category, UserWarning | RuntimeWarning):
-                        stderr.print(f"[yellow]warning:[/] {item.message}", highlight=False)
+                        stderr.print(f"[yellow]warning:[/] {escape(str(item.message))}", highlight=False)
 
     return wrapper
 

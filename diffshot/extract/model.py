@@ -1,0 +1,55 @@
+"""The feature encoder of a run: an architecture with its checkpoint's weights, on a device."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffshot.errors import DiffshotError
+from diffshot.extract.backbones import ARCHS, build_backbone
+from diffshot.extract.checkpoint import LoadReport, find_state_dict, load_checkpoint, load_into, load_torchscript
+
+
+@dataclasses.dataclass
+class Encoder:
+    """A backbone in eval mode that maps a float32 [B, C, H, W] batch to float32 [B, dim] features."""
+
+    module: nn.Module
+    arch: str
+    device: torch.device
+    report: LoadReport | None = None
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Features of one batch, as a float32 numpy array."""
+        with torch.inference_mode():
+            out = self.module(torch.from_numpy(batch).to(self.device))
+        if not isinstance(out, torch.Tensor):
+            raise DiffshotError(f"--arch {self.arch}: the model returned a {type(out).__name__}, not a tensor")
+        if out.ndim != 2 or out.shape[0] != batch.shape[0]:
+            raise DiffshotError(
+                f"--arch {self.arch}: the model returned shape {list(out.shape)} for a batch of "
+                f"{batch.shape[0]}; expected (batch, dim)"
+            )
+        return out.detach().float().cpu().numpy()
+
+
+def build_encoder(arch: str, checkpoint: Path, in_channels: int, device: torch.device, trust: bool = False) -> Encoder:
+    """Build ``arch``, load ``checkpoint`` into it (or load the TorchScript module), move it to ``device``."""
+    if arch not in ARCHS:
+        raise DiffshotError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    if arch == "torchscript":
+        return Encoder(load_torchscript(checkpoint, device), arch, device)
+    state = find_state_dict(load_checkpoint(checkpoint, trust), checkpoint)
+    module = build_backbone(arch, in_channels, state.keys())
+    report = load_into(module, state, arch, checkpoint, in_channels)
+    return Encoder(module.to(device).eval(), arch, device, report)
+
+
+def random_encoder(arch: str, in_channels: int, device: torch.device, seed: int = 0) -> Encoder:
+    """A backbone with seeded random weights (for benchmarks and tests)."""
+    torch.manual_seed(seed)
+    return Encoder(build_backbone(arch, in_channels).to(device).eval(), arch, device)
