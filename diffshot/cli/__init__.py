@@ -5,8 +5,10 @@ from __future__ import annotations
 import typer
 
 from diffshot.cli.batch import batch
+from diffshot.cli.compare import compare
 from diffshot.cli.convert import convert
 from diffshot.cli.evaluate import evaluate
+from diffshot.cli.extract import extract
 from diffshot.cli.info import info
 from diffshot.cli.methods import methods
 from diffshot.cli.predict import predict
@@ -20,11 +22,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for command in (evaluate, info, convert, synth, methods):
+for command in (evaluate, info, convert, synth, methods, compare, extract, predict, tune, batch):
     app.command()(command)
-
-app.command()(predict)
-app.command()(tune)
-app.command()(batch)
 
 __all__ = ["app"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
@@ -20,10 +21,31 @@ from diffshot.errors import DiffshotError
 from diffshot.evaluate import evaluate as run_evaluation
 from diffshot.features import file_sha256, load_features
 from diffshot.methods import get_method
-from diffshot.report import features_info, results_table, to_csv, to_json_document
+from diffshot.report import features_info, results_table, save_episode_accuracies, to_csv, to_json_document
 
 DEFAULT_METHODS = ("simpleshot", "diffusion")
 FORMATS = ("table", "json", "csv")
+
+
+def parse_imbalance(text: str | None) -> float | None:
+    """``dirichlet:ALPHA`` as the Dirichlet concentration α (> 0); ``None`` or ``none`` for balanced queries."""
+    if text is None or text.strip().lower() in ("none", "balanced"):
+        return None
+    kind, sep, value = text.partition(":")
+    try:
+        alpha = float(value)
+    except ValueError:
+        alpha = float("nan")
+    if kind.strip().lower() != "dirichlet" or not sep or not alpha > 0 or alpha == float("inf"):
+        raise DiffshotError(f"--imbalance {text!r}: expected dirichlet:ALPHA with ALPHA > 0, e.g. dirichlet:2")
+    return alpha
+
+
+def episodes_reference(episodes_file: Path, output: Path | None) -> str:
+    """How the JSON names the --save-episodes file: relative to the JSON's folder, else absolute."""
+    if output is None:
+        return str(episodes_file.resolve())
+    return os.path.relpath(episodes_file.resolve(), output.resolve().parent)
 
 
 def parse_assignments(items: list[str]) -> dict[str, dict[str, str]]:
@@ -104,6 +126,13 @@ def evaluate(
     shift: Annotated[
         bool | None, typer.Option("--shift/--no-shift", help="Cross-domain shift of the queries (default on).")
     ] = None,
+    assign: Annotated[
+        str | None,
+        typer.Option(
+            help="diffusion's decision: nearest (default) or balanced (PT-MAP's Sinkhorn step on the diffused "
+            "features; assumes every class has the same number of queries, and drops under --imbalance)."
+        ),
+    ] = None,
     set_params: Annotated[
         list[str] | None, typer.Option("--set", help="Any method parameter: METHOD.PARAM=VALUE (repeatable).")
     ] = None,
@@ -118,6 +147,21 @@ def evaluate(
     drop_nonfinite: Annotated[bool, typer.Option(help="Drop rows with NaN/Inf instead of failing.")] = False,
     drop_zero: Annotated[bool, typer.Option(help="Drop all-zero rows instead of failing.")] = False,
     chunk_size: Annotated[int | None, typer.Option(help="Episodes per batch (default: sized to memory).")] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(help="Add each method's paired difference to this method (same episodes) ± 95% interval."),
+    ] = None,
+    imbalance: Annotated[
+        str | None,
+        typer.Option(
+            help="Imbalanced queries: dirichlet:ALPHA draws per-class query counts from Dirichlet(α), total kept "
+            "(α-TIM protocol; α = 2 in its tables). PT-MAP and --assign balanced assume balance."
+        ),
+    ] = None,
+    save_episodes: Annotated[
+        Path | None,
+        typer.Option(help="Save per-episode accuracies (with seed, protocol, features sha256) to this .npz."),
+    ] = None,
 ) -> None:
     """Evaluate few-shot methods on seeded episodes: accuracy ± 95% interval (1.96·std/√n), in percent."""
     shots = shots or [1]
@@ -127,11 +171,18 @@ def evaluate(
         check_writable(output)
     if chunk_size is not None and chunk_size <= 0:
         raise DiffshotError(f"--chunk-size must be positive, got {chunk_size}")
-    specs = [EpisodeSpec(ways, k, queries) for k in shots]
+    alpha = parse_imbalance(imbalance)
+    specs = [EpisodeSpec(ways, k, queries, alpha) for k in shots]
+    if baseline is not None and baseline not in methods:
+        raise DiffshotError(
+            f"--baseline {baseline}: not among the methods run ({', '.join(methods)}); add --method {baseline}"
+        )
+    if save_episodes is not None:
+        check_writable(save_episodes)
     if episodes <= 0:
         raise DiffshotError(f"--episodes must be a positive integer, got {episodes}")
     shared = {"knn": knn, "step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
-    shared |= {"rectify": rectify, "shift": shift}
+    shared |= {"rectify": rectify, "shift": shift, "assign": assign}
     runs = method_overrides(methods, shared, parse_assignments(set_params or []))
     path = features if features is not None else default_features()
     fs = load_features(path, base_mean_path=base_mean, drop_nonfinite=drop_nonfinite, drop_zero=drop_zero)
@@ -155,7 +206,10 @@ def evaluate(
             )
     info = features_info(path, file_sha256(path), fs.dim, evaluations[0])
     info["device"] = str(torch_device)
-    document = to_json_document(evaluations, info)
+    document = to_json_document(evaluations, info, baseline)
+    if save_episodes is not None:
+        save_episode_accuracies(save_episodes, evaluations, info)
+        document["episodes_file"] = episodes_reference(save_episodes, output)
     rendered = {"json": lambda: json.dumps(document, indent=2) + "\n", "csv": lambda: to_csv(document)}
     if output is not None:
         write_text_atomic(output, rendered[fmt]())

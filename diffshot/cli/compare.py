@@ -1,0 +1,50 @@
+"""`diffshot compare A B`: paired difference between two saved runs on the same seeded episodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from diffshot.cli.common import user_errors
+from diffshot.errors import DiffshotError
+from diffshot.report import EpisodeRecord, load_episode_accuracies, protocol_mismatch
+from diffshot.stats import paired_difference, summarise
+
+
+def pairs(first: list[EpisodeRecord], second: list[EpisodeRecord]) -> list[tuple[EpisodeRecord, EpisodeRecord]]:
+    """Runs to compare: the same method and shots when both files share methods, else every pair with equal shots."""
+    shared = {r.method for r in first} & {r.method for r in second}
+    return [(a, b) for a in first for b in second if a.shots == b.shots and (not shared or a.method == b.method)]
+
+
+def label(record: EpisodeRecord, name: str) -> str:
+    """A run's name in the table: its method, and which file it came from."""
+    return f"{record.method} ({name})"
+
+
+@user_errors
+def compare(
+    first: Annotated[Path, typer.Argument(help="A run: a --save-episodes .npz, or a JSON result that names one.")],
+    second: Annotated[Path, typer.Argument(help="The run compared with it (same seed, protocol and features).")],
+) -> None:
+    """Paired difference (second − first) ± 95% interval over identical episodes of two saved runs."""
+    meta_a, runs_a = load_episode_accuracies(first)
+    meta_b, runs_b = load_episode_accuracies(second)
+    field = protocol_mismatch(meta_a, meta_b)
+    if field is not None:
+        raise DiffshotError(
+            f"{first} and {second} differ in {field} ({meta_a.get(field)} vs {meta_b.get(field)}): "
+            "their episodes are not the same, so they cannot be paired"
+        )
+    matched = pairs(runs_a, runs_b)
+    if not matched:
+        raise DiffshotError(f"{first} and {second} share no shots setting to compare")
+    typer.echo(f"{second.name} − {first.name}: seed {meta_a['seed']}, {meta_a['episodes']} paired episodes")
+    for a, b in matched:
+        sa, sb, diff = summarise(a.accuracies), summarise(b.accuracies), paired_difference(b.accuracies, a.accuracies)
+        typer.echo(
+            f"{a.shots}-shot  {label(a, first.name)} {sa.mean:.2f} ± {sa.ci95:.2f}  vs  "
+            f"{label(b, second.name)} {sb.mean:.2f} ± {sb.ci95:.2f}  Δ {diff.mean:+.2f} ± {diff.ci95:.2f}"
+        )

@@ -1,0 +1,122 @@
+"""Paired comparison: --baseline, --imbalance, --save-episodes and `diffshot compare`, with one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from diffshot.cli import app
+from diffshot.cli.evaluate import parse_imbalance
+from diffshot.errors import DiffshotError
+from diffshot.features import FeatureSet, write_canonical
+
+runner = CliRunner()
+
+
+def invoke(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *needles: str) -> None:
+    assert result.exit_code == 1, result.output
+    message = result.stderr.strip()
+    assert message.startswith("error:") and "\n" not in message and "Traceback" not in result.output, message
+    for needle in needles:
+        assert needle in message, message
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory, synthetic: FeatureSet) -> Path:
+    return write_canonical(synthetic, tmp_path_factory.mktemp("compare") / "demo.h5")
+
+
+def run(demo: Path, folder: Path, name: str, *extra: object) -> Path:
+    out = folder / f"{name}.json"
+    result = invoke(
+        "evaluate", demo, "--episodes", 60, "-q", "--output", out, "--save-episodes", folder / f"{name}.npz", *extra
+    )
+    assert result.exit_code == 0, result.stderr
+    return out
+
+
+def test_baseline_adds_paired_block_and_npz(demo: Path, tmp_path: Path) -> None:
+    out = run(
+        demo, tmp_path, "a", "-m", "simpleshot", "-m", "bdcspn", "--baseline", "simpleshot", "--shots", 1, "--shots", 5
+    )
+    doc = json.loads(out.read_text())
+    assert doc["episodes_file"] == "a.npz"
+    for record in doc["results"]:
+        assert record["paired"]["baseline"] == "simpleshot"
+        assert {"accuracy", "ci95", "seconds", "params", "imbalance"} <= set(record)
+    simple, bdcspn = doc["results"][0], doc["results"][1]
+    assert simple["paired"]["difference"] == 0.0
+    with np.load(tmp_path / "a.npz") as data:
+        meta = json.loads(str(data["meta"]))
+        assert meta["seed"] == 0 and meta["episodes"] == 60 and meta["features_sha256"] == doc["features"]["sha256"]
+        keys = {(r["method"], r["shots"]): r["key"] for r in meta["runs"]}
+        diff = data[keys["bdcspn", 1]] - data[keys["simpleshot", 1]]
+    assert np.isclose(diff.mean(), bdcspn["paired"]["difference"], atol=1e-3)
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_compare_pairs_two_runs_on_the_same_episodes(demo: Path, tmp_path: Path) -> None:
+    first = run(demo, tmp_path, "first", "-m", "simpleshot", "-m", "diffusion")
+    second = run(demo, tmp_path, "second", "-m", "simpleshot", "-m", "diffusion", "--set", "diffusion.rectify=true")
+    result = invoke("compare", first, second)
+    assert result.exit_code == 0, result.stderr
+    assert "+0.00 ± 0.00" in result.stdout and "diffusion" in result.stdout
+    via_npz = invoke("compare", tmp_path / "first.npz", tmp_path / "second.npz")
+    assert via_npz.exit_code == 0 and via_npz.stdout.count("±") == result.stdout.count("±")
+
+
+def test_compare_refuses_unpaired_runs(demo: Path, tmp_path: Path) -> None:
+    first = run(demo, tmp_path, "s0", "-m", "simpleshot")
+    other_seed = run(demo, tmp_path, "s1", "-m", "simpleshot", "--seed", 1)
+    assert_one_line_error(invoke("compare", first, other_seed), "differ in seed", "cannot be paired")
+    imbalanced = run(demo, tmp_path, "imb", "-m", "simpleshot", "--imbalance", "dirichlet:2")
+    assert_one_line_error(invoke("compare", first, imbalanced), "imbalance")
+    plain = tmp_path / "plain.json"
+    assert invoke("evaluate", demo, "--episodes", 20, "-q", "-m", "simpleshot", "--output", plain).exit_code == 0
+    assert_one_line_error(invoke("compare", first, plain), "--save-episodes")
+    assert_one_line_error(invoke("compare", first, tmp_path / "missing.npz"), "no such file")
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    assert_one_line_error(invoke("compare", first, junk), "not a diffshot --save-episodes file")
+
+
+def test_imbalance_runs_and_is_recorded(demo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "imb.json"
+    result = invoke(
+        "evaluate", demo, "--episodes", 40, "-q", "-m", "ptmap", "--imbalance", "dirichlet:2", "--output", out
+    )
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(out.read_text())["results"][0]["imbalance"] == "dirichlet:2"
+
+
+@pytest.mark.parametrize(
+    "text", ["dirichlet", "dirichlet:", "dirichlet:0", "dirichlet:-1", "dirichlet:x", "beta:2", "2"]
+)
+def test_bad_imbalance_is_a_one_line_error(demo: Path, text: str) -> None:
+    with pytest.raises(DiffshotError, match="dirichlet:ALPHA"):
+        parse_imbalance(text)
+    assert_one_line_error(invoke("evaluate", demo, "--episodes", 5, "--imbalance", text), "--imbalance")
+
+
+def test_parse_imbalance_values() -> None:
+    assert parse_imbalance(None) is None and parse_imbalance("none") is None
+    assert parse_imbalance("dirichlet:2") == 2.0 and parse_imbalance("Dirichlet:0.5") == 0.5
+
+
+def test_baseline_must_be_run(demo: Path) -> None:
+    assert_one_line_error(invoke("evaluate", demo, "--episodes", 5, "--baseline", "ptmap"), "--baseline ptmap")
+
+
+def test_methods_lists_every_method_with_defaults() -> None:
+    result = invoke("methods")
+    assert result.exit_code == 0
+    for name in ("bdcspn", "laplacianshot", "ptmap", "tim", "labelprop", "diffresnet", "assign"):
+        assert name in result.stdout
