@@ -218,3 +218,17 @@ def test_console_script_runs_in_a_subprocess(demo: Path) -> None:
         [sys.executable, "-m", "diffshot", "evaluate", "/nonexistent.h5"], capture_output=True, text=True
     )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_config_file_sets_parameters_and_flags_override_it(demo: Path, tmp_path: Path) -> None:
+    config = tmp_path / "tuned.toml"
+    config.write_text("[diffusion]\nlayers = 3\nstep_size = 0.25\n")
+    result = invoke("evaluate", demo, "--episodes", 20, "--format", "json", "-m", "diffusion", "--config", config)
+    assert result.exit_code == 0, result.stderr
+    params = json.loads(result.stdout)["results"][0]["params"]
+    assert params["layers"] == 3 and params["step_size"] == 0.25
+    flagged = invoke("evaluate", demo, "--episodes", 20, "--format", "json", "-m", "diffusion", "--config", config,
+                     "--layers", 5)  # fmt: skip
+    assert json.loads(flagged.stdout)["results"][0]["params"]["layers"] == 5
+    config.write_text("[diffusion]\nlayer = 3\n")
+    assert_one_line_error(invoke("evaluate", demo, "--config", config), "tuned.toml", "diffusion.layer")

@@ -1,19 +1,10 @@
-"""The diffshot command line: parse options, call the library, render the results."""
+"""The diffshot command line: parse options, call the library, render the results (one module per command)."""
 
 from __future__ import annotations
 
 import typer
 
-from diffshot.cli.batch import batch
-from diffshot.cli.compare import compare
-from diffshot.cli.convert import convert
-from diffshot.cli.evaluate import evaluate
-from diffshot.cli.extract import extract
-from diffshot.cli.info import info
-from diffshot.cli.methods import methods
-from diffshot.cli.predict import predict
-from diffshot.cli.synth import synth
-from diffshot.cli.tune import tune
+from diffshot.cli import batch, compare, convert, evaluate, extract, info, methods, predict, synth, tune
 
 app = typer.Typer(
     name="diffshot",
@@ -22,7 +13,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for command in (evaluate, info, convert, synth, methods, compare, extract, predict, tune, batch):
+for command in (
+    evaluate.evaluate,
+    info.info,
+    methods.methods,
+    compare.compare,
+    convert.convert,
+    synth.synth,
+    extract.extract,
+    predict.predict,
+    tune.tune,
+    batch.batch,
+):
     app.command()(command)
 
 __all__ = ["app"]

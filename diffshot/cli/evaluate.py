@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from diffshot.atomic import check_writable, write_text_atomic
 from diffshot.cli.common import interactive, stderr, stdout, user_errors
 from diffshot.cli.demo import default_features
+from diffshot.config import read_config
 from diffshot.device import resolve_device
 from diffshot.episodes import EpisodeSpec
 from diffshot.errors import DiffshotError
@@ -62,17 +63,22 @@ def parse_assignments(items: list[str]) -> dict[str, dict[str, str]]:
 
 
 def method_overrides(
-    methods: list[str], shared: dict[str, object], assignments: dict[str, dict[str, str]]
+    methods: list[str],
+    shared: dict[str, object],
+    assignments: dict[str, dict[str, str]],
+    config: Mapping[str, Mapping[str, object]] | None = None,
 ) -> list[tuple[str, dict[str, object]]]:
-    """Per-method parameter overrides: shared flags go to every method that has the parameter."""
+    """Per-method parameter overrides: a --config table, then shared flags (to every method that has the
+    parameter), then --set; later ones win."""
     given = {k: v for k, v in shared.items() if v is not None}
     used: set[str] = set()
     runs = []
     for name in methods:
         method = get_method(name)
         names = {p.name for p in method.params}
-        overrides: dict[str, object] = {k: v for k, v in given.items() if k in names}
-        used |= overrides.keys()
+        flags = {k: v for k, v in given.items() if k in names}
+        used |= flags.keys()
+        overrides: dict[str, object] = {**(config or {}).get(name, {}), **flags}
         overrides.update(assignments.get(name, {}))
         method.resolve(overrides)
         runs.append((name, overrides))
@@ -162,6 +168,9 @@ def evaluate(
         Path | None,
         typer.Option(help="Save per-episode accuracies (with seed, protocol, features sha256) to this .npz."),
     ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML of method parameters (e.g. from `diffshot tune`); flags override it.")
+    ] = None,
 ) -> None:
     """Evaluate few-shot methods on seeded episodes: accuracy ± 95% interval (1.96·std/√n), in percent."""
     shots = shots or [1]
@@ -183,7 +192,8 @@ def evaluate(
         raise DiffshotError(f"--episodes must be a positive integer, got {episodes}")
     shared = {"knn": knn, "step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
     shared |= {"rectify": rectify, "shift": shift, "assign": assign}
-    runs = method_overrides(methods, shared, parse_assignments(set_params or []))
+    tuned = read_config(config) if config is not None else None
+    runs = method_overrides(methods, shared, parse_assignments(set_params or []), tuned)
     path = features if features is not None else default_features()
     fs = load_features(path, base_mean_path=base_mean, drop_nonfinite=drop_nonfinite, drop_zero=drop_zero)
     torch_device = resolve_device(device)
