@@ -14,6 +14,16 @@ BANKING77 = SHARED_DATA / "banking77" / "banking77-minilm.h5"
 OMNIGLOT_REFERENCE = SHARED_DATA / "omniglot" / "omniglot-small-conv4-reference.h5"
 
 
+class OpenFile:
+    """Unpickling this would create a file: the classic side-effect payload of a malicious pickle."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.target), "w"))
+
+
 def shared_file(path: Path) -> Path:
     """``path`` when ../shared/data holds it, else skip the test."""
     if not path.is_file():

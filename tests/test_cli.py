@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from diffshot.cli import app
 from diffshot.features import FeatureSet, write_canonical
+from tests.conftest import OpenFile
 
 runner = CliRunner()
 
@@ -195,12 +196,8 @@ def test_existing_output_survives_a_failed_run(demo: Path, tmp_path: Path) -> No
 def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
 
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
     evil = tmp_path / "evil.pkl"
-    evil.write_bytes(pickle.dumps({0: [Payload()]}))
+    evil.write_bytes(pickle.dumps({0: [OpenFile(marker)]}))
     assert_one_line_error(invoke("evaluate", evil), "evil.pkl", "refused")
     assert not marker.exists()
 

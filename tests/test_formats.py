@@ -15,6 +15,7 @@ import torch
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet, read_features, write_canonical
 from diffshot.features.formats import read_base_mean
+from tests.conftest import OpenFile
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BANKING = SHARED_DATA / "banking77" / "banking77-minilm.h5"
@@ -44,16 +45,6 @@ def _pickle(path: Path, obj: object) -> Path:
     with open(path, "wb") as handle:
         pickle.dump(obj, handle)
     return path
-
-
-class _OpenFile:
-    """Unpickling this would create a file."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self) -> tuple[object, tuple[str, str]]:
-        return (open, (str(self.target), "w"))
 
 
 def _check(
@@ -350,7 +341,7 @@ def test_malicious_pickle_is_refused_before_any_side_effect(tmp_path: Path) -> N
 def test_malicious_torch_file_is_refused(tmp_path: Path) -> None:
     target = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    torch.save({"concat_features": _OpenFile(target), "concat_labels": torch.zeros(1)}, path)
+    torch.save({"concat_features": OpenFile(target), "concat_labels": torch.zeros(1)}, path)
     with pytest.raises(DiffshotError) as exc:
         read_features(path)
     assert "refused to unpickle" in _one_line(exc, path)

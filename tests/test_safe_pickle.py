@@ -15,6 +15,7 @@ import torch
 
 from diffshot.errors import DiffshotError
 from diffshot.features.safe_pickle import safe_load, safe_torch_load
+from tests.conftest import OpenFile
 
 
 def _dump(path: Path, obj: object, protocol: int = pickle.DEFAULT_PROTOCOL) -> Path:
@@ -29,16 +30,6 @@ def _one_line_from(exc: pytest.ExceptionInfo[DiffshotError], path: Path) -> str:
     assert "\n" not in message
     assert message.startswith(str(path))
     return message
-
-
-class OpenFile:
-    """Unpickling this would create a file: the classic side-effect payload."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self) -> tuple[object, tuple[str, str]]:
-        return (open, (str(self.target), "w"))
 
 
 class RunShell:
