@@ -9,7 +9,7 @@ from diffshot.evaluate import evaluate
 from diffshot.features import load_features
 from tests.conftest import BANKING77, OMNIGLOT_REFERENCE, shared_file
 
-SETTINGS = [(5, 1, 1), (20, 1, 1), (20, 5, 1), (20, 3, 2), (20, 2, 2), (10, 5, 5), (20, 5, 5), (5, 5, 15)]
+SETTINGS = [(5, 1, 1), (20, 1, 1), (20, 5, 1), (20, 3, 2), (20, 2, 2), (20, 3, 3), (20, 5, 5), (5, 5, 15)]
 
 
 @pytest.mark.parametrize("path", [BANKING77, OMNIGLOT_REFERENCE], ids=["banking77", "omniglot"])

@@ -103,7 +103,8 @@ def test_batched_diffusion_matches_unbatched_reference_on_real_episodes(banking7
         (5, 1, 1, (3, 3)),
         (5, 1, 3, (5, 4)),
         (20, 5, 1, (2, 2)),
-        (10, 5, 5, (3, 3)),
+        (10, 5, 5, (2, 2)),
+        (5, 2, 3, (4, 4)),
     ],
 )
 def test_auto_graph_reduces_to_the_paper_setting(ways: int, shots: int, queries: int, expected: tuple) -> None:

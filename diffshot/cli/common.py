@@ -17,7 +17,8 @@ from diffshot.errors import DiffshotError
 P = ParamSpec("P")
 R = TypeVar("R")
 
-stdout = Console(soft_wrap=True)
+PIPE_WIDTH = 160  # tables written to a file or pipe are not squeezed into Rich's default 80 columns
+stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 stderr = Console(stderr=True, soft_wrap=True)
 
 

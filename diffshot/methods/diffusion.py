@@ -29,15 +29,15 @@ def auto_n_top(shots: int, points_per_class: float) -> int:
     """n_top adapted to the episode: a point keeps about as many neighbours as there are queries per shot.
 
     With m = points per class and q = m − shots queries per class: n_top = 8 (the paper's) when
-    m ≥ 16, the regime the paper tuned for (16 or 20 points per class); else 2 + ⌈q / shots⌉, capped
-    at 8 — one shot and one query gives 3, as measured best in issue 2; and when there are fewer
-    queries than shots, n_top = 2: the graph keeps only the point itself, so only the shift acts
-    (diffusion among few queries and many labelled points mixes neighbouring classes' prototypes).
+    m ≥ 16, the regime the paper tuned for (16 or 20 points per class); n_top = 2 when several shots
+    face no more queries than shots — the graph keeps only the point itself, so only the shift acts
+    (diffusion among many labelled and few unlabelled points mixes neighbouring classes' prototypes);
+    else 2 + ⌈q / shots⌉, capped at 8 (one shot and one query gives 3, measured best in issue 2).
     """
     queries = points_per_class - shots
     if points_per_class >= 16:
         return PAPER_N_TOP
-    if queries < shots:
+    if shots > 1 and queries <= shots:
         return 2
     return min(PAPER_N_TOP, 2 + math.ceil(queries / shots - 1e-9))
 
