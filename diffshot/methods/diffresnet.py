@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from diffshot.diffusion import diffusion_operator
 from diffshot.episodes import Episodes
 from diffshot.errors import DiffshotError
-from diffshot.graph import KNN_BACKENDS, episode_laplacian, gram
+from diffshot.graph import episode_laplacian, gram
 from diffshot.methods.base import Method, Param, ParamValue, Scores
+from diffshot.methods.diffusion import KNN, LAYERS, STEP_SIZE
 from diffshot.preprocess import cl2n, shift_queries_
 
 LR_MILESTONES = (0.5, 0.75)
@@ -202,15 +203,15 @@ METHOD = Method(
     summary="Diff-ResNet's trained head (Wang et al., TPAMI 2024, official few-shot code): residual block, "
     "T diffusion layers, linear classifier, 100 epochs of SGD per episode, batched. Transductive.",
     params=(
-        Param("step_size", 0.5, "τ of each diffusion layer (paper: 0.5)", minimum=0.0),
-        Param("layers", 6, "T, diffusion layers (paper's example: 6)", minimum=0),
+        STEP_SIZE,
+        LAYERS,
         Param("n_top", 8, "graph: keep entries below the n_top-th smallest distance (official: 8)", minimum=2),
         Param("sigma", 4, "graph: Gaussian width = sigma-th smallest distance (official: 4)", minimum=1),
         Param("epochs", 100, "full-batch SGD epochs (official: 100; lr ×0.1 at 50% and 75%)", minimum=1),
         Param("lr", 0.1, "SGD learning rate (official: 0.1, momentum 0.9, weight decay 1e-4)", minimum=0.0),
         Param("alpha", 0.0, "weight of the prototype loss, rectified prototypes (official default: 0)", minimum=0.0),
         Param("seed", 0, "seed of the heads' shared nn.Linear initialisation", minimum=0),
-        Param("knn", "torch", "neighbour search: batched dense torch, or FAISS", choices=KNN_BACKENDS),
+        KNN,
     ),
     score=score,
     transductive=True,

@@ -23,6 +23,9 @@ from diffshot.sinkhorn import PTMAP_ALPHA, PTMAP_STEPS, balanced_assignment
 
 PAPER_N_TOP = 8
 PAPER_SIGMA = 4
+STEP_SIZE = Param("step_size", 0.5, "τ, the strength of each diffusion step (paper: 0.5)", minimum=0.0)
+LAYERS = Param("layers", 6, "T, the number of diffusion steps (paper's example: 6)", minimum=0)
+KNN = Param("knn", "torch", "neighbour search: batched dense torch, or FAISS", choices=KNN_BACKENDS)
 
 
 def auto_n_top(shots: int, points_per_class: float) -> int:
@@ -81,8 +84,8 @@ METHOD = Method(
     summary="Diff-ResNet diffusion without training (Wang et al., TPAMI 2024): kNN graph, x ← x − τLx, "
     "nearest prototype. Transductive.",
     params=(
-        Param("step_size", 0.5, "τ, the strength of each diffusion step (paper: 0.5)", minimum=0.0),
-        Param("layers", 6, "T, the number of diffusion steps (paper's example: 6)", minimum=0),
+        STEP_SIZE,
+        LAYERS,
         Param(
             "n_top",
             "auto",
@@ -100,7 +103,7 @@ METHOD = Method(
         ),
         Param("rectify", False, "BD-CSPN prototype rectification with pseudo-labelled queries"),
         Param("shift", True, "cross-domain shift: move the query mean onto the support mean"),
-        Param("knn", "torch", "neighbour search: batched dense torch, or FAISS", choices=KNN_BACKENDS),
+        KNN,
         Param(
             "assign",
             "nearest",

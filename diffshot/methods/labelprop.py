@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from diffshot.episodes import Episodes
 from diffshot.errors import DiffshotError
-from diffshot.graph import KNN_BACKENDS, gaussian_weights, gram, nearest_neighbours, normalise_weights
+from diffshot.graph import gaussian_weights, gram, nearest_neighbours, normalise_weights
 from diffshot.methods.base import Method, Param, ParamValue, Scores
-from diffshot.methods.diffusion import graph_size
+from diffshot.methods.diffusion import KNN, graph_size
 from diffshot.preprocess import cl2n, shift_queries_
 
 
@@ -58,7 +58,7 @@ METHOD = Method(
         Param("n_top", "auto", "graph size n_top, as for diffusion (paper: 8)", allow_auto=True, minimum=2),
         Param("sigma", "auto", "Gaussian width rank, as for diffusion (paper: 4)", allow_auto=True, minimum=1),
         Param("shift", True, "cross-domain shift: move the query mean onto the support mean"),
-        Param("knn", "torch", "neighbour search: batched dense torch, or FAISS", choices=KNN_BACKENDS),
+        KNN,
     ),
     score=score,
     transductive=True,
