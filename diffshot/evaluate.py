@@ -14,7 +14,7 @@ from diffshot.episodes import Episodes, EpisodeSpec, build_pool, gather, sample_
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet
 from diffshot.methods import get_method
-from diffshot.methods.base import ParamValue
+from diffshot.methods.base import Method, ParamValue
 from diffshot.stats import Summary, episode_accuracy, paired_difference, summarise
 
 CHUNK_BYTES = 64 * 2**20
@@ -136,7 +136,7 @@ def evaluate(
     return Evaluation(spec, seed, episodes, split, used, centring, results, sampling)
 
 
-def _resolve(entry: str | tuple[str, Mapping[str, object]]):
+def _resolve(entry: str | tuple[str, Mapping[str, object]]) -> tuple[Method, dict[str, ParamValue]]:
     """A (Method, resolved params) pair from a name or a (name, overrides) pair."""
     name, overrides = (entry, {}) if isinstance(entry, str) else entry
     method = get_method(name)
