@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet, load_features
 from diffshot.synth import SynthSpec, synthesise
 
@@ -22,6 +23,14 @@ class OpenFile:
 
     def __reduce__(self) -> tuple[object, tuple[str, str]]:
         return (open, (str(self.target), "w"))
+
+
+def one_line_error(exc: pytest.ExceptionInfo[DiffshotError], path: Path) -> str:
+    """The error message, checked to be one line that starts with the file path."""
+    message = str(exc.value)
+    assert "\n" not in message
+    assert message.startswith(str(path))
+    return message
 
 
 def shared_file(path: Path) -> Path:

@@ -15,7 +15,7 @@ import torch
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet, read_features, write_canonical
 from diffshot.features.formats import read_base_mean
-from tests.conftest import OpenFile
+from tests.conftest import OpenFile, one_line_error
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BANKING = SHARED_DATA / "banking77" / "banking77-minilm.h5"
@@ -75,14 +75,6 @@ def _check(
         else:
             np.testing.assert_array_equal(again.base_mean, fs.base_mean)
         assert again.attrs["imported_from"] == layout
-
-
-def _one_line(exc: pytest.ExceptionInfo[DiffshotError], path: Path) -> str:
-    """The error message, checked to be one line that starts with the file path."""
-    message = str(exc.value)
-    assert "\n" not in message
-    assert message.startswith(str(path))
-    return message
 
 
 def test_diff_resnet_pair_with_sibling_base_mean(tmp_path: Path) -> None:
@@ -188,7 +180,7 @@ def test_closer_look_count_beyond_rows_is_an_error(tmp_path: Path) -> None:
         out.create_dataset("count", data=np.array([9], dtype=np.int32))
     with pytest.raises(DiffshotError) as exc:
         read_features(path)
-    assert "'count' is 9" in _one_line(exc, path)
+    assert "'count' is 9" in one_line_error(exc, path)
 
 
 @pytest.mark.parametrize("zipped", [True, False])
@@ -229,7 +221,7 @@ def test_npz_object_arrays_are_refused(tmp_path: Path) -> None:
     np.savez(path, features=np.ones((2, DIM)), labels=np.array([0, 1]), class_names=np.array(["a", 1], dtype=object))
     with pytest.raises(DiffshotError) as exc:
         read_features(path)
-    assert "allow_pickle=False" in _one_line(exc, path)
+    assert "allow_pickle=False" in one_line_error(exc, path)
 
 
 @pytest.mark.parametrize("container", ["npz", "pickle"])
@@ -270,7 +262,7 @@ def test_base_mean_dimension_mismatch(tmp_path: Path) -> None:
     mean_path = _pickle(tmp_path / "x_base_mean.plk", np.ones(DIM + 1))
     with pytest.raises(DiffshotError) as exc:
         read_features(path)
-    assert "dimension" in _one_line(exc, mean_path)
+    assert "dimension" in one_line_error(exc, mean_path)
 
 
 @pytest.mark.parametrize(
@@ -288,7 +280,7 @@ def test_hdf5_without_a_known_layout_names_missing_datasets(tmp_path: Path, pres
             out.create_dataset(key, data=np.zeros((3, DIM)) if key != "labels" else np.zeros(3, np.int64))
     with pytest.raises(DiffshotError) as exc:
         read_features(path)
-    message = _one_line(exc, path)
+    message = one_line_error(exc, path)
     assert "not a features file diffshot knows" in message
     assert expected in message
 
@@ -306,14 +298,14 @@ def test_unknown_formats(tmp_path: Path, name: str, content: bytes) -> None:
     path.write_bytes(content)
     with pytest.raises(DiffshotError) as exc:
         read_features(path)
-    assert "not a features file diffshot knows" in _one_line(exc, path)
+    assert "not a features file diffshot knows" in one_line_error(exc, path)
 
 
 def test_unknown_pickled_layout(tmp_path: Path) -> None:
     path = _pickle(tmp_path / "weights.pkl", {"conv1.weight": "not features", "epoch": 3})
     with pytest.raises(DiffshotError) as exc:
         read_features(path)
-    assert "not a features file diffshot knows (a dict with keys" in _one_line(exc, path)
+    assert "not a features file diffshot knows (a dict with keys" in one_line_error(exc, path)
 
 
 def test_truncated_pickle_file(tmp_path: Path) -> None:
@@ -321,7 +313,7 @@ def test_truncated_pickle_file(tmp_path: Path) -> None:
     path.write_bytes(pickle.dumps({0: [np.ones(DIM)] * 10})[:-20])
     with pytest.raises(DiffshotError) as exc:
         read_features(path)
-    assert "truncated or corrupt" in _one_line(exc, path)
+    assert "truncated or corrupt" in one_line_error(exc, path)
 
 
 def test_malicious_pickle_is_refused_before_any_side_effect(tmp_path: Path) -> None:
@@ -334,7 +326,7 @@ def test_malicious_pickle_is_refused_before_any_side_effect(tmp_path: Path) -> N
     path = _pickle(tmp_path / "evil_embedded_feature.plk", {0: [Evil()]})
     with pytest.raises(DiffshotError) as exc:
         read_features(path)
-    assert "refused to unpickle" in _one_line(exc, path)
+    assert "refused to unpickle" in one_line_error(exc, path)
     assert not target.exists()
 
 
@@ -344,7 +336,7 @@ def test_malicious_torch_file_is_refused(tmp_path: Path) -> None:
     torch.save({"concat_features": OpenFile(target), "concat_labels": torch.zeros(1)}, path)
     with pytest.raises(DiffshotError) as exc:
         read_features(path)
-    assert "refused to unpickle" in _one_line(exc, path)
+    assert "refused to unpickle" in one_line_error(exc, path)
     assert not target.exists()
 
 
@@ -352,7 +344,7 @@ def test_labels_missing_from_a_features_dict(tmp_path: Path) -> None:
     path = _pickle(tmp_path / "half.pkl", {"features": np.ones((2, DIM))})
     with pytest.raises(DiffshotError) as exc:
         read_features(path)
-    assert "missing key 'labels'" in _one_line(exc, path)
+    assert "missing key 'labels'" in one_line_error(exc, path)
 
 
 @pytest.mark.skipif(not BANKING.is_file(), reason="../shared/data is absent")

@@ -15,21 +15,13 @@ import torch
 
 from diffshot.errors import DiffshotError
 from diffshot.features.safe_pickle import safe_load, safe_torch_load
-from tests.conftest import OpenFile
+from tests.conftest import OpenFile, one_line_error
 
 
 def _dump(path: Path, obj: object, protocol: int = pickle.DEFAULT_PROTOCOL) -> Path:
     """Pickle ``obj`` to ``path`` with the real pickle module."""
     path.write_bytes(pickle.dumps(obj, protocol=protocol))
     return path
-
-
-def _one_line_from(exc: pytest.ExceptionInfo[DiffshotError], path: Path) -> str:
-    """The error message, checked to be one line that starts with the file path."""
-    message = str(exc.value)
-    assert "\n" not in message
-    assert message.startswith(str(path))
-    return message
 
 
 class RunShell:
@@ -145,7 +137,7 @@ def test_code_running_pickles_are_refused_without_side_effects(tmp_path: Path, p
     path = _dump(tmp_path / "evil.pkl", {"features": [payload(target)]})
     with pytest.raises(DiffshotError) as exc:
         safe_load(path)
-    message = _one_line_from(exc, path)
+    message = one_line_error(exc, path)
     assert "refused to unpickle" in message
     assert "pickled files are loaded as data only, and this one asks to run code" in message
     assert not target.exists()
@@ -197,7 +189,7 @@ def test_malicious_torch_storage_inside_a_plain_pickle_is_refused(tmp_path: Path
     path = _dump(tmp_path / "evil.plk", _StorageBytes(blob.getvalue()))
     with pytest.raises(DiffshotError) as exc:
         safe_load(path)
-    assert "refused to unpickle" in _one_line_from(exc, path)
+    assert "refused to unpickle" in one_line_error(exc, path)
     assert not target.exists()
 
 
@@ -209,7 +201,7 @@ def test_truncated_pickles_give_one_line_errors(tmp_path: Path, cut: float) -> N
     path.write_bytes(raw[:keep])
     with pytest.raises(DiffshotError) as exc:
         safe_load(path)
-    assert "truncated or corrupt" in _one_line_from(exc, path)
+    assert "truncated or corrupt" in one_line_error(exc, path)
 
 
 def test_garbage_gives_one_line_error(tmp_path: Path) -> None:
@@ -217,7 +209,7 @@ def test_garbage_gives_one_line_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a pickle\nat all\n")
     with pytest.raises(DiffshotError) as exc:
         safe_load(path)
-    assert "truncated or corrupt" in _one_line_from(exc, path)
+    assert "truncated or corrupt" in one_line_error(exc, path)
 
 
 def test_torch_load_refuses_code_with_one_line(tmp_path: Path) -> None:
@@ -226,7 +218,7 @@ def test_torch_load_refuses_code_with_one_line(tmp_path: Path) -> None:
     torch.save({"concat_features": RunShell(target)}, path)
     with pytest.raises(DiffshotError) as exc:
         safe_torch_load(path)
-    assert "refused to unpickle" in _one_line_from(exc, path)
+    assert "refused to unpickle" in one_line_error(exc, path)
     assert not target.exists()
 
 
@@ -245,4 +237,4 @@ def test_truncated_torch_file_gives_one_line_error(tmp_path: Path) -> None:
     path.write_bytes(buffer.getvalue()[:300])
     with pytest.raises(DiffshotError) as exc:
         safe_torch_load(path)
-    assert "truncated or corrupt" in _one_line_from(exc, path)
+    assert "truncated or corrupt" in one_line_error(exc, path)
