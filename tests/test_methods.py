@@ -63,8 +63,10 @@ def test_an_episode_scores_the_same_alone_or_in_a_batch(synthetic: FeatureSet, n
     assert torch.allclose(method.score(alone, params)[0], together[3], atol=1e-4, rtol=1e-3)
 
 
-def official_head_logits(points: torch.Tensor, labels: torch.Tensor, lap: torch.Tensor, seed: int, epochs: int):
-    """The official fewshot/train.py loop for one episode (nn.Linear modules, torch SGD, MultiStepLR)."""
+def official_head_logits(
+    points: torch.Tensor, labels: torch.Tensor, lap: torch.Tensor, seed: int, epochs: int, alpha: float = 0.0
+):
+    """The official fewshot/train.py loop for one episode (nn.Linear modules, torch SGD, MultiStepLR, autograd)."""
     d, ways = points.shape[-1], 5
     generator = torch.Generator().manual_seed(seed)
     fc1, fc2, classifier = (
@@ -84,8 +86,10 @@ def official_head_logits(points: torch.Tensor, labels: torch.Tensor, lap: torch.
         return classifier(diffuse(fc2(torch.relu(fc1(x))) + x, lap, 0.5, 6))
 
     ns = labels.shape[0]
+    distance = torch.cdist(points[ns:], dr.rectified_prototypes(points[None], labels[None], ways)[0])
     for _ in range(epochs):
-        loss = F.cross_entropy(forward(points)[:ns], labels)
+        out = forward(points)
+        loss = F.cross_entropy(out[:ns], labels) + alpha * (out[ns:].softmax(-1) * distance).sum()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -94,17 +98,18 @@ def official_head_logits(points: torch.Tensor, labels: torch.Tensor, lap: torch.
         return forward(points)[ns:]
 
 
-def test_batched_diffresnet_follows_the_official_training_exactly(synthetic: FeatureSet) -> None:
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+def test_batched_diffresnet_follows_the_official_training_exactly(synthetic: FeatureSet, alpha: float) -> None:
     batch, _ = episodes_of(synthetic, EpisodeSpec(5, 1, 4), 3)
     batch = Episodes(batch.points.double(), batch.support_labels, 5, batch.centre.double())
     method = get_method("diffresnet")
-    params = method.resolve({"epochs": 12})
+    params = method.resolve({"epochs": 12, "alpha": alpha})
     ours = method.score(batch, params)
     points = cl2n(batch.points, batch.centre)
     shift_queries_(points, batch.num_support)
     lap = episode_laplacian(points, 8, 4)
     for e in range(3):
-        reference = official_head_logits(points[e], batch.support_labels[e], lap[e], 0, 12)
+        reference = official_head_logits(points[e], batch.support_labels[e], lap[e], 0, 12, alpha)
         assert torch.allclose(ours[e], reference, atol=1e-6)
 
 

@@ -6,16 +6,17 @@ on the support labels: full-batch SGD, lr 0.1, momentum 0.9, weight decay 1e-4, 
 at epochs 50 and 75, nn.Linear's initialisation; loss CE(support) + α·prototype loss with
 BD-CSPN-rectified prototypes (α = 0 as default); prediction = argmax on the queries.
 
-A whole chunk trains as one batched model. Two exact rewrites make it cheap, neither changes
-the trajectory of SGD: (1) the T layers are one operator P = (I − τL)^T; only the support rows
-P_s of the output enter the loss, so fc2 and the classifier act on P_s·h (ns rows, not n);
-(2) fc1's weight W1 only acts through Z = x·W1ᵀ [n, d], and an SGD step W1 −= lr·(δᵀx + wd·W1)
-moves Z by −lr·(G·δ + wd·Z) with G = x·xᵀ; momentum is linear too, so Z is trained directly with
-gradients G·∂L/∂Z (n²·d per step instead of n·d²); (3) fc2's weight W2 [d, d] is never
-materialised: with v = P_s·relu(Z + b1), its gradient (δ·Wc)ᵀ·v = Wcᵀ·(δᵀ·v) has rank ≤ ways, and
-SGD with momentum and weight decay is linear, so after t steps W2 = β_t·W2₀ + Σ_s w_ts·U_sᵀ·M_s
-with U_s = Wc and M_s = δᵀ·v of step s and scalars β_t, w_ts fixed by the lr schedule, μ and wd;
-v·W2ᵀ·Wcᵀ = v·(Wc·W2)ᵀ with Wc·W2 = β_t·Wc·W2₀ + ((Wc·Uᵀ)·diag(w_t))·M, one shared W2₀ for all episodes.
+A whole chunk trains as one batched model, its gradients written out by hand (no autograd graph).
+Exact rewrites make it cheap, none changes the trajectory of SGD: (1) the T layers are one operator
+P = (I − τL)ᵀ and only the support rows P_s of the output enter the loss, so the residual input
+reaches it as P_s·x (ns rows, not n) and fc2 and the classifier act through ways columns; (2) fc1's
+weight and bias only act through the pre-activation Z = x·W1ᵀ + 1·b1ᵀ [n, d], and an SGD step on
+[W1, b1] moves Z by −lr·(G·δ + wd·Z) with G = x·xᵀ + 1; momentum is linear too, so Z is trained
+directly with gradients G·∂L/∂Z (n²·d per step instead of n·d²); (3) fc2's weight W2 [d, d] is never
+materialised: with v = P_s·relu(Z), its gradient (δ·Wc)ᵀ·v = Wcᵀ·(δᵀ·v) has rank ≤ ways, and SGD
+with momentum and weight decay is linear, so after t steps W2 = β_t·W2₀ + Σ_s w_ts·U_sᵀ·M_s with
+U_s = Wc and M_s = δᵀ·v of step s and scalars β_t, w_ts fixed by the lr schedule, μ and wd; only
+Wc·W2 and M·W2ᵀ are ever needed, one shared W2₀ for all episodes.
 """
 
 from __future__ import annotations
@@ -44,16 +45,12 @@ RECTIFY_TEMPERATURE = 10.0
 
 @dataclasses.dataclass
 class Head:
-    """Batched trainable parameters of E residual heads; fc1's weight is stored projected on each episode's span."""
+    """Batched trainable parameters of E residual heads; fc1 is stored as its pre-activation Z = x·W1ᵀ + b1."""
 
-    z1: torch.Tensor  # [E, n, d] = x W1ᵀ, fc1's weight seen through the episode's points
-    b1: torch.Tensor  # [E, 1, d]
+    z: torch.Tensor  # [E, n, d]
     b2: torch.Tensor  # [E, 1, d]
     wc: torch.Tensor  # [E, ways, d]
     bc: torch.Tensor  # [E, 1, ways]
-
-    def tensors(self) -> list[torch.Tensor]:
-        return [self.z1, self.b1, self.b2, self.wc, self.bc]
 
 
 @dataclasses.dataclass
@@ -62,17 +59,35 @@ class ImplicitWeight:
 
     start: torch.Tensor  # [d, d], W2₀ shared by every episode
     left: torch.Tensor  # [E, steps·ways, d], U_s = Wc at step s
-    right: torch.Tensor  # [E, steps·ways, d], M_s = δ_logitsᵀ·v at step s
-    scale: float = 1.0  # β, the coefficient of W2₀
-    weights: torch.Tensor | None = None  # [rank] coefficients of the stored columns (w_s repeated ways times)
+    right: torch.Tensor  # [E, steps·ways, d], M_s = ∂L/∂(Wc·W2) at step s
+    coefficients: torch.Tensor  # [steps + 1, steps + 1], sgd_coefficients of the learning-rate schedule
+    scale: float = 1.0  # β, the coefficient of W2₀ now
+    weights: torch.Tensor | None = None  # [rank] coefficients of the stored rows now (w_s repeated ways times)
 
-    def compose(self, wc: torch.Tensor) -> torch.Tensor:
-        """Wc·W2 [E, ways, d] for the classifier's weight wc [E, ways, d]: v·W2ᵀ·Wcᵀ costs ways rows, not m."""
-        out = (wc @ self.start) * self.scale
+    def left_product(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows·W2 [E, k, d] for rows [E, k, d]: the classifier's Wc·W2 costs ways rows, not n."""
+        out = (rows @ self.start) * self.scale
         if self.weights is None:
             return out
         rank = self.weights.shape[0]
-        return out + ((wc @ self.left[:, :rank].transpose(-1, -2)) * self.weights) @ self.right[:, :rank]
+        return torch.baddbmm(out, (rows @ self.left[:, :rank].mT) * self.weights, self.right[:, :rank])
+
+    def right_product(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows·W2ᵀ [E, k, d]: the gradient of Wc through Wc·W2."""
+        out = (rows @ self.start.mT) * self.scale
+        if self.weights is None:
+            return out
+        rank = self.weights.shape[0]
+        return torch.baddbmm(out, (rows @ self.right[:, :rank].mT) * self.weights, self.left[:, :rank])
+
+    def record(self, step: int, left: torch.Tensor, right: torch.Tensor) -> None:
+        """Store step ``step``'s rank-ways gradient Uᵀ·M and move to the coefficients after that step."""
+        ways = left.shape[-2]
+        self.left[:, step * ways : (step + 1) * ways] = left
+        self.right[:, step * ways : (step + 1) * ways] = right
+        row = self.coefficients[step + 1]
+        self.scale = float(row[0])
+        self.weights = row[1 : step + 2].to(left.dtype).repeat_interleave(ways)
 
 
 def linear_init(shape: tuple[int, ...], fan_in: int, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
@@ -81,8 +96,8 @@ def linear_init(shape: tuple[int, ...], fan_in: int, generator: torch.Generator,
     return (torch.rand(shape, generator=generator, dtype=dtype) * 2.0 - 1.0) * bound
 
 
-def init_head(points: torch.Tensor, ways: int, seed: int, steps: int) -> tuple[Head, ImplicitWeight]:
-    """Heads for E episodes, all starting from one seeded nn.Linear initialisation; fc1 as Z = x W1ᵀ.
+def init_head(points: torch.Tensor, ways: int, seed: int, coefficients: torch.Tensor) -> tuple[Head, ImplicitWeight]:
+    """Heads for E episodes, all starting from one seeded nn.Linear initialisation; fc1 as Z = x·W1ᵀ + b1.
 
     One shared start (rather than one per episode) makes an episode's result independent of the
     chunk it is evaluated in; each episode still trains its own copy.
@@ -91,10 +106,10 @@ def init_head(points: torch.Tensor, ways: int, seed: int, steps: int) -> tuple[H
     generator = torch.Generator().manual_seed(seed)
     shapes = {"w1": (d, d), "b1": (1, d), "w2": (d, d), "b2": (1, d), "wc": (ways, d), "bc": (1, ways)}
     start = {name: linear_init(shape, d, generator, points.dtype).to(points.device) for name, shape in shapes.items()}
-    z1 = points @ start["w1"].transpose(-1, -2)
-    head = Head(z1, *(start[name].expand(e, *start[name].shape).clone() for name in ("b1", "b2", "wc", "bc")))
-    history = points.new_empty(e, steps * ways, d)
-    return head, ImplicitWeight(start["w2"], history, torch.empty_like(history))
+    z = torch.baddbmm(start["b1"], points, start["w1"].mT.expand(e, d, d))
+    head = Head(z, *(start[name].expand(e, *start[name].shape).clone() for name in ("b2", "wc", "bc")))
+    history = points.new_empty(e, (coefficients.shape[0] - 1) * ways, d)
+    return head, ImplicitWeight(start["w2"], history, torch.empty_like(history), coefficients)
 
 
 def sgd_coefficients(lrs: list[float]) -> torch.Tensor:
@@ -113,18 +128,6 @@ def sgd_coefficients(lrs: list[float]) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def outputs(x: torch.Tensor, mixing: torch.Tensor, head: Head, w2: ImplicitWeight) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits [E, m, ways] of rows ``mixing`` [E, m, n] of P, classifier(P·(x + fc2(h))), and A = Wc·W2.
-
-    Everything is first mapped to ``ways`` columns (x·Wcᵀ, h·Aᵀ), then mixed: the gradient of A is
-    δᵀ·(P·h), the factor M of fc2's rank-ways update.
-    """
-    wc = head.wc.transpose(-1, -2)
-    composed = w2.compose(head.wc)
-    columns = x @ wc + torch.relu(head.z1 + head.b1) @ composed.transpose(-1, -2)
-    return mixing @ columns + mixing.sum(-1, keepdim=True) * (head.b2 @ wc) + head.bc, composed
-
-
 def rectified_prototypes(points: torch.Tensor, support_labels: torch.Tensor, ways: int) -> torch.Tensor:
     """The official code's rectified prototypes [E, ways, d]: mean over pseudo-class members of softmax(10·cos)·x."""
     ns = support_labels.shape[-1]
@@ -136,16 +139,67 @@ def rectified_prototypes(points: torch.Tensor, support_labels: torch.Tensor, way
     return (weights @ points) / member.sum(-2)[..., None].clamp_min(1.0)
 
 
+@dataclasses.dataclass
+class Task:
+    """What one chunk of episodes trains on: the rows of P that enter the loss, their targets, and fc1's Gram."""
+
+    rows: torch.Tensor  # [E, m, n], rows of P = (I − τL)ᵀ: the support's, and the queries' when alpha > 0
+    mixed_points: torch.Tensor  # [E, m, d], rows·x: the residual input x reaches the loss only through P
+    row_sums: torch.Tensor  # [E, m, 1], rows·1: how fc2's bias b2 reaches the loss
+    gram: torch.Tensor  # [E, n, n], x·xᵀ + 1: fc1's Gram matrix, its bias being a weight on a constant input
+    targets: torch.Tensor  # [E, ns, ways], one-hot support labels
+    alpha: float = 0.0
+    distance: torch.Tensor | None = None  # [E, nq, ways], query distances to the rectified prototypes
+
+
+def make_task(points: torch.Tensor, rows: torch.Tensor, inner: torch.Tensor, targets: torch.Tensor, **loss) -> Task:
+    """The fixed tensors of training, computed once per chunk."""
+    return Task(rows, rows @ points, rows.sum(-1, keepdim=True), inner + 1.0, targets, **loss)
+
+
+def logits_of(task: Task, head: Head, composed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits [E, m, ways] = rows·(x + relu(Z)·W2ᵀ + 1·b2)·Wcᵀ + bc, with composed = Wc·W2; also the
+    residual part rows·(x + 1·b2) and relu(Z), which the gradients reuse."""
+    hidden = torch.relu(head.z)
+    residual = torch.baddbmm(task.mixed_points, task.row_sums, head.b2)
+    logits = torch.baddbmm(head.bc, residual, head.wc.mT)
+    return logits.baddbmm_(task.rows, hidden @ composed.mT), residual, hidden
+
+
+def logits_gradient(task: Task, logits: torch.Tensor) -> torch.Tensor:
+    """∂loss/∂logits: mean cross-entropy on the support, plus alpha·Σ softmax·distance on the queries."""
+    ns = task.targets.shape[-2]
+    grad = logits.softmax(-1)
+    if task.alpha:
+        query = grad[:, ns:]
+        query.mul_(task.distance - (query * task.distance).sum(-1, keepdim=True)).mul_(task.alpha)
+    grad[:, :ns].sub_(task.targets).div_(ns)
+    return grad
+
+
 def sgd_step(parameters: list[torch.Tensor], grads: list[torch.Tensor], buffers: list[torch.Tensor], lr: float) -> None:
     """torch.optim.SGD's update (momentum 0.9, dampening 0, weight decay 1e-4), in place and batched."""
-    with torch.no_grad():
-        torch._foreach_add_(grads, parameters, alpha=WEIGHT_DECAY)
-        if buffers:
-            torch._foreach_mul_(buffers, MOMENTUM)
-            torch._foreach_add_(buffers, grads)
-        else:
-            buffers.extend(grads)
-        torch._foreach_add_(parameters, buffers, alpha=-lr)
+    torch._foreach_add_(grads, parameters, alpha=WEIGHT_DECAY)
+    torch._foreach_mul_(buffers, MOMENTUM)
+    torch._foreach_add_(buffers, grads)
+    torch._foreach_add_(parameters, buffers, alpha=-lr)
+
+
+def train_step(task: Task, head: Head, velocity: Head, fc2: ImplicitWeight, step: int, lr: float) -> None:
+    """One full-batch SGD step of every head, its gradients written out by hand (no autograd graph)."""
+    composed = fc2.left_product(head.wc)
+    logits, residual, hidden = logits_of(task, head, composed)
+    dlogits = logits_gradient(task, logits)
+    dcolumns = task.rows.mT @ dlogits
+    dcomposed = dcolumns.mT @ hidden
+    dwc = torch.baddbmm(fc2.right_product(dcomposed), dlogits.mT, residual)
+    db2 = (task.row_sums.mT @ dlogits) @ head.wc
+    dz = torch.ops.aten.threshold_backward(dcolumns @ composed, head.z, 0.0)
+    fc2.record(step, head.wc, dcomposed)
+    velocity.z.baddbmm_(task.gram, dz, beta=MOMENTUM).add_(head.z, alpha=WEIGHT_DECAY)
+    head.z.add_(velocity.z, alpha=-lr)
+    small = [head.b2, head.wc, head.bc]
+    sgd_step(small, [db2, dwc, dlogits.sum(-2, keepdim=True)], [velocity.b2, velocity.wc, velocity.bc], lr)
 
 
 def train(episodes: Episodes, params: Mapping[str, ParamValue]) -> torch.Tensor:
@@ -157,33 +211,20 @@ def train(episodes: Episodes, params: Mapping[str, ParamValue]) -> torch.Tensor:
     lap = episode_laplacian(points, int(params["n_top"]), int(params["sigma"]), str(params["knn"]), inner)
     operator = diffusion_operator(lap, float(params["step_size"]), int(params["layers"]))
     epochs, alpha = int(params["epochs"]), float(params["alpha"])
-    head, w2 = init_head(points, ways, int(params["seed"]), epochs)
-    parameters = [t.requires_grad_(True) for t in head.tensors()]
+    targets = F.one_hot(episodes.support_labels, ways).to(points.dtype)
+    if alpha:
+        distance = torch.cdist(points[:, ns:], rectified_prototypes(points, episodes.support_labels, ways))
+        task = make_task(points, operator, inner, targets, alpha=alpha, distance=distance)
+    else:
+        task = make_task(points, operator[:, :ns], inner, targets)
     milestones = [int(fraction * epochs) for fraction in LR_MILESTONES]
     lrs = [float(params["lr"]) * 0.1 ** sum(epoch >= m for m in milestones) for epoch in range(epochs)]
-    coefficients = sgd_coefficients(lrs).to(points.dtype).repeat_interleave(ways, -1)
-    buffers: list[torch.Tensor] = []
-    rows = operator if alpha else operator[:, :ns]
-    if alpha:
-        protos = rectified_prototypes(points, episodes.support_labels, ways)
-        distance = torch.cdist(points[:, ns:], protos)
-    with torch.enable_grad():
-        for epoch, lr in enumerate(lrs):
-            logits, composed = outputs(points, rows, head, w2)
-            loss = F.cross_entropy(logits[:, :ns].transpose(-1, -2), episodes.support_labels, reduction="none")
-            total = loss.mean(-1).sum()
-            if alpha:
-                total = total + alpha * (logits[:, ns:].softmax(-1) * distance).sum()
-            *grads, dcomposed = torch.autograd.grad(total, [*parameters, composed])
-            with torch.no_grad():
-                columns = slice(epoch * ways, (epoch + 1) * ways)
-                w2.left[:, columns] = head.wc
-                w2.right[:, columns] = dcomposed
-            grads[0] = inner @ grads[0]
-            sgd_step(parameters, grads, buffers, lr)
-            w2.scale, w2.weights = float(coefficients[epoch + 1, 0]), coefficients[epoch + 1, ways : (epoch + 2) * ways]
-    with torch.no_grad():
-        return outputs(points, operator[:, ns:], head, w2)[0]
+    head, fc2 = init_head(points, ways, int(params["seed"]), sgd_coefficients(lrs))
+    velocity = Head(*(torch.zeros_like(t) for t in dataclasses.astuple(head)))
+    for step, lr in enumerate(lrs):
+        train_step(task, head, velocity, fc2, step, lr)
+    queries = make_task(points, operator[:, ns:], inner, targets)
+    return logits_of(queries, head, fc2.left_product(head.wc))[0]
 
 
 def score(episodes: Episodes, params: Mapping[str, ParamValue]) -> Scores:
