@@ -14,6 +14,7 @@ from rich.table import Table
 from diffshot.atomic import check_writable
 from diffshot.cli.common import stderr, stdout, user_errors
 from diffshot.config import read_config
+from diffshot.device import resolve_device
 from diffshot.errors import DiffshotError
 from diffshot.methods import get_method
 from diffshot.predict import (
@@ -37,9 +38,7 @@ def _device(choice: str) -> torch.device:
     if choice.startswith("cuda") and not torch.cuda.is_available():
         stderr.print("notice: --device cuda asked for, but torch sees no CUDA GPU; running on the CPU")
         return torch.device("cpu")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
+    return resolve_device(choice)
 
 
 def _format(fmt: str | None, output: Path) -> str:
@@ -94,12 +93,12 @@ def predict(
     resolved = get_method("diffusion").resolve({**params, **{k: v for k, v in flags.items() if v is not None}})
     options = options_from_params(resolved, temperature=temperature, index=index, exact_limit=exact_limit)
     torch_device = _device(device)
-    if torch_device.type == "cuda" and not faiss_has_gpu():
-        stderr.print("notice: this faiss has no GPU support; the kNN graph is built on the CPU")
     support_fs, _ = load_rows(support, support_split, drop_nonfinite, drop_zero)
     query_fs, rows = load_rows(query, query_split, drop_nonfinite, drop_zero, require_labels=False)
     loaded = time.perf_counter() - start
     prediction = run_predict(support_fs, query_fs, options, torch_device)
+    if torch_device.type == "cuda" and not faiss_has_gpu() and not quiet:
+        stderr.print("notice: this faiss has no GPU support; the kNN graph was built on the CPU")
     tick = time.perf_counter()
     write_predictions(output, prediction, query_fs, rows, out_format)
     timings = {"load": loaded, **prediction.timings, "output": time.perf_counter() - tick}

@@ -60,7 +60,8 @@ class ImplicitWeight:
     start: torch.Tensor  # [d, d], W2₀ shared by every episode
     left: torch.Tensor  # [E, steps·ways, d], U_s = Wc at step s
     right: torch.Tensor  # [E, steps·ways, d], M_s = ∂L/∂(Wc·W2) at step s
-    coefficients: torch.Tensor  # [steps + 1, steps + 1], sgd_coefficients of the learning-rate schedule
+    coefficients: torch.Tensor  # [steps + 1, steps + 1], sgd_coefficients of the schedule, on the heads' device
+    scales: list[float]  # column 0 of the coefficients, read on the host
     scale: float = 1.0  # β, the coefficient of W2₀ now
     weights: torch.Tensor | None = None  # [rank] coefficients of the stored rows now (w_s repeated ways times)
 
@@ -85,9 +86,8 @@ class ImplicitWeight:
         ways = left.shape[-2]
         self.left[:, step * ways : (step + 1) * ways] = left
         self.right[:, step * ways : (step + 1) * ways] = right
-        row = self.coefficients[step + 1]
-        self.scale = float(row[0])
-        self.weights = row[1 : step + 2].to(left.dtype).repeat_interleave(ways)
+        self.scale = self.scales[step + 1]
+        self.weights = self.coefficients[step + 1, 1 : step + 2].repeat_interleave(ways)
 
 
 def linear_init(shape: tuple[int, ...], fan_in: int, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
@@ -109,7 +109,8 @@ def init_head(points: torch.Tensor, ways: int, seed: int, coefficients: torch.Te
     z = torch.baddbmm(start["b1"], points, start["w1"].mT.expand(e, d, d))
     head = Head(z, *(start[name].expand(e, *start[name].shape).clone() for name in ("b2", "wc", "bc")))
     history = points.new_empty(e, (coefficients.shape[0] - 1) * ways, d)
-    return head, ImplicitWeight(start["w2"], history, torch.empty_like(history), coefficients)
+    weights = coefficients.to(points.device, points.dtype)
+    return head, ImplicitWeight(start["w2"], history, torch.empty_like(history), weights, coefficients[:, 0].tolist())
 
 
 def sgd_coefficients(lrs: list[float]) -> torch.Tensor:

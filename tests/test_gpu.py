@@ -1,0 +1,34 @@
+"""The CUDA path: every method gives the CPU's predictions on the same episodes. Runs only where torch sees a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffshot.device import resolve_device
+from diffshot.episodes import Episodes, EpisodeSpec
+from diffshot.features import FeatureSet
+from diffshot.methods import REGISTRY
+from tests.test_methods import FAST, episodes_of
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("shots", [1, 5])
+def test_gpu_predictions_match_the_cpu(synthetic: FeatureSet, name: str, shots: int) -> None:
+    device = resolve_device("cuda")
+    batch, _ = episodes_of(synthetic, EpisodeSpec(5, shots, 10), 40)
+    method = REGISTRY[name]
+    params = method.resolve(FAST.get(name, {}))
+    on_gpu = Episodes(batch.points.to(device), batch.support_labels.to(device), batch.ways, batch.centre.to(device))
+    cpu = method.score(batch, params).argmax(-1)
+    gpu = method.score(on_gpu, params).argmax(-1)
+    assert gpu.device.type == "cuda"
+    assert (cpu == gpu.cpu()).double().mean().item() >= 0.995
+
+
+def test_resolving_cuda_turns_tf32_off() -> None:
+    torch.backends.cudnn.allow_tf32 = True
+    resolve_device("cuda")
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
