@@ -37,7 +37,7 @@ from diffshot.methods.diffusion import KNN, LAYERS, STEP_SIZE
 from diffshot.preprocess import cl2n, shift_queries_
 
 LR_MILESTONES = (0.5, 0.75)
-GROUP = 16  # episodes trained together (16 to 128 measured within 10% of each other once W2 became implicit)
+GROUP = 24  # episodes trained together (8 to 48 measured within 25% of each other; 16 to 32 within 10%)
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
 RECTIFY_TEMPERATURE = 10.0
@@ -60,34 +60,34 @@ class ImplicitWeight:
     start: torch.Tensor  # [d, d], W2₀ shared by every episode
     left: torch.Tensor  # [E, steps·ways, d], U_s = Wc at step s
     right: torch.Tensor  # [E, steps·ways, d], M_s = ∂L/∂(Wc·W2) at step s
-    coefficients: torch.Tensor  # [steps + 1, steps + 1], sgd_coefficients of the schedule, on the heads' device
-    scales: list[float]  # column 0 of the coefficients, read on the host
+    coefficients: torch.Tensor  # [steps + 1, steps·ways], sgd_coefficients' terms, each repeated ways times
+    scales: list[float]  # sgd_coefficients' column 0: β after each step
     scale: float = 1.0  # β, the coefficient of W2₀ now
     weights: torch.Tensor | None = None  # [rank] coefficients of the stored rows now (w_s repeated ways times)
 
     def left_product(self, rows: torch.Tensor) -> torch.Tensor:
         """rows·W2 [E, k, d] for rows [E, k, d]: the classifier's Wc·W2 costs ways rows, not n."""
-        out = (rows @ self.start) * self.scale
         if self.weights is None:
-            return out
+            return (rows @ self.start) * self.scale
         rank = self.weights.shape[0]
-        return torch.baddbmm(out, (rows @ self.left[:, :rank].mT) * self.weights, self.right[:, :rank])
+        history = (rows @ self.left[:, :rank].mT) * self.weights
+        return torch.baddbmm(rows @ self.start, history, self.right[:, :rank], beta=self.scale)
 
     def right_product(self, rows: torch.Tensor) -> torch.Tensor:
         """rows·W2ᵀ [E, k, d]: the gradient of Wc through Wc·W2."""
-        out = (rows @ self.start.mT) * self.scale
         if self.weights is None:
-            return out
+            return (rows @ self.start.mT) * self.scale
         rank = self.weights.shape[0]
-        return torch.baddbmm(out, (rows @ self.right[:, :rank].mT) * self.weights, self.left[:, :rank])
+        history = (rows @ self.right[:, :rank].mT) * self.weights
+        return torch.baddbmm(rows @ self.start.mT, history, self.left[:, :rank], beta=self.scale)
 
     def record(self, step: int, left: torch.Tensor, right: torch.Tensor) -> None:
         """Store step ``step``'s rank-ways gradient Uᵀ·M and move to the coefficients after that step."""
-        ways = left.shape[-2]
-        self.left[:, step * ways : (step + 1) * ways] = left
-        self.right[:, step * ways : (step + 1) * ways] = right
+        rows = slice(step * left.shape[-2], (step + 1) * left.shape[-2])
+        self.left[:, rows] = left
+        self.right[:, rows] = right
         self.scale = self.scales[step + 1]
-        self.weights = self.coefficients[step + 1, 1 : step + 2].repeat_interleave(ways)
+        self.weights = self.coefficients[step + 1, : rows.stop]
 
 
 def linear_init(shape: tuple[int, ...], fan_in: int, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
@@ -109,7 +109,7 @@ def init_head(points: torch.Tensor, ways: int, seed: int, coefficients: torch.Te
     z = torch.baddbmm(start["b1"], points, start["w1"].mT.expand(e, d, d))
     head = Head(z, *(start[name].expand(e, *start[name].shape).clone() for name in ("b2", "wc", "bc")))
     history = points.new_empty(e, (coefficients.shape[0] - 1) * ways, d)
-    weights = coefficients.to(points.device, points.dtype)
+    weights = coefficients[:, 1:].repeat_interleave(ways, -1).to(points.device, points.dtype)
     return head, ImplicitWeight(start["w2"], history, torch.empty_like(history), weights, coefficients[:, 0].tolist())
 
 
