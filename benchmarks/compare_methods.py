@@ -72,8 +72,8 @@ def rows_for(fs, split: str, shots: int, imbalance: float | None, episodes: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--episodes", type=int, default=600, help="episodes for the cheap methods")
-    parser.add_argument("--heavy-episodes", type=int, default=150, help="episodes for ptmap, tim, diffresnet")
+    parser.add_argument("--episodes", type=int, default=500, help="episodes for the cheap methods")
+    parser.add_argument("--heavy-episodes", type=int, default=500, help="episodes for ptmap, tim, diffresnet")
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "results.md")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -91,7 +91,7 @@ def main() -> None:
         "dirichlet:2 = per-class query counts from Dirichlet(2), total 75 (α-TIM protocol), each class "
         "capped at the rows it has: Omniglot classes have 20 drawings, so at 5 shots every class gives "
         "exactly 15 queries and dirichlet:2 is the balanced protocol again (marked). "
-        "episodes/s were measured on a shared, loaded machine: see docs/methods.md for the speed benchmark.",
+        "episodes/s are this run's, on the machine below (docs/methods.md has the speed benchmark).",
         "",
     ]
     for title, path, split in DATASETS:
@@ -108,7 +108,7 @@ def main() -> None:
         "",
         f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__} on {torch.get_num_threads()} threads; load average "
-        f"{load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end (other jobs shared the CPUs); "
+        f"{load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end (this job's own threads count in it); "
         f"{time.time() - start:.0f} s in all.",
         "",
     ]
