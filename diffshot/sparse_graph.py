@@ -104,9 +104,10 @@ def sparse_laplacian(dist: np.ndarray, ids: np.ndarray, n_top: int, sigma: int) 
     diag = torch.arange(n)
     indices = torch.stack([torch.cat([rows, cols, diag]), torch.cat([cols, rows, diag])])
     values = torch.cat([-vals, -vals, degree])
-    coo = torch.sparse_coo_tensor(indices, values, (n, n), check_invariants=False).coalesce()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+        coo = torch.sparse_coo_tensor(indices, values, (n, n), check_invariants=False).coalesce()
         return coo.to_sparse_csr()
 
 
