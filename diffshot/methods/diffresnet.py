@@ -153,14 +153,23 @@ class Task:
     distance: torch.Tensor | None = None  # [E, nq, ways], query distances to the rectified prototypes
 
 
-def make_task(points: torch.Tensor, rows: torch.Tensor, inner: torch.Tensor, targets: torch.Tensor, **loss) -> Task:
-    """The fixed tensors of training, computed once per chunk."""
-    return Task(rows, rows @ points, rows.sum(-1, keepdim=True), inner + 1.0, targets, **loss)
+def make_task(
+    points: torch.Tensor,
+    rows: torch.Tensor,
+    gram_with_bias: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float = 0.0,
+    distance: torch.Tensor | None = None,
+) -> Task:
+    """The fixed tensors of training for the rows ``rows`` of P, computed once per chunk."""
+    return Task(rows, rows @ points, rows.sum(-1, keepdim=True), gram_with_bias, targets, alpha, distance)
 
 
 def logits_of(task: Task, head: Head, composed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits [E, m, ways] = rows·(x + relu(Z)·W2ᵀ + 1·b2)·Wcᵀ + bc, with composed = Wc·W2; also the
-    residual part rows·(x + 1·b2) and relu(Z), which the gradients reuse."""
+    """Logits [E, m, ways] = rows·(x + relu(Z)·W2ᵀ + 1·b2)·Wcᵀ + bc, with composed = Wc·W2.
+
+    Also returns the residual part rows·(x + 1·b2) and relu(Z), which the gradients reuse.
+    """
     hidden = torch.relu(head.z)
     residual = torch.baddbmm(task.mixed_points, task.row_sums, head.b2)
     logits = torch.baddbmm(head.bc, residual, head.wc.mT)
@@ -213,18 +222,19 @@ def train(episodes: Episodes, params: Mapping[str, ParamValue]) -> torch.Tensor:
     operator = diffusion_operator(lap, float(params["step_size"]), int(params["layers"]))
     epochs, alpha = int(params["epochs"]), float(params["alpha"])
     targets = F.one_hot(episodes.support_labels, ways).to(points.dtype)
+    gram_with_bias = inner + 1.0
     if alpha:
         distance = torch.cdist(points[:, ns:], rectified_prototypes(points, episodes.support_labels, ways))
-        task = make_task(points, operator, inner, targets, alpha=alpha, distance=distance)
+        task = make_task(points, operator, gram_with_bias, targets, alpha, distance)
     else:
-        task = make_task(points, operator[:, :ns], inner, targets)
+        task = make_task(points, operator[:, :ns], gram_with_bias, targets)
     milestones = [int(fraction * epochs) for fraction in LR_MILESTONES]
     lrs = [float(params["lr"]) * 0.1 ** sum(epoch >= m for m in milestones) for epoch in range(epochs)]
     head, fc2 = init_head(points, ways, int(params["seed"]), sgd_coefficients(lrs))
-    velocity = Head(*(torch.zeros_like(t) for t in dataclasses.astuple(head)))
+    velocity = Head(*(torch.zeros_like(getattr(head, field.name)) for field in dataclasses.fields(head)))
     for step, lr in enumerate(lrs):
         train_step(task, head, velocity, fc2, step, lr)
-    queries = make_task(points, operator[:, ns:], inner, targets)
+    queries = make_task(points, operator[:, ns:], gram_with_bias, targets)
     return logits_of(queries, head, fc2.left_product(head.wc))[0]
 
 
