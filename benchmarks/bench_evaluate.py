@@ -21,8 +21,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import torch
 
 from diffshot.episodes import EpisodeSpec
-from diffshot.evaluate import evaluate
 from diffshot.features import load_features
+from diffshot.run.evaluate import evaluate
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "banking77" / "banking77-minilm.h5"
 

@@ -19,13 +19,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import torch
 import torch.nn.functional as F
 
-from diffshot.diffusion import diffuse
 from diffshot.episodes import Episodes, EpisodeSpec, build_pool, gather, sample_episodes
-from diffshot.evaluate import evaluate
 from diffshot.features import load_features
-from diffshot.graph import episode_laplacian
 from diffshot.methods.diffresnet import rectified_prototypes
-from diffshot.preprocess import cl2n, shift_queries_
+from diffshot.ops.diffusion import diffuse
+from diffshot.ops.graph import episode_laplacian
+from diffshot.ops.preprocess import cl2n, shift_queries_
+from diffshot.run.evaluate import evaluate
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "banking77" / "banking77-minilm.h5"
 CHEAP = ["simpleshot", "diffusion", ("diffusion", {"assign": "balanced"}), "bdcspn", "laplacianshot", "labelprop"]

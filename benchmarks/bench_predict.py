@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from diffshot.features import load_features, write_canonical
-from diffshot.predict import select_rows
+from diffshot.run.predict import select_rows
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77" / "banking77-minilm.h5"
 

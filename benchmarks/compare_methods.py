@@ -24,8 +24,8 @@ import torch
 
 from diffshot.atomic import write_text_atomic
 from diffshot.episodes import EpisodeSpec
-from diffshot.evaluate import evaluate
 from diffshot.features import load_features
+from diffshot.run.evaluate import evaluate
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DATASETS = (

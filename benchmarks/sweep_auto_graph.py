@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 
 from diffshot.episodes import EpisodeSpec
-from diffshot.evaluate import evaluate
 from diffshot.features import load_features
 from diffshot.methods.diffusion import auto_n_top
+from diffshot.run.evaluate import evaluate
 
 
 def main() -> None:

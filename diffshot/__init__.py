@@ -3,10 +3,10 @@
 __version__ = "0.1.0"
 
 from diffshot.episodes import Episodes, EpisodeSpec, sample_episodes
-from diffshot.evaluate import Evaluation, MethodResult, evaluate
 from diffshot.features import FeatureSet, load_features, make_featureset, write_canonical
 from diffshot.methods import REGISTRY as METHODS
 from diffshot.methods import get_method
+from diffshot.run.evaluate import Evaluation, MethodResult, evaluate
 
 __all__ = [
     "METHODS",

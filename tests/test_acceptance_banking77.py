@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from diffshot.episodes import EpisodeSpec
-from diffshot.evaluate import evaluate
 from diffshot.features import FeatureSet
+from diffshot.run.evaluate import evaluate
 
 # An independent straightforward implementation of DESIGN.md's recipe, 3,000 episodes (issue 2).
 REFERENCE = {

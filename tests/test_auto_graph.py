@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from diffshot.episodes import EpisodeSpec
-from diffshot.evaluate import evaluate
 from diffshot.features import load_features
+from diffshot.run.evaluate import evaluate
 from tests.conftest import BANKING77, OMNIGLOT_REFERENCE, shared_file
 
 SETTINGS = [(5, 1, 1), (20, 1, 1), (20, 5, 1), (20, 3, 2), (20, 2, 2), (20, 3, 3), (20, 5, 5), (5, 5, 15)]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from diffshot.batch import SuiteError, parse_suite
 from diffshot.cli import app
+from diffshot.run.batch import SuiteError, parse_suite
 
 runner = CliRunner()
 SUITE = Path(__file__).resolve().parents[1] / "suites" / "banking77.toml"

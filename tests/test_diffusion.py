@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from diffshot.diffusion import diffuse, diffuse_gram, diffusion_operator
 from diffshot.episodes import Episodes, EpisodeSpec, build_pool, gather, sample_episodes
 from diffshot.features import FeatureSet
-from diffshot.graph import episode_laplacian, gram
 from diffshot.methods import get_method
 from diffshot.methods.diffusion import graph_size
+from diffshot.ops.diffusion import diffuse, diffuse_gram, diffusion_operator
+from diffshot.ops.graph import episode_laplacian, gram
 
 
 def _laplacian(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffshot.graph import (
+from diffshot.ops.graph import (
     episode_laplacian,
     gaussian_weights,
     gram,

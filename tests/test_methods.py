@@ -7,15 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffshot.diffusion import diffuse
 from diffshot.episodes import Episodes, EpisodeSpec, build_pool, gather, sample_episodes
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet
-from diffshot.graph import episode_laplacian
 from diffshot.methods import REGISTRY, get_method
 from diffshot.methods import diffresnet as dr
-from diffshot.preprocess import cl2n, shift_queries_
-from diffshot.sinkhorn import sinkhorn
+from diffshot.ops.diffusion import diffuse
+from diffshot.ops.graph import episode_laplacian
+from diffshot.ops.preprocess import cl2n, shift_queries_
+from diffshot.ops.sinkhorn import sinkhorn
 
 FAST = {"diffresnet": {"epochs": 40}, "tim": {"steps": 5}, "ptmap": {"steps": 3}}
 NEW_METHODS = ("bdcspn", "laplacianshot", "ptmap", "tim", "labelprop", "diffresnet")

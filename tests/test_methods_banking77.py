@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from diffshot.episodes import EpisodeSpec
-from diffshot.evaluate import Evaluation, evaluate
 from diffshot.features import FeatureSet
+from diffshot.run.evaluate import Evaluation, evaluate
 
 REFERENCE = {
     ("simpleshot", 1): (87.57, 0.36),

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from diffshot.cli import app
 from diffshot.features import FeatureSet, write_canonical
-from diffshot.graph import episode_laplacian
-from diffshot.predict import PredictOptions, accuracy, predict, select_rows
-from diffshot.sparse_graph import choose_index, knn_graph, neighbour_recall, sparse_laplacian
+from diffshot.ops.graph import episode_laplacian
+from diffshot.ops.knn import choose_index, knn_graph, neighbour_recall, sparse_laplacian
+from diffshot.run.predict import PredictOptions, accuracy, predict, select_rows
 
 runner = CliRunner()
 

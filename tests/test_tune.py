@@ -9,12 +9,12 @@ import pytest
 from typer.testing import CliRunner
 
 from diffshot.cli import app
-from diffshot.config import read_config, write_config
 from diffshot.episodes import EpisodeSpec
 from diffshot.errors import DiffshotError
-from diffshot.evaluate import evaluate
 from diffshot.features import FeatureSet
-from diffshot.tune import edge_axes, step_layer_view, tune
+from diffshot.run.config import read_config, write_config
+from diffshot.run.evaluate import evaluate
+from diffshot.run.tune import edge_axes, step_layer_view, tune
 
 runner = CliRunner()
 SPEC = EpisodeSpec(5, 1, 15)

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from diffshot.batch import SuiteError, output_paths, parse_suite, run_suite, write_outputs
 from diffshot.cli.common import fail, stderr, stdout, user_errors
 from diffshot.device import resolve_device
+from diffshot.run.batch import SuiteError, output_paths, parse_suite, run_suite, write_outputs
 
 
 @user_errors

@@ -15,14 +15,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from diffshot.atomic import check_writable, write_text_atomic
 from diffshot.cli.common import interactive, stderr, stdout, user_errors
 from diffshot.cli.demo import default_features
-from diffshot.config import read_config
 from diffshot.device import resolve_device
 from diffshot.episodes import EpisodeSpec
 from diffshot.errors import DiffshotError
-from diffshot.evaluate import evaluate as run_evaluation
 from diffshot.features import file_sha256, load_features
 from diffshot.methods import get_method
-from diffshot.report import features_info, results_table, save_episode_accuracies, to_csv, to_json_document
+from diffshot.report.document import features_info, results_table, save_episode_accuracies, to_csv, to_json_document
+from diffshot.run.config import read_config
+from diffshot.run.evaluate import evaluate as run_evaluation
 
 DEFAULT_METHODS = ("simpleshot", "diffusion")
 FORMATS = ("table", "json", "csv")

@@ -13,11 +13,12 @@ from rich.table import Table
 
 from diffshot.atomic import check_writable
 from diffshot.cli.common import stderr, stdout, user_errors
-from diffshot.config import read_config
 from diffshot.device import resolve_device
 from diffshot.errors import DiffshotError
 from diffshot.methods import get_method
-from diffshot.predict import (
+from diffshot.ops.knn import EXACT_LIMIT, INDEX_CHOICES
+from diffshot.run.config import read_config
+from diffshot.run.predict import (
     OUTPUT_FORMATS,
     accuracy,
     faiss_has_gpu,
@@ -25,10 +26,9 @@ from diffshot.predict import (
     options_from_params,
     write_predictions,
 )
-from diffshot.predict import (
+from diffshot.run.predict import (
     predict as run_predict,
 )
-from diffshot.sparse_graph import EXACT_LIMIT, INDEX_CHOICES
 
 
 def _device(choice: str) -> torch.device:

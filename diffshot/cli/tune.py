@@ -12,12 +12,12 @@ from rich.table import Table
 
 from diffshot.atomic import check_writable
 from diffshot.cli.common import stdout, user_errors
-from diffshot.config import write_config
 from diffshot.device import resolve_device
 from diffshot.episodes import EpisodeSpec
 from diffshot.features import load_features
-from diffshot.tune import METHOD, TuneResult, step_layer_view
-from diffshot.tune import tune as run_tune
+from diffshot.run.config import write_config
+from diffshot.run.tune import METHOD, TuneResult, step_layer_view
+from diffshot.run.tune import tune as run_tune
 
 AXIS_HELP = "Comma-separated values to try"
 

@@ -12,11 +12,11 @@ from collections.abc import Mapping
 
 import torch
 
-from diffshot.classify import rectified_mix
 from diffshot.episodes import Episodes
-from diffshot.graph import gram
 from diffshot.methods.base import Method, Param, ParamValue, Scores
-from diffshot.preprocess import cl2n, shift_queries_
+from diffshot.ops.classify import rectified_mix
+from diffshot.ops.graph import gram
+from diffshot.ops.preprocess import cl2n, shift_queries_
 
 
 def gram_cosine(g: torch.Tensor, mix: torch.Tensor, rows: slice) -> torch.Tensor:

@@ -28,13 +28,13 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from diffshot.diffusion import diffusion_operator
 from diffshot.episodes import Episodes
 from diffshot.errors import DiffshotError
-from diffshot.graph import episode_laplacian, gram
 from diffshot.methods.base import Method, Param, ParamValue, Scores
 from diffshot.methods.diffusion import KNN, LAYERS, STEP_SIZE
-from diffshot.preprocess import cl2n, shift_queries_
+from diffshot.ops.diffusion import diffusion_operator
+from diffshot.ops.graph import episode_laplacian, gram
+from diffshot.ops.preprocess import cl2n, shift_queries_
 
 LR_MILESTONES = (0.5, 0.75)
 GROUP = 24  # episodes trained together (8 to 48 measured within 25% of each other; 16 to 32 within 10%)

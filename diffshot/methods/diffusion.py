@@ -13,13 +13,13 @@ from collections.abc import Mapping
 
 import torch
 
-from diffshot.classify import gram_squared_distances, rectified_mix, support_averaging
-from diffshot.diffusion import diffuse_gram, diffusion_operator
 from diffshot.episodes import Episodes
-from diffshot.graph import KNN_BACKENDS, episode_laplacian, gram
 from diffshot.methods.base import Method, Param, ParamValue, Scores
-from diffshot.preprocess import cl2n, shift_queries_
-from diffshot.sinkhorn import PTMAP_ALPHA, PTMAP_STEPS, balanced_assignment
+from diffshot.ops.classify import gram_squared_distances, rectified_mix, support_averaging
+from diffshot.ops.diffusion import diffuse_gram, diffusion_operator
+from diffshot.ops.graph import KNN_BACKENDS, episode_laplacian, gram
+from diffshot.ops.preprocess import cl2n, shift_queries_
+from diffshot.ops.sinkhorn import PTMAP_ALPHA, PTMAP_STEPS, balanced_assignment
 
 PAPER_N_TOP = 8
 PAPER_SIGMA = 4

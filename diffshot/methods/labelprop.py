@@ -15,10 +15,10 @@ import torch.nn.functional as F
 
 from diffshot.episodes import Episodes
 from diffshot.errors import DiffshotError
-from diffshot.graph import gaussian_weights, gram, nearest_neighbours, normalise_weights
 from diffshot.methods.base import Method, Param, ParamValue, Scores
 from diffshot.methods.diffusion import KNN, graph_size
-from diffshot.preprocess import cl2n, shift_queries_
+from diffshot.ops.graph import gaussian_weights, gram, nearest_neighbours, normalise_weights
+from diffshot.ops.preprocess import cl2n, shift_queries_
 
 
 def normalised_graph(episodes: Episodes, params: Mapping[str, ParamValue]) -> torch.Tensor:

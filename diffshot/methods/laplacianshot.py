@@ -13,11 +13,11 @@ from collections.abc import Mapping
 
 import torch
 
-from diffshot.classify import gram_squared_distances, rectified_mix, support_averaging
 from diffshot.episodes import Episodes
-from diffshot.graph import gram, squared_distances_from_gram
 from diffshot.methods.base import Method, Param, ParamValue, Scores
-from diffshot.preprocess import cl2n, shift_queries_
+from diffshot.ops.classify import gram_squared_distances, rectified_mix, support_averaging
+from diffshot.ops.graph import gram, squared_distances_from_gram
+from diffshot.ops.preprocess import cl2n, shift_queries_
 
 STOP_TOLERANCE = 1e-6
 

@@ -15,10 +15,10 @@ from collections.abc import Mapping
 import torch
 
 from diffshot.episodes import Episodes
-from diffshot.graph import gram
 from diffshot.methods.base import Method, Param, ParamValue, Scores
-from diffshot.preprocess import cl2n, l2_normalise, power_transform
-from diffshot.sinkhorn import balanced_assignment
+from diffshot.ops.graph import gram
+from diffshot.ops.preprocess import cl2n, l2_normalise, power_transform
+from diffshot.ops.sinkhorn import balanced_assignment
 
 
 def use_power(points: torch.Tensor, power: ParamValue) -> bool:

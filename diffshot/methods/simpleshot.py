@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from diffshot.classify import prototypes, squared_distances
 from diffshot.episodes import Episodes
 from diffshot.methods.base import Method, ParamValue, Scores
-from diffshot.preprocess import cl2n
+from diffshot.ops.classify import prototypes, squared_distances
+from diffshot.ops.preprocess import cl2n
 
 
 def score(episodes: Episodes, params: Mapping[str, ParamValue]) -> Scores:

@@ -17,10 +17,10 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from diffshot.classify import prototypes, squared_distances
 from diffshot.episodes import Episodes
 from diffshot.methods.base import Method, Param, ParamValue, Scores
-from diffshot.preprocess import cl2n
+from diffshot.ops.classify import prototypes, squared_distances
+from diffshot.ops.preprocess import cl2n
 
 
 def logits(points: torch.Tensor, protos: torch.Tensor, temperature: float, squared: bool) -> torch.Tensor:

@@ -27,12 +27,12 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from diffshot.atomic import check_writable, write_text_atomic
-from diffshot.config import load_toml, read_config, validate_method_params
 from diffshot.episodes import EpisodeSpec
 from diffshot.errors import DiffshotError
-from diffshot.evaluate import evaluate
 from diffshot.features import FeatureSet, file_sha256, load_features
-from diffshot.report import CSV_FIELDS, features_info, to_csv, to_json_document
+from diffshot.report.document import CSV_FIELDS, features_info, to_csv, to_json_document
+from diffshot.run.config import load_toml, read_config, validate_method_params
+from diffshot.run.evaluate import evaluate
 
 DEFAULT_METHODS = ("simpleshot", "diffusion")
 ENTRY_TYPES: dict[str, tuple[type, ...]] = {

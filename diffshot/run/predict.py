@@ -26,8 +26,8 @@ from diffshot.atomic import atomic_path
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet, clean_features, read_features
 from diffshot.methods.base import ParamValue
-from diffshot.preprocess import cl2n
-from diffshot.sparse_graph import EXACT_LIMIT, choose_index, diffuse_sparse_, knn_graph, sparse_laplacian
+from diffshot.ops.knn import EXACT_LIMIT, choose_index, diffuse_sparse_, knn_graph, sparse_laplacian
+from diffshot.ops.preprocess import cl2n
 
 PAPER_N_TOP = 8
 PAPER_SIGMA = 4

@@ -16,7 +16,7 @@ from rich.table import Table
 from diffshot import __version__
 from diffshot.atomic import atomic_path
 from diffshot.errors import DiffshotError
-from diffshot.evaluate import Evaluation, MethodResult
+from diffshot.run.evaluate import Evaluation, MethodResult
 
 SCHEMA_VERSION = 1
 EPISODES_FORMAT = "diffshot-episodes/1"

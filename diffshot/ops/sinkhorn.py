@@ -2,7 +2,7 @@
 
 Everything works from a Gram matrix G [E, n, n] of the episode's points (support first), so the
 same code serves PT-MAP on preprocessed features and ``diffusion --assign balanced`` on diffused
-ones. A prototype is a mixing row over the points (``mix @ x``), as in :mod:`diffshot.classify`.
+ones. A prototype is a mixing row over the points (``mix @ x``), as in :mod:`diffshot.ops.classify`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from diffshot.classify import gram_squared_distances, support_averaging
+from diffshot.ops.classify import gram_squared_distances, support_averaging
 
 SINKHORN_MAX_ITERATIONS = 100  # the official code allows 1000 (see docs/methods.md)
 SINKHORN_TOLERANCE = 1e-5

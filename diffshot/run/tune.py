@@ -1,6 +1,6 @@
 """Choose diffusion hyper-parameters on the validation classes: a grid, every point on the same episodes.
 
-Every configuration of the grid is one ``diffusion`` run of a single :func:`diffshot.evaluate.evaluate`
+Every configuration of the grid is one ``diffusion`` run of a single :func:`diffshot.run.evaluate.evaluate`
 call, so all of them see identical episodes and their differences are paired.
 """
 
@@ -14,9 +14,9 @@ import numpy as np
 
 from diffshot.episodes import EpisodeSpec
 from diffshot.errors import DiffshotError
-from diffshot.evaluate import Evaluation, MethodResult, evaluate
 from diffshot.features import FeatureSet
 from diffshot.methods import get_method
+from diffshot.run.evaluate import Evaluation, MethodResult, evaluate
 from diffshot.stats import Summary
 
 METHOD = "diffusion"

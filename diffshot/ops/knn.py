@@ -1,6 +1,6 @@
 """The Diff-ResNet kNN graph for large sets: FAISS neighbour search and a sparse Laplacian (never n×n dense).
 
-The recipe is that of :mod:`diffshot.graph`: for row i keep the entries strictly below its
+The recipe is that of :mod:`diffshot.ops.graph`: for row i keep the entries strictly below its
 n_top-th smallest distance (the point itself counts), W_ij = exp(-(D_ij/σ_i)²) with σ_i the
 sigma-th smallest distance, W̃ = D^-1/2 W D^-1/2 symmetrised, L = diag(W̃·1) − W̃; here W, W̃
 and L are sparse torch tensors with about n·(2k+1) stored entries.

@@ -1,0 +1,1 @@
+"""Rendering typed results: the JSON contract, CSV, Markdown and the Rich table."""
