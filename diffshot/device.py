@@ -1,24 +1,29 @@
-"""Choosing the torch device: auto picks CUDA when torch sees a GPU."""
+"""Where computation runs: the torch device (auto picks CUDA when torch sees a GPU) and the CPU thread count."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
 from diffshot.errors import DiffshotError
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
-
-def resolve_device(choice: str) -> torch.device:
-    """The torch device for ``auto|cpu|cuda``; a clear error when CUDA is asked for and absent."""
+def resolve_device(choice: str | torch.device) -> torch.device:
+    """The torch device for ``auto|cpu|cuda[:N]``; asking for CUDA without a GPU is an error, on every command."""
+    if isinstance(choice, torch.device):
+        return full_float32(choice)
     if choice == "auto":
         return full_float32(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if choice == "cpu":
         return torch.device("cpu")
     if choice.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise DiffshotError("--device cuda was asked for, but torch sees no CUDA GPU (use --device cpu or auto)")
-        return full_float32(torch.device(choice))
+            raise DiffshotError("device cuda was asked for, but torch sees no CUDA GPU (use cpu or auto)")
+        try:
+            return full_float32(torch.device(choice))
+        except RuntimeError:
+            raise DiffshotError(f"unknown device {choice!r}; choose auto, cpu, cuda or cuda:N") from None
     raise DiffshotError(f"unknown device {choice!r}; choose auto, cpu or cuda")
 
 
@@ -33,3 +38,18 @@ def full_float32(device: torch.device) -> torch.device:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     return device
+
+
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` CPU threads in torch and FAISS (None keeps the default); at most the machine's cores."""
+    if threads is None:
+        return
+    cores = os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cores:
+        raise DiffshotError(
+            f"threads must be an integer from 1 to the {cores} CPU cores of this machine, got {threads}"
+        )
+    import faiss
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)

@@ -8,6 +8,9 @@ draws it — methods are compared on identical tasks (paired), as the protocol a
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -17,6 +20,20 @@ from diffshot.errors import DiffshotError
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _STREAM_CLASSES, _STREAM_ROWS, _STREAM_IMBALANCE = 1, 2, 3
 _GAMMA_TRIES = 16
+MAX_EPISODE_SIZE = 100_000
+MIN_CONCENTRATION = 1e-3  # below it Gamma draws underflow to zero and every query falls to one class
+SEED_LIMIT = 2**64
+
+
+def check_seed(seed: int) -> int:
+    """The seed, when 0 ≤ seed < 2⁶⁴ (the counter-based sampler's key space); an error otherwise."""
+    try:
+        value = operator.index(seed)
+    except TypeError:
+        value = -1
+    if isinstance(seed, bool) or not 0 <= value < SEED_LIMIT:
+        raise DiffshotError(f"seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,12 +52,18 @@ class EpisodeSpec:
 
     def __post_init__(self) -> None:
         for name in ("ways", "shots", "queries"):
-            if getattr(self, name) <= 0:
-                raise DiffshotError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise DiffshotError(f"{name} must be a positive integer, got {value!r}")
+            if value > MAX_EPISODE_SIZE:
+                raise DiffshotError(f"{name} must be at most {MAX_EPISODE_SIZE:,}, got {value:,}")
         if self.ways < 2:
-            raise DiffshotError(f"--ways must be at least 2, got {self.ways}")
-        if self.imbalance is not None and not self.imbalance > 0:
-            raise DiffshotError(f"the Dirichlet concentration must be positive, got {self.imbalance}")
+            raise DiffshotError(f"ways must be at least 2, got {self.ways}")
+        if self.imbalance is not None and not (MIN_CONCENTRATION <= self.imbalance < math.inf):
+            raise DiffshotError(
+                f"the Dirichlet concentration must be a finite number of at least {MIN_CONCENTRATION:g}, "
+                f"got {self.imbalance}"
+            )
 
     @property
     def num_support(self) -> int:
@@ -150,7 +173,7 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 def _uniform(seed: int, stream: int, episode_ids: np.ndarray, width: int) -> np.ndarray:
     """Uniform floats in [0, 1), shape [len(episode_ids), width], addressed by (seed, stream, episode, slot)."""
     with np.errstate(over="ignore"):
-        key = _mix64(np.uint64(seed % (1 << 64)) * _GOLDEN + np.uint64(stream))
+        key = _mix64(np.uint64(check_seed(seed)) * _GOLDEN + np.uint64(stream))
         counters = episode_ids[:, None] * np.uint64(width) + np.arange(width, dtype=np.uint64)[None, :]
         bits = _mix64(_mix64(counters ^ key) + key)
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
@@ -240,3 +263,35 @@ class Episodes:
     def points_per_class(self) -> float:
         """Average number of points (support + query) a class has in an episode."""
         return self.points.shape[1] / self.ways
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One large task, what ``predict`` hands a method: labelled support rows (any count per class) and queries.
+
+    ``points`` [n, d] are the raw rows, support first; query labels are never part of it.
+    """
+
+    points: torch.Tensor  # [ns + nq, d], support first
+    support_labels: torch.Tensor  # [ns] in 0..ways-1
+    ways: int
+    centre: torch.Tensor  # [d] the centring mean
+    search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # k nearest points of each row, itself first
+
+    @property
+    def num_support(self) -> int:
+        return int(self.support_labels.shape[0])
+
+    @property
+    def shots(self) -> float:
+        """Average labelled rows per class."""
+        return self.num_support / self.ways
+
+    @property
+    def points_per_class(self) -> float:
+        """Average number of points (support + query) per class."""
+        return self.points.shape[0] / self.ways
+
+    def as_episode(self) -> Episodes:
+        """The same task as a batch of one episode (dense methods; small tasks only)."""
+        return Episodes(self.points[None], self.support_labels[None], self.ways, self.centre)

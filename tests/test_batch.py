@@ -60,8 +60,8 @@ def test_missed_threshold_exits_1_and_reports(banking77_path: Path, tmp_path: Pa
     [
         ('[[entry]]\nname = "a"\nshots = "one"\n', "entry 'a': key 'shots' must be an integer"),
         ('[[entry]]\nname = "a"\nshot = 1\n', "entry 'a': unknown key 'shot'"),
-        ('[[entry]]\nname = "a"\nparams.diffusion = { layer = 3 }\n', "unknown key diffusion.layer"),
-        ('[[entry]]\nname = "a"\nparams.diffusion = { layers = "3" }\n', "diffusion.layers must be an integer"),
+        ('[[entry]]\nname = "a"\nparams.diffusion = { layer = 3 }\n', "method diffusion has no parameter 'layer'"),
+        ('[[entry]]\nname = "a"\nparams.diffusion = { layers = "3" }\n', "diffusion.layers: expected an integer"),
         ('[[entry]]\nname = "a"\nfail_under = { diffusion = "high" }\n', "key 'fail_under.diffusion'"),
         ('[[entry]]\nname = "a"\nmethods = ["nosuch"]\n', "unknown method 'nosuch'"),
         ("[[entry]]\nshots = 1\n", "entry 1: key 'name' is required"),
@@ -83,11 +83,11 @@ def test_malformed_suite_exits_2_and_writes_nothing(
     assert not any(out.iterdir())
 
 
-def test_missing_output_folder_and_skip_missing(synthetic_file: Path, tmp_path: Path) -> None:
+def test_missing_output_folder_is_created_and_skip_missing(synthetic_file: Path, tmp_path: Path) -> None:
     suite = suite_beside(tmp_path, synthetic_file, '[[entry]]\nname = "a"\n')
-    result = invoke("batch", suite, "--output-dir", tmp_path / "nope")
-    assert result.exit_code == 1 and "does not exist" in result.stderr and "\n" not in result.stderr.strip()
-    assert not (tmp_path / "nope").exists()
+    result = invoke("batch", suite, "--output-dir", tmp_path / "nope" / "deeper", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "nope" / "deeper" / "a.json").is_file()
     gone = suite_beside(tmp_path, tmp_path / "gone.h5", '[[entry]]\nname = "a"\n')
     result = invoke("batch", gone, "--output-dir", tmp_path, "--skip-missing", "-q")
     assert result.exit_code == 0, result.stderr
@@ -98,7 +98,8 @@ def test_batch_config_applies_to_methods(synthetic_file: Path, tmp_path: Path) -
     config = tmp_path / "tuned.toml"
     config.write_text("[diffusion]\nlayers = 2\n")
     suite = suite_beside(tmp_path, synthetic_file, '[[entry]]\nname = "a"\nmethods = ["diffusion"]\n')
-    assert parse_suite(suite, config)[0].methods == (("diffusion", {"layers": 2}),)
+    entry = parse_suite(suite, config)[0]
+    assert entry.methods == ("diffusion",) and entry.request.config == {"diffusion": {"layers": 2}}
     config.write_text("[diffusion]\nlayers = true\n")
     with pytest.raises(SuiteError, match=r"--config: .*diffusion\.layers"):
         parse_suite(suite, config)

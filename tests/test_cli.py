@@ -123,10 +123,10 @@ def test_synth_and_convert(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        (["--ways", "0"], ["--ways"]),
-        (["--shots", "0"], ["--shots"]),
-        (["--queries", "-1"], ["--queries"]),
-        (["--episodes", "0"], ["--episodes"]),
+        (["--ways", "0"], ["ways must be a positive integer"]),
+        (["--shots", "0"], ["shots must be a positive integer"]),
+        (["--queries", "-1"], ["queries must be a positive integer"]),
+        (["--episodes", "0"], ["episodes must be a positive integer"]),
         (["-m", "magic"], ["unknown method 'magic'"]),
         (["--split", "test"], ["unknown split"]),
         (["--ways", "40"], ["40-way"]),
@@ -228,4 +228,4 @@ def test_config_file_sets_parameters_and_flags_override_it(demo: Path, tmp_path:
                      "--layers", 5)  # fmt: skip
     assert json.loads(flagged.stdout)["results"][0]["params"]["layers"] == 5
     config.write_text("[diffusion]\nlayer = 3\n")
-    assert_one_line_error(invoke("evaluate", demo, "--config", config), "tuned.toml", "diffusion.layer")
+    assert_one_line_error(invoke("evaluate", demo, "--config", config), "tuned.toml", "no parameter 'layer'")

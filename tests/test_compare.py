@@ -112,7 +112,7 @@ def test_parse_imbalance_values() -> None:
 
 
 def test_baseline_must_be_run(demo: Path) -> None:
-    assert_one_line_error(invoke("evaluate", demo, "--episodes", 5, "--baseline", "ptmap"), "--baseline ptmap")
+    assert_one_line_error(invoke("evaluate", demo, "--episodes", 5, "--baseline", "ptmap"), "baseline ptmap")
 
 
 def test_methods_lists_every_method_with_defaults() -> None:

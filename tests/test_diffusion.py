@@ -9,9 +9,10 @@ import torch
 from diffshot.episodes import Episodes, EpisodeSpec, build_pool, gather, sample_episodes
 from diffshot.features import FeatureSet
 from diffshot.methods import get_method
-from diffshot.methods.diffusion import graph_size
+from diffshot.methods.diffusion import episode_graph_size
 from diffshot.ops.diffusion import diffuse, diffuse_gram, diffusion_operator
-from diffshot.ops.graph import episode_laplacian, gram
+from diffshot.ops.graph import episode_laplacian
+from diffshot.ops.knn import gram
 
 
 def _laplacian(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +83,7 @@ def test_batched_diffusion_matches_unbatched_reference_on_real_episodes(banking7
         centre = torch.from_numpy(banking77.base_mean).double()
         labels = torch.from_numpy(indices.support_labels)
         batch = Episodes(gather(features, indices), labels, 5, centre)
-        params = get_method("diffusion").resolve({"n_top": 8, "sigma": 4})
+        params = get_method("diffusion").parse({"n_top": 8, "sigma": 4})
         batched = get_method("diffusion").score(batch, params).argmax(-1)
         agree, ties = 0, 0
         for e in range(indices.num_episodes):
@@ -111,9 +112,9 @@ def test_auto_graph_reduces_to_the_paper_setting(ways: int, shots: int, queries:
     spec = EpisodeSpec(ways, shots, queries)
     points = torch.zeros(1, spec.num_support + spec.num_query, 2)
     batch = Episodes(points, torch.zeros(1, spec.num_support, dtype=torch.long), ways, torch.zeros(2))
-    assert graph_size(batch, "auto", "auto") == expected
-    assert graph_size(batch, 6, "auto") == (6, 4)
-    assert graph_size(batch, "auto", 1)[1] == 1
+    assert episode_graph_size(batch, "auto", "auto") == expected
+    assert episode_graph_size(batch, 6, "auto") == (6, 4)
+    assert episode_graph_size(batch, "auto", 1)[1] == 1
 
 
 def test_method_scores_do_not_depend_on_batching(synthetic: FeatureSet) -> None:
@@ -123,7 +124,7 @@ def test_method_scores_do_not_depend_on_batching(synthetic: FeatureSet) -> None:
     features = torch.from_numpy(novel.features).double()
     batch = Episodes(gather(features, indices), torch.from_numpy(indices.support_labels), 5, features.mean(0))
     method = get_method("diffusion")
-    params = method.resolve()
+    params = method.parse()
     whole = method.score(batch, params)
     single = Episodes(batch.points[4:5], batch.support_labels[4:5], 5, batch.centre)
     assert np.allclose(whole[4:5].numpy(), method.score(single, params).numpy(), atol=1e-9)

@@ -79,5 +79,5 @@ def test_small_classes_are_left_out_and_too_few_classes_is_an_error() -> None:
 @pytest.mark.parametrize("field", ["ways", "shots", "queries"])
 def test_non_positive_sizes_are_refused(field: str) -> None:
     values = {"ways": 5, "shots": 1, "queries": 15, field: 0}
-    with pytest.raises(DiffshotError, match=f"--{field}"):
+    with pytest.raises(DiffshotError, match=f"^{field} must be"):
         EpisodeSpec(**values)

@@ -20,7 +20,7 @@ def test_gpu_predictions_match_the_cpu(synthetic: FeatureSet, name: str, shots: 
     device = resolve_device("cuda")
     batch, _ = episodes_of(synthetic, EpisodeSpec(5, shots, 10), 40)
     method = REGISTRY[name]
-    params = method.resolve(FAST.get(name, {}))
+    params = method.parse(FAST.get(name, {}))
     on_gpu = Episodes(batch.points.to(device), batch.support_labels.to(device), batch.ways, batch.centre.to(device))
     cpu = method.score(batch, params).argmax(-1)
     gpu = method.score(on_gpu, params).argmax(-1)

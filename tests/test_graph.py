@@ -5,16 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffshot.ops.graph import (
-    episode_laplacian,
-    gaussian_weights,
-    gram,
-    knn_faiss,
-    knn_torch,
-    nearest_neighbours,
-    normalise_weights,
-    squared_distances_from_gram,
-)
+from diffshot.ops.graph import episode_laplacian, gaussian_weights, normalise_weights
+from diffshot.ops.knn import episode_neighbours as nearest_neighbours
+from diffshot.ops.knn import gram, knn_faiss, knn_torch, squared_distances_from_gram
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ def episodes_of(fs: FeatureSet, spec: EpisodeSpec, count: int, start: int = 0) -
 def test_registered_with_documented_defaults(name: str) -> None:
     method = REGISTRY[name]
     assert method.summary and method.score.__doc__
-    for param in method.params:
+    for param in method.declared:
         assert param.help, (name, param.name)
     assert method.transductive
 
@@ -47,7 +47,7 @@ def test_registered_with_documented_defaults(name: str) -> None:
 def test_scores_shape_and_better_than_chance(synthetic: FeatureSet, name: str, shots: int) -> None:
     batch, labels = episodes_of(synthetic, EpisodeSpec(5, shots, 6), 12)
     method = get_method(name)
-    scores = method.score(batch, method.resolve(FAST.get(name, {})))
+    scores = method.score(batch, method.parse(FAST.get(name, {})))
     assert scores.shape == (12, 30, 5) and torch.isfinite(scores).all()
     accuracy = (scores.argmax(-1) == labels).double().mean().item()
     assert accuracy > 0.4, accuracy
@@ -57,7 +57,7 @@ def test_scores_shape_and_better_than_chance(synthetic: FeatureSet, name: str, s
 def test_an_episode_scores_the_same_alone_or_in_a_batch(synthetic: FeatureSet, name: str) -> None:
     batch, _ = episodes_of(synthetic, EpisodeSpec(5, 2, 5), 6)
     method = get_method(name)
-    params = method.resolve(FAST.get(name, {}) | ({"assign": "balanced"} if name == "diffusion" else {}))
+    params = method.parse(FAST.get(name, {}) | ({"assign": "balanced"} if name == "diffusion" else {}))
     together = method.score(batch, params)
     alone = Episodes(batch.points[3:4], batch.support_labels[3:4], batch.ways, batch.centre)
     assert torch.allclose(method.score(alone, params)[0], together[3], atol=1e-4, rtol=1e-3)
@@ -103,7 +103,7 @@ def test_batched_diffresnet_follows_the_official_training_exactly(synthetic: Fea
     batch, _ = episodes_of(synthetic, EpisodeSpec(5, 1, 4), 3)
     batch = Episodes(batch.points.double(), batch.support_labels, 5, batch.centre.double())
     method = get_method("diffresnet")
-    params = method.resolve({"epochs": 12, "alpha": alpha})
+    params = method.parse({"epochs": 12, "alpha": alpha})
     ours = method.score(batch, params)
     points = cl2n(batch.points, batch.centre)
     shift_queries_(points, batch.num_support)
@@ -122,11 +122,11 @@ def test_sinkhorn_balances_rows_and_columns() -> None:
 
 def test_balanced_assignment_is_a_diffusion_choice(synthetic: FeatureSet) -> None:
     method = get_method("diffusion")
-    assert method.resolve({})["assign"] == "nearest"
+    assert method.parse({}).assign == "nearest"
     with pytest.raises(DiffshotError, match="assign"):
-        method.resolve({"assign": "greedy"})
+        method.parse({"assign": "greedy"})
     batch, labels = episodes_of(synthetic, EpisodeSpec(5, 1, 10), 20)
-    scores = method.score(batch, method.resolve({"assign": "balanced"}))
+    scores = method.score(batch, method.parse({"assign": "balanced"}))
     assert np.isclose(scores.sum(-2).numpy(), 10.0, atol=1e-2).all()
     assert (scores.argmax(-1) == labels).double().mean() > 0.5
 
@@ -139,4 +139,4 @@ def test_bad_parameters_are_one_line_errors(synthetic: FeatureSet, name: str, ov
     method = get_method(name)
     with pytest.raises(DiffshotError, match=needle):
         batch, _ = episodes_of(synthetic, EpisodeSpec(5, 1, 3), 2)
-        method.score(batch, method.resolve(overrides))
+        method.score(batch, method.parse(overrides))

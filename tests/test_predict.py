@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from diffshot.cli import app
 from diffshot.features import FeatureSet, write_canonical
-from diffshot.ops.graph import episode_laplacian
-from diffshot.ops.knn import choose_index, knn_graph, neighbour_recall, sparse_laplacian
+from diffshot.ops.graph import episode_laplacian, sparse_laplacian
+from diffshot.ops.knn import choose_index, knn_graph, neighbour_recall
 from diffshot.run.predict import PredictOptions, accuracy, predict, select_rows
 
 runner = CliRunner()
@@ -71,8 +71,8 @@ def test_auto_index_is_exact_below_the_limit_and_hnsw_above() -> None:
 def test_banking77_diffusion_beats_nearest_prototype(novel_task) -> None:
     support, query = novel_task
     assert support.num_rows == 150 and query.num_rows > 5000
-    diffused = predict(support, query, PredictOptions())
-    plain = predict(support, query, PredictOptions(layers=0, shift=False))
+    diffused = predict(support, query)
+    plain = predict(support, query, ("diffusion", {"layers": 0, "shift": False}))
     acc, count = accuracy(diffused, query)
     base, _ = accuracy(plain, query)
     assert count == query.num_rows
@@ -91,7 +91,7 @@ def test_unequal_shots_and_forced_approximate_index(novel_task) -> None:
     support, query = novel_task
     keep = np.ones(support.num_rows, dtype=bool)
     keep[np.flatnonzero(support.labels == 0)[:3]] = False
-    prediction = predict(support.take_rows(keep), query, PredictOptions(index="auto", exact_limit=1000))
+    prediction = predict(support.take_rows(keep), query, options=PredictOptions(index="auto", exact_limit=1000))
     assert prediction.index == "hnsw"
     assert accuracy(prediction, query)[0] > 80.0
     assert np.all((prediction.confidence > 0) & (prediction.confidence <= 1))
@@ -167,7 +167,7 @@ def test_config_feeds_predict(task_files, tmp_path: Path) -> None:
     out = tmp_path / "a.csv"
     result = invoke("predict", "--support", support, "--query", query, "--output", out, "--config", config)
     assert result.exit_code == 0, result.stderr
-    assert "T 0" in result.stdout
+    assert "layers 0" in result.stdout
     config.write_text("[diffusion]\nlayers = 'six'\n")
     result = invoke("predict", "--support", support, "--query", query, "--output", out, "--config", config)
     assert_one_line_error(result, "diffusion.layers")
@@ -189,11 +189,14 @@ def test_dropped_rows_keep_file_row_numbers(synthetic: FeatureSet, tmp_path: Pat
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
-def test_cuda_without_gpu_runs_on_cpu_with_notice(synthetic: FeatureSet, tmp_path: Path) -> None:
+def test_cuda_without_gpu_is_an_error_as_in_evaluate(synthetic: FeatureSet, tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: --device cuda is valid here")
     path = write_canonical(synthetic, tmp_path / "s.h5")
     result = invoke("predict", "--support", path, "--query", path, "--output", tmp_path / "o.csv", "--device", "cuda")
-    assert result.exit_code == 0, result.stderr
-    assert "notice" in result.stderr and "CPU" in result.stderr
+    assert_one_line_error(result, "no CUDA GPU")
+    assert not (tmp_path / "o.csv").exists()
+    assert_one_line_error(invoke("evaluate", path, "--episodes", 5, "--device", "cuda"), "no CUDA GPU")
 
 
 def test_query_file_without_labels_is_predicted(tmp_path: Path, synthetic) -> None:

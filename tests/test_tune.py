@@ -62,9 +62,9 @@ def test_config_round_trip_and_errors(tmp_path: Path) -> None:
     write_config(path, config, ["a comment"])
     assert read_config(path) == config
     for text, needle in (
-        ("[diffusion]\nstep = 0.5\n", "unknown key diffusion.step"),
-        ("[diffusion]\nlayers = 6.5\n", "diffusion.layers must be an integer"),
-        ("[diffusion]\nrectify = 'yes'\n", "diffusion.rectify must be true/false"),
+        ("[diffusion]\nstep = 0.5\n", "no parameter 'step'"),
+        ("[diffusion]\nlayers = 6.5\n", "diffusion.layers: expected an integer"),
+        ("[diffusion]\nrectify = 'yes'\n", "diffusion.rectify: expected true or false"),
         ("[diffusion]\nlayers = -1\n", "at least"),
         ("[nosuch]\nx = 1\n", "unknown method 'nosuch'"),
         ("[diffusion\n", "not valid TOML"),

@@ -15,7 +15,7 @@ from diffshot.run.batch import SuiteError, output_paths, parse_suite, run_suite,
 @user_errors
 def batch(
     suite: Annotated[Path, typer.Argument(help="TOML suite; its paths resolve relative to the suite file.")],
-    output_dir: Annotated[Path, typer.Option(help="Existing folder for per-entry JSON, CSV, Markdown.")],
+    output_dir: Annotated[Path, typer.Option(help="Folder for per-entry JSON, CSV, Markdown (created if missing).")],
     junit: Annotated[Path | None, typer.Option(help="JUnit XML path (default OUTPUT_DIR/junit.xml).")] = None,
     config: Annotated[Path | None, typer.Option(help="Tuned TOML config applied to every entry's methods.")] = None,
     skip_missing: Annotated[bool, typer.Option(help="Skip (not fail) entries whose features file is absent.")] = False,
@@ -38,11 +38,8 @@ def batch(
     failures = [(o.entry.name, m, acc, limit) for o in outcomes for m, (acc, limit) in o.failures().items()]
     if not quiet:
         for outcome in outcomes:
-            for record in (outcome.document or {}).get("results", []):
-                stdout.print(
-                    f"{outcome.entry.name} {record['method']}: {record['accuracy']:.2f} ± {record['ci95']:.2f}",
-                    highlight=False,
-                )
+            for method, (mean, ci, _, _) in outcome.accuracies().items():
+                stdout.print(f"{outcome.entry.name} {method}: {mean:.2f} ± {ci:.2f}", highlight=False)
             if outcome.skipped:
                 stdout.print(f"{outcome.entry.name}: skipped ({outcome.skipped})", highlight=False)
         stdout.print(f"results in {output_dir}", highlight=False)

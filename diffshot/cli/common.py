@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import ParamSpec, TypeVar
 
 import typer
@@ -55,3 +56,39 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
 def interactive() -> bool:
     """Whether stderr is a terminal (progress bars are shown only then)."""
     return sys.stderr.isatty()
+
+
+def comma_list(values: list[str] | None) -> list[str]:
+    """Repeated and comma-separated option values as one list (``-m a,b -m c`` → a, b, c).
+
+    A comma inside a named variant's parameter list (``diffusion:layers=8,lam=5``) stays with it.
+    """
+    items: list[str] = []
+    for value in values or []:
+        for part in value.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if items and "=" in part and ":" not in part and ":" in items[-1]:
+                items[-1] += "," + part
+            else:
+                items.append(part)
+    return items
+
+
+@contextlib.contextmanager
+def progress(quiet: bool, total: int, what: str) -> Iterator[Callable[..., None]]:
+    """A Rich progress bar on stderr when it is a terminal and not quiet; yields ``advance(completed, label=None)``."""
+    if quiet or not interactive():
+        yield lambda completed, label=None: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=stderr, transient=True) as bar:
+        task = bar.add_task(what, total=total)
+
+        def advance(completed: int, label: str | None = None) -> None:
+            bar.update(task, completed=completed, description=escape(label) if label else what)
+
+        yield advance

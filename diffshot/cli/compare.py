@@ -9,7 +9,7 @@ import typer
 
 from diffshot.cli.common import user_errors
 from diffshot.errors import DiffshotError
-from diffshot.report.document import EpisodeRecord, load_episode_accuracies, protocol_mismatch
+from diffshot.report.episodes_file import EpisodeRecord, load_episode_accuracies, protocol_mismatch
 from diffshot.stats import paired_difference, summarise
 
 

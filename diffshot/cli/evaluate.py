@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from diffshot.atomic import check_writable, write_text_atomic
-from diffshot.cli.common import interactive, stderr, stdout, user_errors
+from diffshot.cli.common import comma_list, progress, stdout, user_errors
 from diffshot.cli.demo import default_features
 from diffshot.device import resolve_device
-from diffshot.episodes import EpisodeSpec
 from diffshot.errors import DiffshotError
-from diffshot.features import file_sha256, load_features
-from diffshot.methods import get_method
-from diffshot.report.document import features_info, results_table, save_episode_accuracies, to_csv, to_json_document
-from diffshot.run.config import read_config
-from diffshot.run.evaluate import evaluate as run_evaluation
+from diffshot.report.document import to_csv, to_json_document
+from diffshot.report.episodes_file import save_episode_accuracies
+from diffshot.report.table import results_table
+from diffshot.run.config import parse_assignments, read_config
+from diffshot.run.evaluate import EvaluationRequest, prepare_runs, run_evaluation
 
 DEFAULT_METHODS = ("simpleshot", "diffusion")
 FORMATS = ("table", "json", "csv")
@@ -49,46 +46,6 @@ def episodes_reference(episodes_file: Path, output: Path | None) -> str:
     return os.path.relpath(episodes_file.resolve(), output.resolve().parent)
 
 
-def parse_assignments(items: list[str]) -> dict[str, dict[str, str]]:
-    """``METHOD.KEY=VALUE`` strings as {method: {key: value}}."""
-    out: dict[str, dict[str, str]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        method, dot, name = key.partition(".")
-        if not sep or not dot or not method or not name:
-            raise DiffshotError(f"--set {item!r}: expected METHOD.PARAM=VALUE, e.g. diffusion.layers=8")
-        get_method(method)
-        out.setdefault(method, {})[name.replace("-", "_")] = value
-    return out
-
-
-def method_overrides(
-    methods: list[str],
-    shared: dict[str, object],
-    assignments: dict[str, dict[str, str]],
-    config: Mapping[str, Mapping[str, object]] | None = None,
-) -> list[tuple[str, dict[str, object]]]:
-    """Per-method parameter overrides: a --config table, then shared flags (to every method that has the
-    parameter), then --set; later ones win."""
-    given = {k: v for k, v in shared.items() if v is not None}
-    used: set[str] = set()
-    runs = []
-    for name in methods:
-        method = get_method(name)
-        names = {p.name for p in method.params}
-        flags = {k: v for k, v in given.items() if k in names}
-        used |= flags.keys()
-        overrides: dict[str, object] = {**(config or {}).get(name, {}), **flags}
-        overrides.update(assignments.get(name, {}))
-        method.resolve(overrides)
-        runs.append((name, overrides))
-    unused = sorted(set(given) - used)
-    if unused:
-        flags = ", ".join("--" + u.replace("_", "-") for u in unused)
-        raise DiffshotError(f"{flags} given, but none of the methods {', '.join(methods)} takes it")
-    return runs
-
-
 def output_format(fmt: str | None, output: Path | None) -> str:
     """The format to write: explicit, else from the output's extension, else the table."""
     if fmt is not None and fmt not in FORMATS:
@@ -102,17 +59,35 @@ def output_format(fmt: str | None, output: Path | None) -> str:
     return "json" if output is not None else "table"
 
 
+def shot_counts(values: list[str] | None) -> tuple[int, ...]:
+    """``--shots 1 --shots 5`` or ``--shots 1,5`` as integers."""
+    counts = []
+    for text in comma_list(values) or ["1"]:
+        try:
+            counts.append(int(text))
+        except ValueError:
+            raise DiffshotError(f"--shots {text!r}: expected a positive integer") from None
+    return tuple(counts)
+
+
 @user_errors
 def evaluate(
     features: Annotated[
         Path | None, typer.Argument(help="Features file (canonical HDF5 or a field format); default: the demo set.")
     ] = None,
     ways: Annotated[int, typer.Option(help="Classes per episode (N).")] = 5,
-    shots: Annotated[list[int] | None, typer.Option(help="Labelled rows per class (K); repeat for several.")] = None,
+    shots: Annotated[
+        list[str] | None, typer.Option(help="Labelled rows per class (K); repeat or comma-separate for several.")
+    ] = None,
     queries: Annotated[int, typer.Option(help="Unlabelled query rows per class (Q).")] = 15,
     episodes: Annotated[int, typer.Option(help="Episodes per setting (the field reports 10,000).")] = 10_000,
     method: Annotated[
-        list[str] | None, typer.Option("--method", "-m", help="Method to run; repeat for several.")
+        list[str] | None,
+        typer.Option(
+            "--method",
+            "-m",
+            help="Method to run; repeat or comma-separate for several; NAME:PARAM=VALUE is a named variant.",
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Fixes the episodes: same seed, same tasks for every method.")] = 0,
     split: Annotated[
@@ -146,7 +121,9 @@ def evaluate(
         str | None, typer.Option("--format", help="table|json|csv (default: from --output, else table).")
     ] = None,
     output: Annotated[Path | None, typer.Option(help="Write the results here (atomically).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no table.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar or notices; results still print.")
+    ] = False,
     base_mean: Annotated[
         Path | None, typer.Option(help="Base-mean file for pickled features (e.g. *_base_mean.plk).")
     ] = None,
@@ -173,69 +150,48 @@ def evaluate(
     ] = None,
 ) -> None:
     """Evaluate few-shot methods on seeded episodes: accuracy ± 95% interval (1.96·std/√n), in percent."""
-    shots = shots or [1]
-    methods = method or list(DEFAULT_METHODS)
     fmt = output_format(fmt, output)
-    if output is not None:
-        check_writable(output)
-    if chunk_size is not None and chunk_size <= 0:
-        raise DiffshotError(f"--chunk-size must be positive, got {chunk_size}")
-    alpha = parse_imbalance(imbalance)
-    specs = [EpisodeSpec(ways, k, queries, alpha) for k in shots]
-    if baseline is not None and baseline not in methods:
-        raise DiffshotError(
-            f"--baseline {baseline}: not among the methods run ({', '.join(methods)}); add --method {baseline}"
-        )
-    if save_episodes is not None:
-        check_writable(save_episodes)
-    if episodes <= 0:
-        raise DiffshotError(f"--episodes must be a positive integer, got {episodes}")
+    for path in (output, save_episodes):
+        if path is not None:
+            check_writable(path)
     shared = {"knn": knn, "step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
     shared |= {"rectify": rectify, "shift": shift, "assign": assign}
-    tuned = read_config(config) if config is not None else None
-    runs = method_overrides(methods, shared, parse_assignments(set_params or []), tuned)
-    path = features if features is not None else default_features()
-    fs = load_features(path, base_mean_path=base_mean, drop_nonfinite=drop_nonfinite, drop_zero=drop_zero)
-    torch_device = resolve_device(device)
-    evaluations = []
-    with _progress(quiet, episodes * len(specs)) as advance:
-        for spec in specs:
-            done = sum(ev.episodes for ev in evaluations)
-            evaluations.append(
-                run_evaluation(
-                    fs,
-                    runs,
-                    spec,
-                    episodes=episodes,
-                    seed=seed,
-                    split=split,
-                    device=torch_device,
-                    chunk_size=chunk_size,
-                    on_chunk=lambda finished, done=done: advance(done + finished),
-                )
-            )
-    info = features_info(path, file_sha256(path), fs.dim, evaluations[0])
-    info["device"] = str(torch_device)
-    document = to_json_document(evaluations, info, baseline)
+    request = EvaluationRequest(
+        features=features if features is not None else default_features(),
+        methods=tuple(comma_list(method) or DEFAULT_METHODS),
+        ways=ways,
+        shots=shot_counts(shots),
+        queries=queries,
+        episodes=episodes,
+        seed=seed,
+        split=split,
+        imbalance=parse_imbalance(imbalance),
+        chunk_size=chunk_size,
+        baseline=baseline,
+        config=read_config(config) if config is not None else None,
+        shared=shared,
+        assignments=parse_assignments(set_params or []),
+        base_mean=base_mean,
+        drop_nonfinite=drop_nonfinite,
+        drop_zero=drop_zero,
+    )
+    prepare_runs(request)
+    request = _on_device(request, device)
+    with progress(quiet, request.episodes * len(set(request.shots)), "episodes") as advance:
+        run = run_evaluation(request, advance)
+    document = to_json_document(run)
     if save_episodes is not None:
-        save_episode_accuracies(save_episodes, evaluations, info)
+        save_episode_accuracies(save_episodes, run)
         document["episodes_file"] = episodes_reference(save_episodes, output)
-    rendered = {"json": lambda: json.dumps(document, indent=2) + "\n", "csv": lambda: to_csv(document)}
+    rendered = {"json": lambda: json.dumps(document, indent=2) + "\n", "csv": lambda: to_csv(run)}
     if output is not None:
         write_text_atomic(output, rendered[fmt]())
     if output is None and fmt in rendered:
         typer.echo(rendered[fmt](), nl=False)
-    elif not quiet:
-        stdout.print(results_table(document, title=f"{path} · {info['split']} classes · seed {seed}"))
+    else:
+        stdout.print(results_table(run))
 
 
-@contextlib.contextmanager
-def _progress(quiet: bool, total: int) -> Iterator[Callable[[int], None]]:
-    """A Rich progress bar on stderr when it is a terminal and not --quiet; yields ``advance(completed)``."""
-    if quiet or not interactive():
-        yield lambda completed: None
-        return
-    columns = (TextColumn("episodes"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=stderr, transient=True) as bar:
-        task = bar.add_task("evaluate", total=total)
-        yield lambda completed: bar.update(task, completed=completed)
+def _on_device(request: EvaluationRequest, device: str) -> EvaluationRequest:
+    """The request with its device resolved (``auto`` picks CUDA when torch sees a GPU)."""
+    return dataclasses.replace(request, device=resolve_device(device))

@@ -6,39 +6,28 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import faiss
-import torch
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from diffshot.atomic import check_writable
 from diffshot.cli.common import stderr, stdout, user_errors
-from diffshot.device import resolve_device
+from diffshot.device import resolve_device, set_threads
 from diffshot.errors import DiffshotError
-from diffshot.methods import get_method
-from diffshot.ops.knn import EXACT_LIMIT, INDEX_CHOICES
-from diffshot.run.config import read_config
+from diffshot.ops.knn import EXACT_LIMIT, faiss_has_gpu
+from diffshot.run.config import method_runs, parse_assignments, read_config
 from diffshot.run.predict import (
+    DEFAULT_METHOD,
     OUTPUT_FORMATS,
+    PredictOptions,
     accuracy,
-    faiss_has_gpu,
     load_rows,
-    options_from_params,
+    predict_run,
     write_predictions,
 )
 from diffshot.run.predict import (
     predict as run_predict,
 )
-
-
-def _device(choice: str) -> torch.device:
-    """The torch device; ``cuda`` without a GPU falls back to the CPU with a notice."""
-    if choice not in ("auto", "cpu", "cuda") and not choice.startswith("cuda"):
-        raise DiffshotError(f"unknown device {choice!r}; choose auto, cpu or cuda")
-    if choice.startswith("cuda") and not torch.cuda.is_available():
-        stderr.print("notice: --device cuda asked for, but torch sees no CUDA GPU; running on the CPU")
-        return torch.device("cpu")
-    return resolve_device(choice)
 
 
 def _format(fmt: str | None, output: Path) -> str:
@@ -55,48 +44,50 @@ def predict(
     support: Annotated[Path, typer.Option(help="Labelled features file (any classes, unequal shots allowed).")],
     query: Annotated[Path, typer.Option(help="Features file to label (its labels are ignored, except for accuracy).")],
     output: Annotated[Path, typer.Option(help="Where to write the predictions (atomically).")],
+    method: Annotated[
+        str, typer.Option("--method", "-m", help="diffusion, simpleshot or labelprop (NAME:PARAM=VALUE for a variant).")
+    ] = DEFAULT_METHOD,
     fmt: Annotated[str | None, typer.Option("--format", help="csv|json (default: from --output's extension).")] = None,
     support_split: Annotated[str | None, typer.Option(help="Use only this class split of the support file.")] = None,
     query_split: Annotated[str | None, typer.Option(help="Use only this class split of the query file.")] = None,
-    config: Annotated[Path | None, typer.Option(help="Tuned TOML config; its [diffusion] table is used.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Tuned TOML config; the table of the chosen method is used.")
+    ] = None,
     step_size: Annotated[float | None, typer.Option(help="Diffusion step τ (default 0.5).")] = None,
     layers: Annotated[int | None, typer.Option(help="Diffusion steps T; 0 turns diffusion off (default 6).")] = None,
-    n_top: Annotated[str | None, typer.Option(help="Graph size n_top, or auto (= 8).")] = None,
-    sigma: Annotated[str | None, typer.Option(help="Gaussian width rank sigma, or auto (= 4).")] = None,
+    n_top: Annotated[str | None, typer.Option(help="Graph size n_top, or auto (the rule of evaluate).")] = None,
+    sigma: Annotated[str | None, typer.Option(help="Gaussian width rank sigma, or auto (= min(4, n_top)).")] = None,
     rectify: Annotated[bool | None, typer.Option("--rectify/--no-rectify", help="BD-CSPN rectification.")] = None,
     shift: Annotated[bool | None, typer.Option("--shift/--no-shift", help="Cross-domain shift (default on).")] = None,
+    set_params: Annotated[
+        list[str] | None, typer.Option("--set", help="Any parameter of the method: METHOD.PARAM=VALUE.")
+    ] = None,
     temperature: Annotated[float, typer.Option(help="Softmax temperature of the confidence.")] = 0.1,
     index: Annotated[
         str, typer.Option(help="kNN index: auto|flat|hnsw|ivf (auto: flat up to --exact-limit).")
     ] = "auto",
     exact_limit: Annotated[int, typer.Option(help="Largest point count for the exact index under auto.")] = EXACT_LIMIT,
-    device: Annotated[str, typer.Option(help="auto|cpu|cuda (cuda without a GPU runs on the CPU).")] = "auto",
+    device: Annotated[str, typer.Option(help="auto|cpu|cuda (cuda without a GPU is an error).")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch and FAISS.")] = None,
     drop_nonfinite: Annotated[bool, typer.Option(help="Drop rows with NaN/Inf instead of failing.")] = False,
     drop_zero: Annotated[bool, typer.Option(help="Drop all-zero rows instead of failing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary table.")] = False,
 ) -> None:
-    """Label a query set by transductive diffusion over support + queries on a sparse FAISS kNN graph."""
+    """Label a query set by running a method on support + queries as one task (diffusion: a sparse FAISS graph)."""
     start = time.perf_counter()
     out_format = _format(fmt, output)
     check_writable(output)
-    if index not in INDEX_CHOICES:
-        raise DiffshotError(f"--index {index!r}: choose one of {', '.join(INDEX_CHOICES)}")
-    if threads is not None:
-        if threads <= 0:
-            raise DiffshotError(f"--threads must be positive, got {threads}")
-        torch.set_num_threads(threads)
-        faiss.omp_set_num_threads(threads)
-    params = read_config(config).get("diffusion", {}) if config is not None else {}
+    options = PredictOptions(temperature=temperature, index=index, exact_limit=exact_limit)
+    set_threads(threads)
+    tuned = read_config(config) if config is not None else None
     flags = {"step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
     flags |= {"rectify": rectify, "shift": shift}
-    resolved = get_method("diffusion").resolve({**params, **{k: v for k, v in flags.items() if v is not None}})
-    options = options_from_params(resolved, temperature=temperature, index=index, exact_limit=exact_limit)
-    torch_device = _device(device)
+    run = predict_run(method_runs([method], tuned, flags, parse_assignments(set_params or []))[0])
+    torch_device = resolve_device(device)
     support_fs, _ = load_rows(support, support_split, drop_nonfinite, drop_zero)
     query_fs, rows = load_rows(query, query_split, drop_nonfinite, drop_zero, require_labels=False)
     loaded = time.perf_counter() - start
-    prediction = run_predict(support_fs, query_fs, options, torch_device)
+    prediction = run_predict(support_fs, query_fs, run, options, torch_device)
     if torch_device.type == "cuda" and not faiss_has_gpu() and not quiet:
         stderr.print("notice: this faiss has no GPU support; the kNN graph was built on the CPU")
     tick = time.perf_counter()
@@ -106,11 +97,12 @@ def predict(
         return
     scored = accuracy(prediction, query_fs)
     stdout.print(_summary(prediction.counts(), query_fs.num_rows))
+    settings = ", ".join(f"{key} {value}" for key, value in prediction.details.items())
     stdout.print(
         f"{query_fs.num_rows} query rows, {support_fs.num_rows} support rows, {len(prediction.class_names)} classes; "
-        f"index {prediction.index}, n_top {prediction.n_top}, sigma {prediction.sigma}, "
-        f"τ {options.step_size:g}, T {options.layers}; "
-        f"confidence = softmax(−squared distance / {options.temperature:g})"
+        f"method {escape(prediction.method)}, index {prediction.index}" + (f", {settings}" if settings else "") + "; "
+        f"confidence = softmax(score / {options.temperature:g})",
+        highlight=False,
     )
     if scored is not None:
         stdout.print(f"accuracy {scored[0]:.2f}% on the {scored[1]} query rows whose class is a support class")
@@ -124,5 +116,5 @@ def _summary(counts: dict[str, int], total: int) -> Table:
     table.add_column("rows", justify="right")
     table.add_column("share", justify="right")
     for name, count in counts.items():
-        table.add_row(name, str(count), f"{100.0 * count / total:.1f}%")
+        table.add_row(escape(name), str(count), f"{100.0 * count / total:.1f}%")
     return table

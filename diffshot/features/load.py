@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -15,6 +14,7 @@ from diffshot.errors import DiffshotError
 from diffshot.features.canonical import is_canonical, read_canonical
 from diffshot.features.featureset import FeatureSet
 from diffshot.features.formats import read_base_mean, read_foreign
+from diffshot.fingerprint import file_sha256
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -99,15 +99,6 @@ def load_features(
     """Read and clean a features file: what ``evaluate`` and friends call."""
     fs = read_features(path, base_mean_path)
     return clean_features(fs, drop_nonfinite=drop_nonfinite, drop_zero=drop_zero)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file's bytes, recorded in results so a run names exactly what it read."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 __all__ = ["check_readable", "clean_features", "file_sha256", "load_features", "read_features"]

@@ -1,32 +1,53 @@
-"""The registry of few-shot methods: adding one is a file in this folder plus one line below."""
+"""The registry of few-shot methods: adding one is a file in this folder plus its name in ``MODULES``.
+
+Each module defines ``METHOD``, a :class:`~diffshot.methods.base.Method`; :func:`register` adds
+one from anywhere else (a plug-in, a test).
+"""
 
 from __future__ import annotations
 
-from diffshot.errors import DiffshotError
-from diffshot.methods import bdcspn, diffresnet, diffusion, labelprop, laplacianshot, ptmap, simpleshot, tim
-from diffshot.methods.base import Method, Param, ParamValue, Scores
+import difflib
+import importlib
 
-REGISTRY: dict[str, Method] = {
-    method.name: method
-    for method in (
-        simpleshot.METHOD,
-        diffusion.METHOD,
-        diffresnet.METHOD,
-        bdcspn.METHOD,
-        laplacianshot.METHOD,
-        ptmap.METHOD,
-        tim.METHOD,
-        labelprop.METHOD,
-    )
-}
+from diffshot.errors import DiffshotError
+from diffshot.methods.base import Method, NoParams, Param, ParamValue, TaskScores, param
+
+MODULES = ("simpleshot", "diffusion", "diffresnet", "bdcspn", "laplacianshot", "ptmap", "tim", "labelprop")
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` to the registry under its name (a name may be registered once)."""
+    if method.name in REGISTRY and REGISTRY[method.name] is not method:
+        raise DiffshotError(f"a method named {method.name!r} is already registered")
+    REGISTRY[method.name] = method
+    return method
+
+
+for _module in MODULES:
+    register(importlib.import_module(f"diffshot.methods.{_module}").METHOD)
 
 
 def get_method(name: str) -> Method:
-    """The registered method called ``name``, or an error listing those that exist."""
+    """The registered method called ``name``, or an error listing those that exist (with a close match)."""
     try:
         return REGISTRY[name]
     except KeyError:
-        raise DiffshotError(f"unknown method {name!r}; choose from {', '.join(REGISTRY)}") from None
+        close = difflib.get_close_matches(name, list(REGISTRY), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DiffshotError(f"unknown method {name!r}{hint}; choose from {', '.join(REGISTRY)}") from None
 
 
-__all__ = ["REGISTRY", "Method", "Param", "ParamValue", "Scores", "get_method"]
+__all__ = [
+    "MODULES",
+    "REGISTRY",
+    "Method",
+    "NoParams",
+    "Param",
+    "ParamValue",
+    "TaskScores",
+    "get_method",
+    "param",
+    "register",
+]

@@ -8,30 +8,27 @@ code and in Diff-ResNet's); each query is scored by cosine similarity to the rec
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
 
 import torch
 
 from diffshot.episodes import Episodes
-from diffshot.methods.base import Method, Param, ParamValue, Scores
-from diffshot.ops.classify import rectified_mix
-from diffshot.ops.graph import gram
-from diffshot.ops.preprocess import cl2n, shift_queries_
+from diffshot.methods.base import Method, param
+from diffshot.ops.classify import gram_cosine, rectified_mix
+from diffshot.ops.knn import gram
+from diffshot.ops.preprocess import transductive_points
 
 
-def gram_cosine(g: torch.Tensor, mix: torch.Tensor, rows: slice) -> torch.Tensor:
-    """Cosine similarity [E, |rows|, ways] of points ``rows`` to prototypes ``mix``·x, from G = x xᵀ."""
-    dots = g @ mix.transpose(-1, -2)
-    proto_norms = torch.diagonal(mix @ dots, dim1=-2, dim2=-1).clamp_min(1e-24).sqrt()
-    norms = torch.diagonal(g, dim1=-2, dim2=-1)[..., rows].clamp_min(1e-24).sqrt()
-    return dots[..., rows, :] / (norms[..., None] * proto_norms[..., None, :])
+@dataclasses.dataclass(frozen=True)
+class BdcspnParams:
+    """BD-CSPN's one switch."""
+
+    shift: bool = param(True, "cross-class bias reduction: move the query mean onto the support mean")
 
 
-def score(episodes: Episodes, params: Mapping[str, ParamValue]) -> Scores:
+def score(episodes: Episodes, params: BdcspnParams) -> torch.Tensor:
     """Cosine similarity of each (shifted) CL2N query to each rectified prototype."""
-    points = cl2n(episodes.points, episodes.centre)
-    if params["shift"]:
-        shift_queries_(points, episodes.num_support)
+    points = transductive_points(episodes.points, episodes.centre, episodes.num_support, params.shift)
     inner = gram(points)
     mix = rectified_mix(inner, episodes.support_labels, episodes.ways)
     return gram_cosine(inner, mix, slice(episodes.num_support, None))
@@ -40,8 +37,8 @@ def score(episodes: Episodes, params: Mapping[str, ParamValue]) -> Scores:
 METHOD = Method(
     name="bdcspn",
     summary="BD-CSPN (Liu et al., ECCV 2020): shift the queries, rectify prototypes with pseudo-labelled "
-    "queries (softmax(10·cos) weights), cosine to prototypes. Transductive.",
-    params=(Param("shift", True, "cross-class bias reduction: move the query mean onto the support mean"),),
+    "queries (softmax(10·cos) weights), cosine to prototypes.",
+    params=BdcspnParams,
     score=score,
     transductive=True,
 )

@@ -23,24 +23,41 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 
 from diffshot.episodes import Episodes
 from diffshot.errors import DiffshotError
-from diffshot.methods.base import Method, Param, ParamValue, Scores
-from diffshot.methods.diffusion import KNN, LAYERS, STEP_SIZE
+from diffshot.methods.base import Method, param
+from diffshot.methods.diffusion import knn_param, layers_param, step_size_param
+from diffshot.ops.classify import cosine, rectification_weights
 from diffshot.ops.diffusion import diffusion_operator
-from diffshot.ops.graph import episode_laplacian, gram
-from diffshot.ops.preprocess import cl2n, shift_queries_
+from diffshot.ops.graph import episode_laplacian
+from diffshot.ops.knn import gram
+from diffshot.ops.preprocess import transductive_points
 
 LR_MILESTONES = (0.5, 0.75)
 GROUP = 24  # episodes trained together (8 to 48 measured within 25% of each other; 16 to 32 within 10%)
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
-RECTIFY_TEMPERATURE = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffResNetParams:
+    """The official few-shot code's settings."""
+
+    step_size: float = step_size_param()
+    layers: int = layers_param()
+    n_top: int = param(8, "graph: keep entries below the n_top-th smallest distance (official: 8)", minimum=2)
+    sigma: int = param(4, "graph: Gaussian width = sigma-th smallest distance (official: 4)", minimum=1)
+    epochs: int = param(
+        100, "full-batch SGD epochs (official: 100; lr ×0.1 at 50% and 75%)", minimum=1, maximum=100_000
+    )
+    lr: float = param(0.1, "SGD learning rate (official: 0.1, momentum 0.9, weight decay 1e-4)", minimum=0.0)
+    alpha: float = param(0.0, "weight of the prototype loss, rectified prototypes (official default: 0)", minimum=0.0)
+    seed: int = param(0, "seed of the heads' shared nn.Linear initialisation", minimum=0, maximum=2**63 - 1)
+    knn: str = knn_param()
 
 
 @dataclasses.dataclass
@@ -130,14 +147,16 @@ def sgd_coefficients(lrs: list[float]) -> torch.Tensor:
 
 
 def rectified_prototypes(points: torch.Tensor, support_labels: torch.Tensor, ways: int) -> torch.Tensor:
-    """The official code's rectified prototypes [E, ways, d]: mean over pseudo-class members of softmax(10·cos)·x."""
+    """The official code's rectified prototypes [E, ways, d]: BD-CSPN's membership over every point, by member count.
+
+    Unlike BD-CSPN, the support points take their argmax class too, and a prototype divides its
+    weighted sum by the number of its members, not by the sum of their weights.
+    """
     ns = support_labels.shape[-1]
     onehot = F.one_hot(support_labels, ways).to(points.dtype).transpose(-1, -2)
     protos = (onehot @ points[:, :ns]) / onehot.sum(-1, keepdim=True)
-    cos = F.cosine_similarity(points[:, :, None, :], protos[:, None, :, :], dim=-1) * RECTIFY_TEMPERATURE
-    member = F.one_hot(cos.argmax(-1), ways).to(points.dtype)
-    weights = (member * cos.softmax(-1)).transpose(-1, -2)
-    return (weights @ points) / member.sum(-2)[..., None].clamp_min(1.0)
+    weights, member = rectification_weights(cosine(points, protos), ways)
+    return (weights.transpose(-1, -2) @ points) / member.sum(-2)[..., None].clamp_min(1.0)
 
 
 @dataclasses.dataclass
@@ -212,15 +231,14 @@ def train_step(task: Task, head: Head, velocity: Head, fc2: ImplicitWeight, step
     sgd_step(small, [db2, dwc, dlogits.sum(-2, keepdim=True)], [velocity.b2, velocity.wc, velocity.bc], lr)
 
 
-def train(episodes: Episodes, params: Mapping[str, ParamValue]) -> torch.Tensor:
+def train(episodes: Episodes, params: DiffResNetParams) -> torch.Tensor:
     """Train the batched heads; return the query logits [E, nq, ways]."""
-    points = cl2n(episodes.points, episodes.centre)
-    shift_queries_(points, episodes.num_support)
+    points = transductive_points(episodes.points, episodes.centre, episodes.num_support, True)
     ns, ways = episodes.num_support, episodes.ways
     inner = gram(points)
-    lap = episode_laplacian(points, int(params["n_top"]), int(params["sigma"]), str(params["knn"]), inner)
-    operator = diffusion_operator(lap, float(params["step_size"]), int(params["layers"]))
-    epochs, alpha = int(params["epochs"]), float(params["alpha"])
+    lap = episode_laplacian(points, params.n_top, params.sigma, params.knn, inner)
+    operator = diffusion_operator(lap, params.step_size, params.layers)
+    epochs, alpha = params.epochs, params.alpha
     targets = F.one_hot(episodes.support_labels, ways).to(points.dtype)
     gram_with_bias = inner + 1.0
     if alpha:
@@ -229,8 +247,8 @@ def train(episodes: Episodes, params: Mapping[str, ParamValue]) -> torch.Tensor:
     else:
         task = make_task(points, operator[:, :ns], gram_with_bias, targets)
     milestones = [int(fraction * epochs) for fraction in LR_MILESTONES]
-    lrs = [float(params["lr"]) * 0.1 ** sum(epoch >= m for m in milestones) for epoch in range(epochs)]
-    head, fc2 = init_head(points, ways, int(params["seed"]), sgd_coefficients(lrs))
+    lrs = [params.lr * 0.1 ** sum(epoch >= m for m in milestones) for epoch in range(epochs)]
+    head, fc2 = init_head(points, ways, params.seed, sgd_coefficients(lrs))
     velocity = Head(*(torch.zeros_like(getattr(head, field.name)) for field in dataclasses.fields(head)))
     for step, lr in enumerate(lrs):
         train_step(task, head, velocity, fc2, step, lr)
@@ -238,10 +256,10 @@ def train(episodes: Episodes, params: Mapping[str, ParamValue]) -> torch.Tensor:
     return logits_of(queries, head, fc2.left_product(head.wc))[0]
 
 
-def score(episodes: Episodes, params: Mapping[str, ParamValue]) -> Scores:
+def score(episodes: Episodes, params: DiffResNetParams) -> torch.Tensor:
     """Query logits of the trained Diff-ResNet heads (argmax = prediction)."""
     n = episodes.points.shape[1]
-    if int(params["n_top"]) > n or int(params["sigma"]) > n:
+    if params.n_top > n or params.sigma > n:
         raise DiffshotError(f"diffresnet: n_top and sigma must be at most the {n} points of an episode")
     groups = [
         Episodes(episodes.points[i : i + GROUP], episodes.support_labels[i : i + GROUP], episodes.ways, episodes.centre)
@@ -253,18 +271,8 @@ def score(episodes: Episodes, params: Mapping[str, ParamValue]) -> Scores:
 METHOD = Method(
     name="diffresnet",
     summary="Diff-ResNet's trained head (Wang et al., TPAMI 2024, official few-shot code): residual block, "
-    "T diffusion layers, linear classifier, 100 epochs of SGD per episode, batched. Transductive.",
-    params=(
-        STEP_SIZE,
-        LAYERS,
-        Param("n_top", 8, "graph: keep entries below the n_top-th smallest distance (official: 8)", minimum=2),
-        Param("sigma", 4, "graph: Gaussian width = sigma-th smallest distance (official: 4)", minimum=1),
-        Param("epochs", 100, "full-batch SGD epochs (official: 100; lr ×0.1 at 50% and 75%)", minimum=1),
-        Param("lr", 0.1, "SGD learning rate (official: 0.1, momentum 0.9, weight decay 1e-4)", minimum=0.0),
-        Param("alpha", 0.0, "weight of the prototype loss, rectified prototypes (official default: 0)", minimum=0.0),
-        Param("seed", 0, "seed of the heads' shared nn.Linear initialisation", minimum=0),
-        KNN,
-    ),
+    "T diffusion layers, linear classifier, 100 epochs of SGD per episode, batched.",
+    params=DiffResNetParams,
     score=score,
     transductive=True,
 )

@@ -4,38 +4,86 @@ Per episode (DESIGN.md): CL2N, cross-domain shift, Gaussian kNN graph with norma
 T steps x ← x − τ·L·x, then each query takes the nearest (optionally rectified) prototype.
 Everything after the Gram matrix runs on n×n matrices: the diffused points are P·x with
 P = (I − τL)^T, so their distances come from P G Pᵀ without touching the d-dimensional features again.
+One large task (``predict``) runs the same recipe on a sparse FAISS graph, stepping the features.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
+from typing import Any
 
 import torch
 
-from diffshot.episodes import Episodes
-from diffshot.methods.base import Method, Param, ParamValue, Scores
-from diffshot.ops.classify import gram_squared_distances, rectified_mix, support_averaging
-from diffshot.ops.diffusion import diffuse_gram, diffusion_operator
-from diffshot.ops.graph import KNN_BACKENDS, episode_laplacian, gram
-from diffshot.ops.preprocess import cl2n, shift_queries_
+from diffshot.episodes import Episodes, Task
+from diffshot.errors import DiffshotError
+from diffshot.methods.base import AUTO, Method, TaskScores, param
+from diffshot.ops.classify import (
+    gram_squared_distances,
+    prototypes,
+    rectified_mix,
+    rectified_prototypes,
+    squared_distances,
+    support_averaging,
+)
+from diffshot.ops.diffusion import diffuse_, diffuse_gram, diffusion_operator
+from diffshot.ops.graph import episode_laplacian, sparse_laplacian
+from diffshot.ops.knn import EPISODE_BACKENDS, gram
+from diffshot.ops.preprocess import transductive_points
 from diffshot.ops.sinkhorn import PTMAP_ALPHA, PTMAP_STEPS, balanced_assignment
 
 PAPER_N_TOP = 8
 PAPER_SIGMA = 4
-STEP_SIZE = Param("step_size", 0.5, "τ, the strength of each diffusion step (paper: 0.5)", minimum=0.0)
-LAYERS = Param("layers", 6, "T, the number of diffusion steps (paper's example: 6)", minimum=0)
-KNN = Param("knn", "torch", "neighbour search: batched dense torch, or FAISS", choices=KNN_BACKENDS)
+MAX_STEP_SIZE = 2.0
+MAX_LAYERS = 1000
 
 
-def auto_n_top(shots: int, points_per_class: float) -> int:
-    """n_top adapted to the episode: a point keeps about as many neighbours as there are queries per shot.
+def step_size_param() -> Any:
+    """τ, shared by the diffusion family."""
+    return param(0.5, "τ, the strength of each diffusion step (paper: 0.5)", minimum=0.0, maximum=MAX_STEP_SIZE)
+
+
+def layers_param() -> Any:
+    """T, shared by the diffusion family."""
+    return param(6, "T, the number of diffusion steps (paper's example: 6)", minimum=0, maximum=MAX_LAYERS)
+
+
+def knn_param() -> Any:
+    """The neighbour search of an episode graph, shared by the graph methods."""
+    return param("torch", "episode neighbour search: batched dense torch, or FAISS", choices=EPISODE_BACKENDS)
+
+
+def n_top_param(default: int | str = AUTO) -> Any:
+    """The graph size of the diffusion family."""
+    return param(
+        default,
+        "keep entries below the n_top-th smallest distance, the point itself included "
+        "(paper: 8; auto: adapts to queries per shot, see README)",
+        kind=int,
+        auto=default == AUTO,
+        minimum=2,
+    )
+
+
+def sigma_param(default: int | str = AUTO) -> Any:
+    """The Gaussian width rank of the diffusion family."""
+    return param(
+        default,
+        "Gaussian width σ_i = the sigma-th smallest distance of row i (paper: 4; auto: min(4, n_top))",
+        kind=int,
+        auto=default == AUTO,
+        minimum=1,
+    )
+
+
+def auto_n_top(shots: float, points_per_class: float) -> int:
+    """n_top adapted to the task: a point keeps about as many neighbours as there are queries per shot.
 
     With m = points per class and q = m − shots queries per class: n_top = 8 (the paper's) when
     m ≥ 16, the regime the paper tuned for (16 or 20 points per class); n_top = 2 when several shots
     face no more queries than shots — the graph keeps only the point itself, so only the shift acts
     (diffusion among many labelled and few unlabelled points mixes neighbouring classes' prototypes);
-    else 2 + ⌈q / shots⌉, capped at 8 (one shot and one query gives 3, measured best in issue 2).
+    else 2 + ⌈q / shots⌉, capped at 8 (one shot and one query gives 3, measured best).
     """
     queries = points_per_class - shots
     if points_per_class >= 16:
@@ -45,74 +93,95 @@ def auto_n_top(shots: int, points_per_class: float) -> int:
     return min(PAPER_N_TOP, 2 + math.ceil(queries / shots - 1e-9))
 
 
-def graph_size(episodes: Episodes, n_top: ParamValue, sigma: ParamValue) -> tuple[int, int]:
+def graph_size(shots: float, points_per_class: float, n_top: int | str, sigma: int | str) -> tuple[int, int]:
     """The n_top and sigma to use: explicit values win; ``auto`` follows :func:`auto_n_top`, sigma = min(4, n_top)."""
-    shots = episodes.num_support // episodes.ways
-    top = auto_n_top(shots, episodes.points_per_class) if n_top == "auto" else int(n_top)
-    return top, (min(PAPER_SIGMA, top) if sigma == "auto" else int(sigma))
+    top = auto_n_top(shots, points_per_class) if n_top == AUTO else int(n_top)
+    return top, (min(PAPER_SIGMA, top) if sigma == AUTO else int(sigma))
 
 
-def diffused_gram(episodes: Episodes, params: Mapping[str, ParamValue]) -> torch.Tensor:
+def episode_graph_size(episodes: Episodes, n_top: int | str, sigma: int | str) -> tuple[int, int]:
+    """:func:`graph_size` for a batch of episodes."""
+    return graph_size(episodes.num_support / episodes.ways, episodes.points_per_class, n_top, sigma)
+
+
+def resolved_graph(episodes: Episodes, params: object) -> dict[str, object]:
+    """The graph size the ``auto`` rule picked for these episodes."""
+    n_top, sigma = episode_graph_size(episodes, params.n_top, params.sigma)  # type: ignore[attr-defined]
+    return {"n_top": n_top, "sigma": sigma}
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionParams:
+    """Parameters of training-free diffusion (defaults: the paper's τ and T, the auto graph size)."""
+
+    step_size: float = step_size_param()
+    layers: int = layers_param()
+    n_top: int | str = n_top_param()
+    sigma: int | str = sigma_param()
+    rectify: bool = param(False, "BD-CSPN prototype rectification with pseudo-labelled queries")
+    shift: bool = param(True, "cross-domain shift: move the query mean onto the support mean")
+    knn: str = knn_param()
+    assign: str = param(
+        "nearest",
+        "nearest prototype, or balanced: PT-MAP's Sinkhorn soft assignment with prototype updates on the "
+        "diffused features (assumes every class has the same number of queries)",
+        choices=("nearest", "balanced"),
+    )
+    lam: float = param(10.0, "Sinkhorn sharpness λ of assign = balanced (PT-MAP: 10)", minimum=0.0)
+
+
+def diffused_gram(episodes: Episodes, params: DiffusionParams) -> torch.Tensor:
     """Gram matrix [E, n, n] of the diffused support + query points of every episode."""
-    points = cl2n(episodes.points, episodes.centre)
-    if params["shift"]:
-        shift_queries_(points, episodes.num_support)
+    points = transductive_points(episodes.points, episodes.centre, episodes.num_support, params.shift)
     inner = gram(points)
-    n_top, sigma = graph_size(episodes, params["n_top"], params["sigma"])
-    lap = episode_laplacian(points, n_top, sigma, str(params["knn"]), inner)
-    operator = diffusion_operator(lap, float(params["step_size"]), int(params["layers"]))
-    return diffuse_gram(inner, operator)
+    n_top, sigma = episode_graph_size(episodes, params.n_top, params.sigma)
+    lap = episode_laplacian(points, n_top, sigma, params.knn, inner)
+    return diffuse_gram(inner, diffusion_operator(lap, params.step_size, params.layers))
 
 
-def score(episodes: Episodes, params: Mapping[str, ParamValue]) -> Scores:
+def score(episodes: Episodes, params: DiffusionParams) -> torch.Tensor:
     """Negative squared distance to each diffused (rectified) prototype, or PT-MAP's balanced soft assignment."""
     inner = diffused_gram(episodes, params)
-    num_support = episodes.num_support
-    if params["assign"] == "balanced":
-        return balanced_assignment(
-            inner, episodes.support_labels, episodes.ways, float(params["lam"]), PTMAP_ALPHA, PTMAP_STEPS
-        )
-    if params["rectify"]:
+    if params.assign == "balanced":
+        return balanced_assignment(inner, episodes.support_labels, episodes.ways, params.lam, PTMAP_ALPHA, PTMAP_STEPS)
+    if params.rectify:
         mix = rectified_mix(inner, episodes.support_labels, episodes.ways)
     else:
         mix = support_averaging(episodes.support_labels, episodes.ways, inner.shape[-1], inner.dtype)
-    return -gram_squared_distances(inner, mix, slice(num_support, None))
+    return -gram_squared_distances(inner, mix, slice(episodes.num_support, None))
+
+
+def label(task: Task, params: DiffusionParams) -> TaskScores:
+    """The same recipe on one large task: a sparse FAISS graph, T sparse steps on the features, nearest prototype."""
+    if params.assign == "balanced":
+        raise DiffshotError("parameter diffusion.assign: balanced is for episodes; one large task uses nearest")
+    ns = task.num_support
+    points = transductive_points(task.points, task.centre, ns, params.shift)
+    n = points.shape[0]
+    n_top, sigma = graph_size(task.shots, task.points_per_class, params.n_top, params.sigma)
+    n_top, sigma = min(n_top, n), min(sigma, n)
+    dist, ids = task.search(points.cpu().numpy(), max(n_top, sigma))
+    lap = sparse_laplacian(dist, ids, n_top, sigma).to(points.device)
+    del dist, ids
+    x = diffuse_(points, lap, params.step_size, params.layers)
+    del lap
+    protos = prototypes(x[:ns], task.support_labels, task.ways)
+    if params.rectify:
+        protos = rectified_prototypes(x, protos, task.support_labels, task.ways)
+    return TaskScores(
+        block=lambda start, stop: -squared_distances(x[ns + start : ns + stop], protos),
+        details={"n_top": n_top, "sigma": sigma, "step_size": params.step_size, "layers": params.layers},
+    )
 
 
 METHOD = Method(
     name="diffusion",
     summary="Diff-ResNet diffusion without training (Wang et al., TPAMI 2024): kNN graph, x ← x − τLx, "
-    "nearest prototype. Transductive.",
-    params=(
-        STEP_SIZE,
-        LAYERS,
-        Param(
-            "n_top",
-            "auto",
-            "keep entries below the n_top-th smallest distance, the point itself included "
-            "(paper: 8; auto: adapts to queries per shot, see README)",
-            allow_auto=True,
-            minimum=2,
-        ),
-        Param(
-            "sigma",
-            "auto",
-            "Gaussian width σ_i = the sigma-th smallest distance of row i (paper: 4; auto: min(4, n_top))",
-            allow_auto=True,
-            minimum=1,
-        ),
-        Param("rectify", False, "BD-CSPN prototype rectification with pseudo-labelled queries"),
-        Param("shift", True, "cross-domain shift: move the query mean onto the support mean"),
-        KNN,
-        Param(
-            "assign",
-            "nearest",
-            "nearest prototype, or balanced: PT-MAP's Sinkhorn soft assignment with prototype updates on the "
-            "diffused features (assumes every class has the same number of queries)",
-            choices=("nearest", "balanced"),
-        ),
-        Param("lam", 10.0, "Sinkhorn sharpness λ of --assign balanced (PT-MAP: 10)", minimum=0.0),
-    ),
+    "nearest prototype.",
+    params=DiffusionParams,
     score=score,
     transductive=True,
+    resolve_auto=resolved_graph,
+    assumes_balance=lambda params: params.assign == "balanced",
+    label=label,
 )

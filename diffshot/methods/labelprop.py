@@ -2,64 +2,97 @@
 
 CL2N features with the cross-domain shift, then the same normalised Gaussian kNN graph W̃ as
 ``diffusion`` (DESIGN.md steps 1–3, same n_top / sigma rule), normalised by its degrees into S;
-the closed form F = (I − αS)⁻¹Y with Y
-the one-hot support labels (zero rows for the queries) and α = 0.99 (Zhou et al.'s choice).
+F = (I − αS)⁻¹Y with Y the one-hot support labels (zero rows for the queries) and α = 0.99 (Zhou
+et al.'s choice): solved exactly per episode, by conjugate gradients on one large task's sparse S.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
 
 import torch
 import torch.nn.functional as F
 
-from diffshot.episodes import Episodes
-from diffshot.errors import DiffshotError
-from diffshot.methods.base import Method, Param, ParamValue, Scores
-from diffshot.methods.diffusion import KNN, graph_size
-from diffshot.ops.graph import gaussian_weights, gram, nearest_neighbours, normalise_weights
-from diffshot.ops.preprocess import cl2n, shift_queries_
+from diffshot.episodes import Episodes, Task
+from diffshot.methods.base import Method, TaskScores, param
+from diffshot.methods.diffusion import (
+    episode_graph_size,
+    graph_size,
+    knn_param,
+    n_top_param,
+    resolved_graph,
+    sigma_param,
+)
+from diffshot.ops.graph import degree_normalised, episode_graph, sparse_graph
+from diffshot.ops.knn import gram
+from diffshot.ops.preprocess import transductive_points
+
+CG_TOLERANCE = 1e-6
+CG_MAX_ITERATIONS = 1000
 
 
-def normalised_graph(episodes: Episodes, params: Mapping[str, ParamValue]) -> torch.Tensor:
-    """S = D^-1/2 W̃ D^-1/2 [E, n, n] for diffusion's graph W̃ on the shifted CL2N points (Zhou et al.'s S).
+@dataclasses.dataclass(frozen=True)
+class LabelpropParams:
+    """Label propagation's spread and diffusion's graph."""
 
-    W̃ (DESIGN.md steps 1–3) is symmetrised after its normalisation, so its spectrum may exceed 1;
-    normalising it once more by its own degrees puts the spectrum in [−1, 1], as propagation needs.
-    """
-    points = cl2n(episodes.points, episodes.centre)
-    if params["shift"]:
-        shift_queries_(points, episodes.num_support)
-    n_top, sigma = graph_size(episodes, params["n_top"], params["sigma"])
-    n = points.shape[-2]
-    k = min(max(n_top, sigma), n)
-    dist, idx = nearest_neighbours(points, k, str(params["knn"]), gram(points))
-    graph = normalise_weights(gaussian_weights(dist, idx, n, min(n_top, k), min(sigma, k)))
-    return normalise_weights(graph)
+    alpha: float = param(0.99, "α, how far labels spread (Zhou et al.: 0.99)", minimum=0.0, below=1.0)
+    n_top: int | str = n_top_param()
+    sigma: int | str = sigma_param()
+    shift: bool = param(True, "cross-domain shift: move the query mean onto the support mean")
+    knn: str = knn_param()
 
 
-def score(episodes: Episodes, params: Mapping[str, ParamValue]) -> Scores:
+def score(episodes: Episodes, params: LabelpropParams) -> torch.Tensor:
     """Propagated label mass F = (I − αS)⁻¹Y of each query (Zhou et al. 2004, Eq. 4's closed form)."""
-    if not float(params["alpha"]) < 1.0:
-        raise DiffshotError(f"labelprop: alpha must be below 1, got {params['alpha']}")
-    w = normalised_graph(episodes, params)
-    n, ns = w.shape[-1], episodes.num_support
-    labels = F.one_hot(episodes.support_labels, episodes.ways).to(w.dtype)
-    y = F.pad(labels, (0, 0, 0, n - ns))
-    system = torch.eye(n, dtype=w.dtype, device=w.device) - float(params["alpha"]) * w
+    points = transductive_points(episodes.points, episodes.centre, episodes.num_support, params.shift)
+    n_top, sigma = episode_graph_size(episodes, params.n_top, params.sigma)
+    s = degree_normalised(episode_graph(points, n_top, sigma, params.knn, gram(points)))
+    n, ns = s.shape[-1], episodes.num_support
+    y = F.pad(F.one_hot(episodes.support_labels, episodes.ways).to(s.dtype), (0, 0, 0, n - ns))
+    system = torch.eye(n, dtype=s.dtype, device=s.device) - params.alpha * s
     return torch.linalg.solve(system, y)[..., ns:, :]
+
+
+def conjugate_gradients(apply: object, b: torch.Tensor) -> torch.Tensor:
+    """Solve A·X = B column by column for a symmetric positive-definite A given as ``apply(X)`` (Hestenes–Stiefel)."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rr = (r * r).sum(0)
+    limit = CG_TOLERANCE**2 * rr.clamp_min(1e-30)
+    for _ in range(CG_MAX_ITERATIONS):
+        if bool((rr <= limit).all()):
+            break
+        ap = apply(p)  # type: ignore[operator]
+        step = rr / (p * ap).sum(0).clamp_min(1e-30)
+        x += step * p
+        r -= step * ap
+        new_rr = (r * r).sum(0)
+        p = r + (new_rr / rr.clamp_min(1e-30)) * p
+        rr = new_rr
+    return x
+
+
+def label(task: Task, params: LabelpropParams) -> TaskScores:
+    """F = (I − αS)⁻¹Y on one large task's sparse graph, by conjugate gradients (I − αS is positive definite)."""
+    ns = task.num_support
+    points = transductive_points(task.points, task.centre, ns, params.shift)
+    n = points.shape[0]
+    n_top, sigma = graph_size(task.shots, task.points_per_class, params.n_top, params.sigma)
+    n_top, sigma = min(n_top, n), min(sigma, n)
+    dist, ids = task.search(points.cpu().numpy(), max(n_top, sigma))
+    s = degree_normalised(sparse_graph(dist, ids, n_top, sigma)).to_sparse_csr().to(points.device)
+    y = F.pad(F.one_hot(task.support_labels, task.ways).to(points.dtype), (0, 0, 0, n - ns))
+    mass = conjugate_gradients(lambda v: v - params.alpha * (s @ v), y)
+    return TaskScores(block=lambda start, stop: mass[ns + start : ns + stop], details={"n_top": n_top, "sigma": sigma})
 
 
 METHOD = Method(
     name="labelprop",
-    summary="Label propagation (Zhou et al. 2004) on diffusion's kNN graph: F = (I − αS)⁻¹Y. Transductive.",
-    params=(
-        Param("alpha", 0.99, "α, how far labels spread (Zhou et al.: 0.99); must be below 1", minimum=0.0),
-        Param("n_top", "auto", "graph size n_top, as for diffusion (paper: 8)", allow_auto=True, minimum=2),
-        Param("sigma", "auto", "Gaussian width rank, as for diffusion (paper: 4)", allow_auto=True, minimum=1),
-        Param("shift", True, "cross-domain shift: move the query mean onto the support mean"),
-        KNN,
-    ),
+    summary="Label propagation (Zhou et al. 2004) on diffusion's kNN graph: F = (I − αS)⁻¹Y.",
+    params=LabelpropParams,
     score=score,
     transductive=True,
+    resolve_auto=resolved_graph,
+    label=label,
 )

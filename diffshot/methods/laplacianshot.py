@@ -3,23 +3,35 @@
 CL2N features with the cross-domain shift; unary term a_q = ‖x_q − m_c‖² to the BD-CSPN-rectified
 prototypes (as in the official code and Diff-ResNet's re-implementation); a binary kNN affinity
 among the queries; bound updates y ← softmax(−a + λ·W·y) (Eq. 12) until the relative change of
-the bound E(y) (Eq. 7) falls below 1e-6, at most 20 iterations. Defaults: knn = 3, λ = 0.5
+the bound E(y) (Eq. 7) falls below 1e-6, at most 20 iterations. Defaults: neighbours = 3, λ = 0.5
 (Diff-ResNet's re-implementation; easyfsl's 0.7, tuned on miniImageNet, trails it at 5 shots here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
 
 import torch
 
 from diffshot.episodes import Episodes
-from diffshot.methods.base import Method, Param, ParamValue, Scores
+from diffshot.methods.base import Method, param
 from diffshot.ops.classify import gram_squared_distances, rectified_mix, support_averaging
-from diffshot.ops.graph import gram, squared_distances_from_gram
-from diffshot.ops.preprocess import cl2n, shift_queries_
+from diffshot.ops.knn import gram, squared_distances_from_gram
+from diffshot.ops.preprocess import transductive_points
 
 STOP_TOLERANCE = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class LaplacianShotParams:
+    """LaplacianShot's defaults, from Diff-ResNet's re-implementation and the official code."""
+
+    lam: float = param(
+        0.5, "λ, weight of the Laplacian term (Diff-ResNet's LaplacianShot: 0.5; easyfsl: 0.7)", minimum=0.0
+    )
+    neighbours: int = param(3, "neighbours of each query in the affinity W (paper code: 3)", minimum=1)
+    iterations: int = param(20, "maximum bound updates (paper code: 20)", minimum=1, maximum=10_000)
+    rectify: bool = param(True, "BD-CSPN prototype rectification for the unary term (paper code: on)")
 
 
 def query_affinity(g_query: torch.Tensor, knn: int) -> torch.Tensor:
@@ -52,33 +64,25 @@ def bound_updates(unary: torch.Tensor, kernel: torch.Tensor, lam: float, iterati
     return y
 
 
-def score(episodes: Episodes, params: Mapping[str, ParamValue]) -> Scores:
+def score(episodes: Episodes, params: LaplacianShotParams) -> torch.Tensor:
     """LaplacianShot's final soft assignments of the queries."""
-    points = cl2n(episodes.points, episodes.centre)
-    shift_queries_(points, episodes.num_support)
+    points = transductive_points(episodes.points, episodes.centre, episodes.num_support, True)
     inner = gram(points)
     ns = episodes.num_support
-    if params["rectify"]:
+    if params.rectify:
         mix = rectified_mix(inner, episodes.support_labels, episodes.ways)
     else:
         mix = support_averaging(episodes.support_labels, episodes.ways, inner.shape[-1], inner.dtype)
     unary = gram_squared_distances(inner, mix, slice(ns, None))
-    kernel = query_affinity(inner[..., ns:, ns:], int(params["knn"]))
-    return bound_updates(unary, kernel, float(params["lam"]), int(params["iterations"]))
+    kernel = query_affinity(inner[..., ns:, ns:], params.neighbours)
+    return bound_updates(unary, kernel, params.lam, params.iterations)
 
 
 METHOD = Method(
     name="laplacianshot",
     summary="LaplacianShot (Ziko et al., ICML 2020): distance to rectified prototypes plus a kNN Laplacian "
-    "term among queries, bound updates. Transductive.",
-    params=(
-        Param(
-            "lam", 0.5, "λ, weight of the Laplacian term (Diff-ResNet's LaplacianShot: 0.5; easyfsl: 0.7)", minimum=0.0
-        ),
-        Param("knn", 3, "neighbours of each query in the affinity W (paper code: 3)", minimum=1),
-        Param("iterations", 20, "maximum bound updates (paper code: 20)", minimum=1),
-        Param("rectify", True, "BD-CSPN prototype rectification for the unary term (paper code: on)"),
-    ),
+    "term among queries, bound updates.",
+    params=LaplacianShotParams,
     score=score,
     transductive=True,
 )

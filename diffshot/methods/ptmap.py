@@ -10,53 +10,56 @@ Assumes balanced query classes (the Sinkhorn column constraint).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
 
 import torch
 
 from diffshot.episodes import Episodes
-from diffshot.methods.base import Method, Param, ParamValue, Scores
-from diffshot.ops.graph import gram
+from diffshot.methods.base import Method, param
+from diffshot.ops.knn import gram
 from diffshot.ops.preprocess import cl2n, l2_normalise, power_transform
 from diffshot.ops.sinkhorn import balanced_assignment
 
 
-def use_power(points: torch.Tensor, power: ParamValue) -> bool:
+@dataclasses.dataclass(frozen=True)
+class PtmapParams:
+    """PT-MAP's defaults, from the official code (yhu01/PT-MAP)."""
+
+    power: str = param(
+        "auto", "power transform: on, off, or auto (only when features are ≥ 0)", choices=("auto", "on", "off")
+    )
+    beta: float = param(0.5, "power-transform exponent β (official code: 0.5)", minimum=0.0)
+    lam: float = param(10.0, "Sinkhorn sharpness λ (official code: 10)", minimum=0.0)
+    alpha: float = param(0.2, "prototype update rate α (official code: 0.2)", minimum=0.0)
+    steps: int = param(20, "prototype update steps (official code: 20 epochs)", minimum=0, maximum=10_000)
+
+
+def use_power(points: torch.Tensor, power: str) -> bool:
     """Whether to apply the power transform: on, off, or auto (only for non-negative features)."""
     return power == "on" or (power == "auto" and bool((points >= 0).all()))
 
 
-def preprocess(episodes: Episodes, power: ParamValue, beta: float) -> torch.Tensor:
+def preprocess(episodes: Episodes, power: str, beta: float) -> torch.Tensor:
     """PT-MAP's features [E, n, d]: power transform (or base-mean centring), L2, episode centring, L2."""
     raw = episodes.points
     points = l2_normalise(power_transform(raw, beta)) if use_power(raw, power) else cl2n(raw, episodes.centre)
     return l2_normalise(points - points.mean(dim=-2, keepdim=True))
 
 
-def score(episodes: Episodes, params: Mapping[str, ParamValue]) -> Scores:
+def score(episodes: Episodes, params: PtmapParams) -> torch.Tensor:
     """Final Sinkhorn soft assignment of each query after PT-MAP's prototype updates."""
-    points = preprocess(episodes, params["power"], float(params["beta"]))
+    points = preprocess(episodes, params.power, params.beta)
     return balanced_assignment(
-        gram(points),
-        episodes.support_labels,
-        episodes.ways,
-        float(params["lam"]),
-        float(params["alpha"]),
-        int(params["steps"]),
+        gram(points), episodes.support_labels, episodes.ways, params.lam, params.alpha, params.steps
     )
 
 
 METHOD = Method(
     name="ptmap",
     summary="PT-MAP (Hu et al. 2021): power transform, Sinkhorn-balanced soft assignment, prototype updates. "
-    "Transductive; assumes balanced query classes.",
-    params=(
-        Param("power", "auto", "power transform: on, off, or auto (only when features are ≥ 0)", ("auto", "on", "off")),
-        Param("beta", 0.5, "power-transform exponent β (official code: 0.5)", minimum=0.0),
-        Param("lam", 10.0, "Sinkhorn sharpness λ (official code: 10)", minimum=0.0),
-        Param("alpha", 0.2, "prototype update rate α (official code: 0.2)", minimum=0.0),
-        Param("steps", 20, "prototype update steps (official code: 20 epochs)", minimum=0),
-    ),
+    "Assumes balanced query classes.",
+    params=PtmapParams,
     score=score,
     transductive=True,
+    assumes_balance=True,
 )

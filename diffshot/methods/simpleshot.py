@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import torch
 
-from diffshot.episodes import Episodes
-from diffshot.methods.base import Method, ParamValue, Scores
+from diffshot.episodes import Episodes, Task
+from diffshot.methods.base import Method, NoParams, TaskScores
 from diffshot.ops.classify import prototypes, squared_distances
 from diffshot.ops.preprocess import cl2n
 
 
-def score(episodes: Episodes, params: Mapping[str, ParamValue]) -> Scores:
+def score(episodes: Episodes, params: NoParams) -> torch.Tensor:
     """Negative squared distance of each CL2N query to each CL2N class mean of the support."""
     points = cl2n(episodes.points, episodes.centre)
     support, query = points[:, : episodes.num_support], points[:, episodes.num_support :]
     return -squared_distances(query, prototypes(support, episodes.support_labels, episodes.ways))
 
 
+def label(task: Task, params: NoParams) -> TaskScores:
+    """Nearest CL2N class mean for every query row of one large task."""
+    ns = task.num_support
+    protos = prototypes(cl2n(task.points[:ns], task.centre), task.support_labels, task.ways)
+    return TaskScores(
+        block=lambda start, stop: -squared_distances(cl2n(task.points[ns + start : ns + stop], task.centre), protos),
+        details={},
+    )
+
+
 METHOD = Method(
     name="simpleshot",
-    summary="SimpleShot CL2N (Wang et al. 2019): base-mean centring, L2 norm, nearest class mean. Inductive.",
-    params=(),
+    summary="SimpleShot CL2N (Wang et al. 2019): base-mean centring, L2 norm, nearest class mean.",
+    params=NoParams,
     score=score,
+    transductive=False,
+    label=label,
 )

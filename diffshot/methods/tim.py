@@ -12,15 +12,30 @@ trains each episode exactly as alone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
 
 import torch
 import torch.nn.functional as F
 
 from diffshot.episodes import Episodes
-from diffshot.methods.base import Method, Param, ParamValue, Scores
+from diffshot.methods.base import Method, param
 from diffshot.ops.classify import prototypes, squared_distances
 from diffshot.ops.preprocess import cl2n
+
+
+@dataclasses.dataclass(frozen=True)
+class TimParams:
+    """TIM-GD's defaults: easyfsl's budget, the paper's logits (see the module docstring)."""
+
+    steps: int = param(100, "Adam steps (easyfsl: 100; paper: 1000)", minimum=0, maximum=100_000)
+    lr: float = param(1e-3, "Adam learning rate (easyfsl: 1e-3; paper: 1e-4)", minimum=0.0)
+    temperature: float = param(
+        7.5, "logit scale: τ/2 with the paper's τ = 15 (easyfsl: 1, plain distance)", minimum=0.0
+    )
+    squared: bool = param(True, "squared distances in the logits (paper: yes; easyfsl: no)")
+    ce_weight: float = param(1.0, "weight of the support cross-entropy (easyfsl: 1; paper: 0.1)", minimum=0.0)
+    marginal_weight: float = param(1.0, "weight of the marginal entropy H(Ŷ) (paper: 1)", minimum=0.0)
+    conditional_weight: float = param(0.1, "weight of the conditional entropy H(Ŷ|X) (paper: 0.1)", minimum=0.0)
 
 
 def logits(points: torch.Tensor, protos: torch.Tensor, temperature: float, squared: bool) -> torch.Tensor:
@@ -43,17 +58,17 @@ def tim_loss(
     return (ce_weight * ce - (marginal_weight * marginal_entropy - conditional_weight * conditional)).sum()
 
 
-def score(episodes: Episodes, params: Mapping[str, ParamValue]) -> Scores:
+def score(episodes: Episodes, params: TimParams) -> torch.Tensor:
     """Logits of the queries against the fine-tuned prototypes."""
     points = cl2n(episodes.points, episodes.centre)
     ns = episodes.num_support
     support, query = points[:, :ns], points[:, ns:]
-    temperature, squared = float(params["temperature"]), bool(params["squared"])
-    weights = (float(params["ce_weight"]), float(params["marginal_weight"]), float(params["conditional_weight"]))
+    temperature, squared = params.temperature, params.squared
+    weights = (params.ce_weight, params.marginal_weight, params.conditional_weight)
     protos = prototypes(support, episodes.support_labels, episodes.ways).clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([protos], lr=float(params["lr"]))
+    optimiser = torch.optim.Adam([protos], lr=params.lr)
     with torch.enable_grad():
-        for _ in range(int(params["steps"])):
+        for _ in range(params.steps):
             loss = tim_loss(
                 logits(support, protos, temperature, squared),
                 episodes.support_labels,
@@ -70,16 +85,9 @@ def score(episodes: Episodes, params: Mapping[str, ParamValue]) -> Scores:
 METHOD = Method(
     name="tim",
     summary="TIM-GD (Boudiaf et al., NeurIPS 2020): prototypes fine-tuned by Adam on support cross-entropy "
-    "minus query mutual information. Transductive.",
-    params=(
-        Param("steps", 100, "Adam steps (easyfsl: 100; paper: 1000)", minimum=0),
-        Param("lr", 1e-3, "Adam learning rate (easyfsl: 1e-3; paper: 1e-4)", minimum=0.0),
-        Param("temperature", 7.5, "logit scale: τ/2 with the paper's τ = 15 (easyfsl: 1, plain distance)", minimum=0.0),
-        Param("squared", True, "squared distances in the logits (paper: yes; easyfsl: no)"),
-        Param("ce_weight", 1.0, "weight of the support cross-entropy (easyfsl: 1; paper: 0.1)", minimum=0.0),
-        Param("marginal_weight", 1.0, "weight of the marginal entropy H(Ŷ) (paper: 1)", minimum=0.0),
-        Param("conditional_weight", 0.1, "weight of the conditional entropy H(Ŷ|X) (paper: 0.1)", minimum=0.0),
-    ),
+    "minus query mutual information; its marginal entropy favours balanced query classes.",
+    params=TimParams,
     score=score,
     transductive=True,
+    assumes_balance=True,
 )

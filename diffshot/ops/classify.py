@@ -1,11 +1,15 @@
-"""Nearest-prototype decisions, in feature space or from a Gram matrix, batched over episodes."""
+"""Prototypes, rectification, distances and the softmax confidence: the decisions every method shares.
+
+Everything works over stacked points [..., n, d] (episodes [E, n, d], or one task as [1, n, d]),
+or from a Gram matrix G = x·xᵀ, where a prototype is a mixing row over the points (``mix @ x``).
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-RECTIFY_TEMPERATURE = 10.0
+RECTIFY_TEMPERATURE = 10.0  # BD-CSPN's ε and Diff-ResNet's softmax(10·cos) weights
 
 
 def support_averaging(support_labels: torch.Tensor, ways: int, n: int, dtype: torch.dtype) -> torch.Tensor:
@@ -16,15 +20,15 @@ def support_averaging(support_labels: torch.Tensor, ways: int, n: int, dtype: to
 
 
 def prototypes(support: torch.Tensor, support_labels: torch.Tensor, ways: int) -> torch.Tensor:
-    """Class means of the support [E, ways, d] (ProtoNet / SimpleShot prototypes)."""
+    """Class means of the support [E, ways, d] (ProtoNet / SimpleShot prototypes; unequal shots allowed)."""
     return support_averaging(support_labels, ways, support.shape[-2], support.dtype) @ support
 
 
-def squared_distances(query: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances [E, nq, ways] between queries and prototypes."""
+def squared_distances(points: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances [..., n, ways] between points [..., n, d] and prototypes [..., ways, d]."""
     return (
-        (query * query).sum(-1, keepdim=True)
-        - 2.0 * query @ protos.transpose(-1, -2)
+        (points * points).sum(-1, keepdim=True)
+        - 2.0 * points @ protos.transpose(-1, -2)
         + (protos * protos).sum(-1)[..., None, :]
     ).clamp_min(0.0)
 
@@ -38,21 +42,63 @@ def gram_squared_distances(g: torch.Tensor, mix: torch.Tensor, rows: slice) -> t
     return (point_sq[..., None] - 2.0 * point_proto + proto_sq[..., None, :]).clamp_min(0.0)
 
 
-def rectified_mix(g: torch.Tensor, support_labels: torch.Tensor, ways: int) -> torch.Tensor:
-    """BD-CSPN prototype rectification (Liu et al., ECCV 2020) as a mixing matrix [E, ways, n], from G.
+def gram_cosine(g: torch.Tensor, mix: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+    """Cosine similarity [E, |rows|, ways] of points ``rows`` to prototypes ``mix``·x, from G = x xᵀ."""
+    dots = g @ mix.transpose(-1, -2)
+    proto_norms = torch.diagonal(mix @ dots, dim1=-2, dim2=-1).clamp_min(1e-24).sqrt()
+    norms = torch.diagonal(g, dim1=-2, dim2=-1)[..., rows].clamp_min(1e-24).sqrt()
+    return dots[..., rows, :] / (norms[..., None] * proto_norms[..., None, :])
 
-    Each point gets softmax(10·cos(x, p_c)) weights over the initial prototypes; a prototype
-    becomes the weighted mean of its support points and of the queries pseudo-labelled with it.
+
+def cosine(points: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity [..., n, ways] of points [..., n, d] to prototypes [..., ways, d]."""
+    unit = points / points.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    unit_protos = protos / protos.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return unit @ unit_protos.transpose(-1, -2)
+
+
+def rectification_weights(
+    cos: torch.Tensor, ways: int, support_labels: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BD-CSPN's membership (Liu et al., ECCV 2020): each point joins its nearest prototype, weight softmax(10·cos).
+
+    Returns the weights [..., n, ways] (non-zero only at the point's pseudo-class) and the one-hot
+    membership. With ``support_labels`` the first ns points keep their true class (BD-CSPN), without
+    them every point takes its argmax (Diff-ResNet's official code).
     """
-    ns = support_labels.shape[-1]
-    mix = support_averaging(support_labels, ways, g.shape[-1], g.dtype)
-    dots = g @ mix.transpose(-1, -2)  # [E, n, ways]
-    norms = torch.diagonal(g, dim1=-2, dim2=-1).clamp_min(1e-12).sqrt()
-    proto_norms = torch.diagonal(mix @ dots, dim1=-2, dim2=-1).clamp_min(1e-12).sqrt()
-    cos = dots / (norms[..., :, None] * proto_norms[..., None, :])
-    weights = torch.softmax(RECTIFY_TEMPERATURE * cos, dim=-1)
     pseudo = cos.argmax(dim=-1)
-    pseudo[..., :ns] = support_labels
-    member = F.one_hot(pseudo, ways).to(g.dtype) * weights
-    member = member.transpose(-1, -2)
-    return member / member.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    if support_labels is not None:
+        pseudo[..., : support_labels.shape[-1]] = support_labels
+    member = F.one_hot(pseudo, ways).to(cos.dtype)
+    return member * torch.softmax(RECTIFY_TEMPERATURE * cos, dim=-1), member
+
+
+def rectified_mix(g: torch.Tensor, support_labels: torch.Tensor, ways: int) -> torch.Tensor:
+    """BD-CSPN rectified prototypes as a mixing matrix [E, ways, n], from G: weighted means of the class members."""
+    cos = gram_cosine(g, support_averaging(support_labels, ways, g.shape[-1], g.dtype))
+    weights = rectification_weights(cos, ways, support_labels)[0].transpose(-1, -2)
+    return weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def confidence(scores: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted class and its probability softmax(scores / temperature) [..., n] (scores: higher = more likely)."""
+    best, which = torch.softmax(scores / temperature, dim=-1).max(dim=-1)
+    return which, best
+
+
+def rectified_prototypes(
+    points: torch.Tensor, protos: torch.Tensor, support_labels: torch.Tensor, ways: int, block: int = 65_536
+) -> torch.Tensor:
+    """BD-CSPN rectified prototypes [ways, d] of one large task [n, d] (support first), in row blocks.
+
+    The same membership as :func:`rectified_mix` (:func:`rectification_weights`), in feature space.
+    """
+    ns = support_labels.shape[0]
+    sums = torch.zeros_like(protos)
+    total = torch.zeros(ways, dtype=points.dtype, device=points.device)
+    for start in range(0, points.shape[0], block):
+        rows = points[start : start + block]
+        weights, _ = rectification_weights(cosine(rows, protos), ways, support_labels[start : min(ns, start + block)])
+        sums += weights.T @ rows
+        total += weights.sum(dim=0)
+    return sums / total.clamp_min(1e-12)[:, None]

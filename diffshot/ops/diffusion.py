@@ -5,11 +5,16 @@ from __future__ import annotations
 import torch
 
 
-def diffuse(x: torch.Tensor, lap: torch.Tensor, step_size: float, layers: int) -> torch.Tensor:
-    """Apply ``layers`` explicit diffusion steps to the features ``x`` [E, n, d] (or a sparse L [n, n])."""
+def diffuse_(x: torch.Tensor, lap: torch.Tensor, step_size: float, layers: int) -> torch.Tensor:
+    """``layers`` explicit steps x ← x − τ·L·x, in place on ``x`` ([E, n, d] with dense L, or [n, d] with sparse L)."""
     for _ in range(layers):
-        x = x - step_size * (torch.sparse.mm(lap, x) if lap.is_sparse else lap @ x)
+        x.sub_(lap @ x, alpha=step_size)
     return x
+
+
+def diffuse(x: torch.Tensor, lap: torch.Tensor, step_size: float, layers: int) -> torch.Tensor:
+    """``layers`` explicit diffusion steps on a copy of the features ``x``."""
+    return diffuse_(x.clone(), lap, step_size, layers)
 
 
 def diffusion_operator(lap: torch.Tensor, step_size: float, layers: int) -> torch.Tensor:

@@ -1,80 +1,37 @@
-"""The kNN graph of Diff-ResNet (DESIGN.md step 2-3): neighbours, Gaussian weights, normalisation, Laplacian.
+"""The kNN graph of Diff-ResNet (DESIGN.md steps 2-3), one recipe for dense episode graphs and sparse large ones.
 
-Neighbour search is either a batched dense torch search (the fast path for episode graphs of
-tens to hundreds of points) or FAISS (exact ``IndexFlatL2``-style search, on GPU when faiss has
-GPU support). Both return the ``k`` nearest points of every point, itself included, sorted.
+From the sorted distances and ids of each point's nearest points (:mod:`diffshot.ops.knn`): keep for
+row i the entries strictly below its n_top-th smallest distance (the point itself counts), weight
+them W_ij = exp(−(D_ij/σ_i)²) with σ_i row i's sigma-th smallest distance, normalise
+W̃ = D^-1/2 W D^-1/2 and symmetrise (W̃ + W̃ᵀ)/2; L = diag(W̃·1) − W̃. Episodes keep W̃ and L as
+dense [E, n, n] tensors; one large task keeps them sparse (about n·(2k+1) stored entries).
 """
 
 from __future__ import annotations
 
-import faiss
+import warnings
+
 import numpy as np
 import torch
 
-KNN_BACKENDS = ("torch", "faiss")
+from diffshot.ops.knn import episode_neighbours
 
 
-def gram(x: torch.Tensor) -> torch.Tensor:
-    """Inner products [E, n, n] of the points of each episode: the one big product of the pipeline."""
-    return x @ x.transpose(-1, -2)
+def kept_weights(dist: torch.Tensor, n_top: int, sigma: int) -> torch.Tensor:
+    """Gaussian weights exp(−(D_ij/σ_i)²) of the kept neighbours, 0 for the others, same shape as ``dist``.
 
-
-def squared_distances_from_gram(g: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances [E, n, n] from a Gram matrix, with an exact zero diagonal."""
-    sq_norms = torch.diagonal(g, dim1=-2, dim2=-1)
-    sq = (sq_norms[..., :, None] + sq_norms[..., None, :] - 2.0 * g).clamp_min(0.0)
-    sq.diagonal(dim1=-2, dim2=-1).zero_()
-    return sq
-
-
-def knn_torch(squared: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` smallest distances of each row and their columns, ascending, from dense squared distances."""
-    sq, idx = torch.topk(squared, k, dim=-1, largest=False, sorted=True)
-    return sq.sqrt(), idx
-
-
-def knn_faiss(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` nearest points of every point within its episode, with FAISS brute-force search.
-
-    Uses faiss's GPU search when the tensor is on CUDA and faiss has GPUs, else the CPU search.
-    Returns Euclidean (not squared) distances, like :func:`knn_torch`.
-    """
-    use_gpu = x.is_cuda and hasattr(faiss, "knn_gpu") and faiss.get_num_gpus() > 0
-    points = x.detach().to("cpu", torch.float32).contiguous().numpy()
-    dists = np.empty((*points.shape[:2], k), dtype=np.float32)
-    ids = np.empty((*points.shape[:2], k), dtype=np.int64)
-    for e in range(points.shape[0]):
-        if use_gpu:
-            dists[e], ids[e] = faiss.knn_gpu(faiss.StandardGpuResources(), points[e], points[e], k)
-        else:
-            dists[e], ids[e] = faiss.knn(points[e], points[e], k)
-    distances = torch.from_numpy(np.sqrt(np.maximum(dists, 0.0))).to(x.device)
-    return distances, torch.from_numpy(ids).to(x.device)
-
-
-def nearest_neighbours(
-    x: torch.Tensor, k: int, backend: str = "torch", inner: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted distances and indices [E, n, k] of each point's ``k`` nearest points (itself first).
-
-    ``inner`` is the episode Gram matrix when the caller already has it (the torch backend reuses it).
-    """
-    if backend == "faiss":
-        return knn_faiss(x, k)
-    return knn_torch(squared_distances_from_gram(gram(x) if inner is None else inner), k)
-
-
-def gaussian_weights(dist: torch.Tensor, idx: torch.Tensor, n: int, n_top: int, sigma: int) -> torch.Tensor:
-    """Dense W [E, n, n]: W_ij = exp(-(D_ij/σ_i)²) for D_ij strictly below row i's n_top-th smallest distance.
-
-    σ_i is row i's sigma-th smallest distance; both ranks count the point itself (Diff-ResNet's
-    ``calculate_weight``: ``kthvalue`` is 1-based), so n_top = 8 keeps the point and 6 neighbours.
+    ``dist`` [..., k] is sorted; both ranks are 1-based and count the point itself (Diff-ResNet's
+    ``calculate_weight`` uses ``kthvalue``), so n_top = 8 keeps the point and 6 neighbours.
     """
     cutoff = dist[..., n_top - 1 : n_top]
     scale = dist[..., sigma - 1 : sigma].clamp_min(torch.finfo(dist.dtype).tiny)
-    values = torch.exp(-((dist / scale) ** 2)) * (dist < cutoff)
+    return torch.exp(-((dist / scale) ** 2)) * (dist < cutoff)
+
+
+def gaussian_weights(dist: torch.Tensor, idx: torch.Tensor, n: int, n_top: int, sigma: int) -> torch.Tensor:
+    """Dense W [E, n, n] from the neighbours of every point: :func:`kept_weights` scattered into rows."""
     weights = torch.zeros((*dist.shape[:-1], n), dtype=dist.dtype, device=dist.device)
-    return weights.scatter_(-1, idx, values)
+    return weights.scatter_(-1, idx, kept_weights(dist, n_top, sigma))
 
 
 def normalise_weights(w: torch.Tensor) -> torch.Tensor:
@@ -89,10 +46,69 @@ def laplacian(w: torch.Tensor) -> torch.Tensor:
     return torch.diag_embed(w.sum(dim=-1)) - w
 
 
+def episode_graph(
+    x: torch.Tensor, n_top: int, sigma: int, backend: str = "torch", inner: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The normalised Gaussian kNN graph W̃ [E, n, n] of each episode's points."""
+    k = min(max(n_top, sigma), x.shape[-2])
+    dist, idx = episode_neighbours(x, k, backend, inner)
+    return normalise_weights(gaussian_weights(dist, idx, x.shape[-2], min(n_top, k), min(sigma, k)))
+
+
 def episode_laplacian(
     x: torch.Tensor, n_top: int, sigma: int, backend: str = "torch", inner: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The Laplacian [E, n, n] of the normalised Gaussian kNN graph of each episode's points."""
-    k = min(max(n_top, sigma), x.shape[-2])
-    dist, idx = nearest_neighbours(x, k, backend, inner)
-    return laplacian(normalise_weights(gaussian_weights(dist, idx, x.shape[-2], min(n_top, k), min(sigma, k))))
+    return laplacian(episode_graph(x, n_top, sigma, backend, inner))
+
+
+def _sparse(indices: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
+    """A coalesced sparse COO [n, n] tensor, without torch's beta and invariant-check warnings."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+        return torch.sparse_coo_tensor(indices, values, (n, n), check_invariants=False).coalesce()
+
+
+def sparse_graph(dist: np.ndarray, ids: np.ndarray, n_top: int, sigma: int) -> torch.Tensor:
+    """The normalised graph W̃ [n, n] of one large set as a sparse COO tensor, from its neighbours [n, k]."""
+    n, k = dist.shape
+    d = torch.from_numpy(dist)
+    keep = torch.from_numpy(ids >= 0) & (d < d[:, min(n_top, k) - 1 : min(n_top, k)])
+    values = kept_weights(d, min(n_top, k), min(sigma, k))[keep]
+    rows = torch.arange(n).repeat_interleave(k).view(n, k)[keep]
+    cols = torch.from_numpy(ids)[keep]
+    inv_sqrt = torch.zeros(n).index_add_(0, rows, values).clamp_min(torch.finfo(torch.float32).tiny).rsqrt()
+    half = 0.5 * values * inv_sqrt[rows] * inv_sqrt[cols]
+    return _sparse(torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])]), torch.cat([half, half]), n)
+
+
+def sparse_laplacian_of(w: torch.Tensor) -> torch.Tensor:
+    """L = diag(W̃·1) − W̃ of a sparse COO graph, as CSR (the format sparse products are fastest in)."""
+    n = w.shape[0]
+    indices, values = w.indices(), w.values()
+    degree = torch.zeros(n, dtype=values.dtype).index_add_(0, indices[0], values)
+    diag = torch.arange(n)
+    lap = _sparse(torch.cat([indices, torch.stack([diag, diag])], 1), torch.cat([-values, degree]), n)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return lap.to_sparse_csr()
+
+
+def sparse_laplacian(dist: np.ndarray, ids: np.ndarray, n_top: int, sigma: int) -> torch.Tensor:
+    """The sparse Laplacian L [n, n] (CSR, float32) of the normalised Gaussian kNN graph of one large set."""
+    return sparse_laplacian_of(sparse_graph(dist, ids, n_top, sigma))
+
+
+def degree_normalised(w: torch.Tensor) -> torch.Tensor:
+    """S = D^-1/2 W D^-1/2 of a dense [E, n, n] or sparse COO [n, n] symmetric graph (Zhou et al.'s S).
+
+    W̃ is symmetrised after its own normalisation, so its spectrum may exceed 1; normalising once
+    more by its degrees puts the spectrum of S in [−1, 1], as label propagation needs.
+    """
+    if not w.is_sparse:
+        return normalise_weights(w)
+    indices, values = w.indices(), w.values()
+    degree = torch.zeros(w.shape[0], dtype=values.dtype).index_add_(0, indices[0], values)
+    inv_sqrt = degree.clamp_min(torch.finfo(values.dtype).tiny).rsqrt()
+    return _sparse(indices, values * inv_sqrt[indices[0]] * inv_sqrt[indices[1]], w.shape[0])

@@ -1,22 +1,21 @@
-"""The Diff-ResNet kNN graph for large sets: FAISS neighbour search and a sparse Laplacian (never n×n dense).
+"""Neighbour search: a batched dense torch search for episode graphs, FAISS for episodes or for one large set.
 
-The recipe is that of :mod:`diffshot.ops.graph`: for row i keep the entries strictly below its
-n_top-th smallest distance (the point itself counts), W_ij = exp(-(D_ij/σ_i)²) with σ_i the
-sigma-th smallest distance, W̃ = D^-1/2 W D^-1/2 symmetrised, L = diag(W̃·1) − W̃; here W, W̃
-and L are sparse torch tensors with about n·(2k+1) stored entries.
+Every search returns, for every point, the sorted Euclidean (not squared) distances and ids of
+its ``k`` nearest points, the point itself first; :mod:`diffshot.ops.graph` turns them into the graph.
+Large sets use a FAISS index: exact ``IndexFlatL2`` up to a size threshold, HNSW or IVF above it.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import warnings
 
-import faiss
 import numpy as np
 import torch
 
 from diffshot.errors import DiffshotError
 
+EPISODE_BACKENDS = ("torch", "faiss")
 INDEX_CHOICES = ("auto", "flat", "hnsw", "ivf")
 EXACT_LIMIT = 50_000
 HNSW_M = 16
@@ -25,20 +24,88 @@ HNSW_EF_SEARCH = 64
 IVF_NPROBE = 16
 
 
+def gram(x: torch.Tensor) -> torch.Tensor:
+    """Inner products [E, n, n] of the points of each episode: the one big product of the pipeline."""
+    return x @ x.transpose(-1, -2)
+
+
+def squared_distances_from_gram(g: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances [E, n, n] from a Gram matrix, with an exact zero diagonal."""
+    sq_norms = torch.diagonal(g, dim1=-2, dim2=-1)
+    sq = (sq_norms[..., :, None] + sq_norms[..., None, :] - 2.0 * g).clamp_min(0.0)
+    sq.diagonal(dim1=-2, dim2=-1).zero_()
+    return sq
+
+
+def knn_torch(squared: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` smallest distances of each row and their columns, ascending, from dense squared distances."""
+    sq, idx = torch.topk(squared, k, dim=-1, largest=False, sorted=True)
+    return sq.sqrt(), idx
+
+
+@functools.cache
+def gpu_resources() -> object:
+    """One FAISS ``StandardGpuResources`` for the process (building one per search costs a GPU allocation)."""
+    import faiss
+
+    return faiss.StandardGpuResources()
+
+
+def faiss_has_gpu() -> bool:
+    """Whether the installed faiss can search on a GPU and sees one."""
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def knn_faiss(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest points of every point within its episode [E, n, d], by FAISS brute-force search.
+
+    Uses faiss's GPU search when the tensor is on CUDA and faiss has GPUs, else the CPU search.
+    """
+    import faiss
+
+    use_gpu = x.is_cuda and hasattr(faiss, "knn_gpu") and faiss_has_gpu()
+    points = x.detach().to("cpu", torch.float32).contiguous().numpy()
+    dists = np.empty((*points.shape[:2], k), dtype=np.float32)
+    ids = np.empty((*points.shape[:2], k), dtype=np.int64)
+    for e in range(points.shape[0]):
+        if use_gpu:
+            dists[e], ids[e] = faiss.knn_gpu(gpu_resources(), points[e], points[e], k)
+        else:
+            dists[e], ids[e] = faiss.knn(points[e], points[e], k)
+    distances = torch.from_numpy(np.sqrt(np.maximum(dists, 0.0))).to(x.device)
+    return distances, torch.from_numpy(ids).to(x.device)
+
+
+def episode_neighbours(
+    x: torch.Tensor, k: int, backend: str = "torch", inner: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted distances and indices [E, n, k] of each point's ``k`` nearest points (itself first).
+
+    ``inner`` is the episode Gram matrix when the caller already has it (the torch backend reuses it).
+    """
+    if backend == "faiss":
+        return knn_faiss(x, k)
+    return knn_torch(squared_distances_from_gram(gram(x) if inner is None else inner), k)
+
+
 def choose_index(kind: str, n: int, exact_limit: int = EXACT_LIMIT) -> str:
     """The index to build: ``auto`` is exact ``flat`` up to ``exact_limit`` points and ``hnsw`` beyond."""
     if kind not in INDEX_CHOICES:
-        raise DiffshotError(f"--index {kind!r}: choose one of {', '.join(INDEX_CHOICES)}")
+        raise DiffshotError(f"index {kind!r}: choose one of {', '.join(INDEX_CHOICES)}")
     if kind != "auto":
         return kind
     return "flat" if n <= exact_limit else "hnsw"
 
 
-def build_index(points: np.ndarray, kind: str, use_gpu: bool = False) -> faiss.Index:
+def build_index(points: np.ndarray, kind: str, use_gpu: bool = False) -> object:
     """A FAISS L2 index over ``points`` [n, d] float32: exact flat, HNSW, or IVF-flat (trained on the points)."""
+    import faiss
+
     n, d = points.shape
     if kind == "flat":
-        index: faiss.Index = faiss.IndexFlatL2(d)
+        index = faiss.IndexFlatL2(d)
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, HNSW_M)
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
@@ -50,7 +117,7 @@ def build_index(points: np.ndarray, kind: str, use_gpu: bool = False) -> faiss.I
     else:
         raise DiffshotError(f"unknown index {kind!r}; choose one of {', '.join(INDEX_CHOICES[1:])}")
     if use_gpu and kind != "hnsw":
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        index = faiss.index_cpu_to_gpu(gpu_resources(), 0, index)
     if not index.is_trained:
         index.train(points)
     index.add(points)
@@ -58,7 +125,7 @@ def build_index(points: np.ndarray, kind: str, use_gpu: bool = False) -> faiss.I
 
 
 def knn_graph(points: np.ndarray, k: int, kind: str = "flat", use_gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted Euclidean distances and ids [n, k] of every point's k nearest points, itself first.
+    """Sorted Euclidean distances and ids [n, k] of every point's k nearest points in one large set, itself first.
 
     Approximate indices may miss the point itself or return fewer than k results (id -1); the
     point is always put first at distance 0 and missing slots get distance +inf and id -1.
@@ -82,37 +149,7 @@ def knn_graph(points: np.ndarray, k: int, kind: str = "flat", use_gpu: bool = Fa
 
 
 def neighbour_recall(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
-    """Fraction of the exact neighbours (ids per row) that the approximate search also found."""
-    hits = sum(np.intersect1d(a[a >= 0], e[e >= 0]).size for a, e in zip(approx_ids, exact_ids, strict=True))
-    return hits / max(1, int((exact_ids >= 0).sum()))
+    """Fraction of the exact neighbours that the approximate search also found (faiss.contrib's intersection)."""
+    from faiss.contrib.evaluation import knn_intersection_measure
 
-
-def sparse_laplacian(dist: np.ndarray, ids: np.ndarray, n_top: int, sigma: int) -> torch.Tensor:
-    """The sparse Laplacian L [n, n] (CSR, float32) of the normalised Gaussian kNN graph."""
-    n, k = dist.shape
-    n_top, sigma = min(n_top, k), min(sigma, k)
-    d = torch.from_numpy(dist)
-    cutoff = d[:, n_top - 1 : n_top]
-    scale = d[:, sigma - 1 : sigma].clamp_min(torch.finfo(torch.float32).tiny)
-    keep = (d < cutoff) & torch.from_numpy(ids >= 0)
-    rows = torch.arange(n).repeat_interleave(k).view(n, k)[keep]
-    cols = torch.from_numpy(ids)[keep]
-    vals = torch.exp(-((d[keep] / scale.expand_as(d)[keep]) ** 2))
-    inv_sqrt = torch.zeros(n).index_add_(0, rows, vals).clamp_min(torch.finfo(torch.float32).tiny).rsqrt()
-    vals = 0.5 * vals * inv_sqrt[rows] * inv_sqrt[cols]
-    degree = torch.zeros(n).index_add_(0, rows, vals).index_add_(0, cols, vals)
-    diag = torch.arange(n)
-    indices = torch.stack([torch.cat([rows, cols, diag]), torch.cat([cols, rows, diag])])
-    values = torch.cat([-vals, -vals, degree])
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
-        coo = torch.sparse_coo_tensor(indices, values, (n, n), check_invariants=False).coalesce()
-        return coo.to_sparse_csr()
-
-
-def diffuse_sparse_(x: torch.Tensor, lap: torch.Tensor, step_size: float, layers: int) -> torch.Tensor:
-    """``layers`` steps x ← x − τ·L·x in place on ``x`` [n, d] with a sparse L; returns ``x``."""
-    for _ in range(layers):
-        x.add_(lap @ x, alpha=-step_size)
-    return x
+    return float(knn_intersection_measure(approx_ids, exact_ids))

@@ -1,4 +1,4 @@
-"""Feature preprocessing of the field, batched over episodes ([E, n, d] tensors)."""
+"""Feature preprocessing of the field, over stacked points [..., n, d] (episodes [E, n, d] or one task [n, d])."""
 
 from __future__ import annotations
 
@@ -22,16 +22,20 @@ def cl2n(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     return l2_normalise(centre(x, mean))
 
 
-def cross_domain_shift(support: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-    """Shift the queries so that their mean equals the support mean (BD-CSPN's shift, Diff-ResNet step 1)."""
-    return query + (support.mean(dim=-2, keepdim=True) - query.mean(dim=-2, keepdim=True))
-
-
 def shift_queries_(points: torch.Tensor, num_support: int) -> torch.Tensor:
-    """Cross-domain shift, in place, on stacked points [E, ns + nq, d] (support first); returns ``points``."""
-    support, query = points[:, :num_support], points[:, num_support:]
+    """Cross-domain shift in place on stacked points [..., ns + nq, d] (support first): query mean := support mean.
+
+    BD-CSPN's cross-class bias reduction (Liu et al., ECCV 2020), step 1 of Diff-ResNet's recipe.
+    """
+    support, query = points[..., :num_support, :], points[..., num_support:, :]
     query += support.mean(dim=-2, keepdim=True) - query.mean(dim=-2, keepdim=True)
     return points
+
+
+def transductive_points(points: torch.Tensor, mean: torch.Tensor, num_support: int, shift: bool) -> torch.Tensor:
+    """CL2N points, with the queries shifted onto the support mean when ``shift``: the graph methods' input."""
+    prepared = cl2n(points, mean)
+    return shift_queries_(prepared, num_support) if shift else prepared
 
 
 def power_transform(x: torch.Tensor, beta: float = 0.5) -> torch.Tensor:

@@ -13,26 +13,27 @@ Suite format (paths — ``features``, ``config`` — resolve relative to the sui
     config = "tuned.toml"           # optional tuned parameters
     params.diffusion = { layers = 6 }
     fail_under = { diffusion = 70.0 }   # minimum mean accuracy (percent)
+
+Every entry is a :class:`~diffshot.run.evaluate.EvaluationRequest`, run by the same
+:func:`~diffshot.run.evaluate.run_evaluation` as ``diffshot evaluate``.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree as ET
 
 from diffshot.atomic import check_writable, write_text_atomic
-from diffshot.episodes import EpisodeSpec
 from diffshot.errors import DiffshotError
-from diffshot.features import FeatureSet, file_sha256, load_features
-from diffshot.report.document import CSV_FIELDS, features_info, to_csv, to_json_document
+from diffshot.features import SPLITS, FeatureSet, load_features
+from diffshot.report.document import CSV_FIELDS, csv_rows, to_json_document, write_csv
 from diffshot.run.config import load_toml, read_config, validate_method_params
-from diffshot.run.evaluate import evaluate
+from diffshot.run.evaluate import EvaluationRequest, EvaluationRun, prepare_runs, run_evaluation
 
 DEFAULT_METHODS = ("simpleshot", "diffusion")
 ENTRY_TYPES: dict[str, tuple[type, ...]] = {
@@ -51,6 +52,7 @@ ENTRY_TYPES: dict[str, tuple[type, ...]] = {
 }
 ENTRY_DEFAULTS: dict[str, object] = {"ways": 5, "shots": 1, "queries": 15, "episodes": 1000, "seed": 0}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
+XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 class SuiteError(DiffshotError):
@@ -59,35 +61,43 @@ class SuiteError(DiffshotError):
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """One validated suite entry."""
+    """One validated suite entry: its name, the evaluation it asks for, and its thresholds."""
 
     name: str
-    features: Path
-    spec: EpisodeSpec
-    episodes: int
-    seed: int
-    split: str | None
-    methods: tuple[tuple[str, dict[str, object]], ...]
+    request: EvaluationRequest
     fail_under: dict[str, float]
+
+    @property
+    def features(self) -> Path:
+        return self.request.features
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(str(m) for m in self.request.methods)
 
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """One entry's result: its JSON document, or the reason it was skipped."""
+    """One entry's result: its typed run, or the reason it was skipped."""
 
     entry: Entry
-    document: dict[str, object] | None
+    run: EvaluationRun | None
     skipped: str | None = None
+
+    def accuracies(self) -> dict[str, tuple[float, float, int, float]]:
+        """Method → (mean accuracy, 95% interval, episodes, seconds) of this entry's run."""
+        if self.run is None:
+            return {}
+        results = self.run.evaluations[0].results
+        return {r.method: (r.summary.mean, r.summary.ci95, r.summary.n, r.seconds) for r in results}
 
     def failures(self) -> dict[str, tuple[float, float]]:
         """Methods whose accuracy is below their threshold: name → (accuracy, threshold)."""
-        if self.document is None:
-            return {}
         found = {}
-        for record in self.document["results"]:  # type: ignore[union-attr]
-            limit = self.entry.fail_under.get(record["method"])
-            if limit is not None and record["accuracy"] < limit:
-                found[record["method"]] = (record["accuracy"], limit)
+        for method, (mean, *_rest) in self.accuracies().items():
+            limit = self.entry.fail_under.get(method)
+            if limit is not None and round(mean, 4) < limit:
+                found[method] = (round(mean, 4), limit)
         return found
 
 
@@ -136,7 +146,7 @@ def _parse_entry(
         raise SuiteError(f"{suite}: {label} must be a table")
     if "name" in defaults:
         raise SuiteError(f"{suite}: [defaults]: key 'name' belongs to each entry")
-    merged = {**ENTRY_DEFAULTS, **defaults, **raw}
+    merged: dict[str, Any] = {**ENTRY_DEFAULTS, **defaults, **raw}
     if isinstance(raw.get("name"), str):
         label = f"entry {raw['name']!r}"
     where = f"{suite}: {label}"
@@ -150,56 +160,57 @@ def _parse_entry(
     name = str(merged["name"])
     if not NAME_PATTERN.match(name):
         raise SuiteError(f"{where}: key 'name' may hold only letters, digits, '.', '_' and '-'")
-    try:
-        spec = EpisodeSpec(int(merged["ways"]), int(merged["shots"]), int(merged["queries"]))  # type: ignore[arg-type]
-    except DiffshotError as exc:
-        raise SuiteError(f"{where}: {str(exc).lstrip('-')}") from None
-    for key in ("episodes",):
-        if int(merged[key]) <= 0:  # type: ignore[arg-type]
-            raise SuiteError(f"{where}: key {key!r} must be positive, got {merged[key]}")
-    methods = _methods(where, suite, merged, base)
-    fail_under = _thresholds(where, merged.get("fail_under", {}), [m for m, _ in methods])  # type: ignore[arg-type]
-    return Entry(
-        name=name,
-        features=(suite.parent / str(merged["features"])),
-        spec=spec,
-        episodes=int(merged["episodes"]),  # type: ignore[arg-type]
-        seed=int(merged["seed"]),  # type: ignore[arg-type]
-        split=merged.get("split"),  # type: ignore[arg-type]
+    split = merged.get("split")
+    if split is not None and split not in (*SPLITS, "all"):
+        raise SuiteError(f"{where}: key 'split' must be one of {', '.join((*SPLITS, 'all'))}, got {split!r}")
+    methods, config = _methods(where, suite, merged, base)
+    request = EvaluationRequest(
+        features=suite.parent / str(merged["features"]),
         methods=methods,
-        fail_under=fail_under,
+        ways=int(merged["ways"]),
+        shots=(int(merged["shots"]),),
+        queries=int(merged["queries"]),
+        episodes=int(merged["episodes"]),
+        seed=int(merged["seed"]),
+        split=split,
+        config=config,
     )
+    try:
+        prepare_runs(request)
+    except DiffshotError as exc:
+        raise SuiteError(f"{where}: {exc}") from None
+    fail_under = _thresholds(where, merged.get("fail_under", {}), list(methods))
+    return Entry(name=name, request=request, fail_under=fail_under)
 
 
 def _methods(
-    where: str, suite: Path, merged: Mapping[str, object], base: Mapping[str, dict[str, object]]
-) -> tuple[tuple[str, dict[str, object]], ...]:
-    """(method, parameters) pairs: the batch --config, then the entry's config, then its params."""
+    where: str, suite: Path, merged: Mapping[str, Any], base: Mapping[str, dict[str, object]]
+) -> tuple[tuple[str, ...], dict[str, dict[str, object]]]:
+    """The entry's method names and their parameters: the batch --config, then the entry's config, then params."""
     names = merged.get("methods", list(DEFAULT_METHODS))
-    if not names or not all(isinstance(n, str) for n in names):  # type: ignore[union-attr]
+    if not names or not all(isinstance(n, str) for n in names):
         raise SuiteError(f"{where}: key 'methods' must be a non-empty array of method names")
-    config = dict(base)
+    config = {name: dict(table) for name, table in base.items()}
     if "config" in merged:
         try:
             config.update(read_config(suite.parent / str(merged["config"])))
         except DiffshotError as exc:
             raise SuiteError(f"{where}: key 'config': {exc}") from None
     params = merged.get("params", {})
-    for method, table in params.items():  # type: ignore[union-attr]
-        if method not in names:  # type: ignore[operator]
+    for method, table in params.items():
+        if method not in names:
             raise SuiteError(f"{where}: key 'params.{method}': {method} is not in this entry's methods")
         try:
             validate_method_params(method, table, f"key 'params.{method}'")
         except DiffshotError as exc:
             raise SuiteError(f"{where}: {exc}") from None
-    runs = []
-    for method in names:  # type: ignore[union-attr]
+        config[method] = {**config.get(method, {}), **table}
+    for method in names:
         try:
             validate_method_params(method, {}, "key 'methods'")
         except DiffshotError as exc:
             raise SuiteError(f"{where}: {exc}") from None
-        runs.append((method, {**config.get(method, {}), **params.get(method, {})}))  # type: ignore[union-attr]
-    return tuple(runs)
+    return tuple(names), config
 
 
 def _thresholds(where: str, table: Mapping[str, object], methods: list[str]) -> dict[str, float]:
@@ -224,7 +235,7 @@ def run_suite(
     for entry in entries:
         if not entry.features.is_file() and not skip_missing:
             raise SuiteError(f"entry {entry.name!r}: key 'features': {entry.features}: no such file")
-    cache: dict[Path, tuple[FeatureSet, str]] = {}
+    cache: dict[Path, FeatureSet] = {}
     outcomes = []
     for entry in entries:
         if on_entry is not None:
@@ -233,32 +244,30 @@ def run_suite(
             outcomes.append(Outcome(entry, None, f"features file {entry.features} not found"))
             continue
         if entry.features not in cache:
-            cache[entry.features] = (load_features(entry.features), file_sha256(entry.features))
-        fs, sha = cache[entry.features]
-        evaluation = evaluate(
-            fs, list(entry.methods), entry.spec, entry.episodes, entry.seed, entry.split, device=device
-        )
-        document = to_json_document([evaluation], features_info(entry.features, sha, fs.dim, evaluation))
-        outcomes.append(Outcome(entry, document))
+            cache[entry.features] = load_features(entry.features)
+        request = dataclasses.replace(entry.request, device=device)
+        outcomes.append(Outcome(entry, run_evaluation(request, features=cache[entry.features])))
     return outcomes
+
+
+def xml_text(text: str) -> str:
+    """``text`` with the characters XML 1.0 cannot hold replaced by U+FFFD, so the JUnit file always parses."""
+    return XML_ILLEGAL.sub("\ufffd", text)
 
 
 def combined_csv(outcomes: list[Outcome]) -> str:
     """One CSV for all entries: the evaluate CSV columns plus entry, fail_under and passed."""
-    fields = ["entry", *CSV_FIELDS, "fail_under", "passed"]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
+    rows = []
     for outcome in outcomes:
-        if outcome.document is None:
+        if outcome.run is None:
             continue
         failed = outcome.failures()
-        for row in csv.DictReader(io.StringIO(to_csv(outcome.document))):
-            limit = outcome.entry.fail_under.get(row["method"])
+        for row in csv_rows(outcome.run):
+            limit = outcome.entry.fail_under.get(str(row["method"]))
             row.update(entry=outcome.entry.name, fail_under="" if limit is None else limit)
             row["passed"] = str(row["method"] not in failed).lower()
-            writer.writerow(row)
-    return buffer.getvalue()
+            rows.append(row)
+    return write_csv(rows, ["entry", *CSV_FIELDS, "fail_under", "passed"])
 
 
 def junit_xml(outcomes: list[Outcome]) -> str:
@@ -267,25 +276,23 @@ def junit_xml(outcomes: list[Outcome]) -> str:
     counts = {"tests": 0, "failures": 0, "skipped": 0}
     for outcome in outcomes:
         entry = outcome.entry
-        records = outcome.document["results"] if outcome.document is not None else []  # type: ignore[index]
-        by_method = {r["method"]: r for r in records}  # type: ignore[union-attr]
+        measured = outcome.accuracies()
         failed = outcome.failures()
-        for method, _ in entry.methods:
+        for method in entry.methods:
             counts["tests"] += 1
-            record = by_method.get(method)
-            case = ET.SubElement(suite, "testcase", classname=entry.name, name=method)
-            case.set("time", f"{record['seconds'] if record else 0}")
+            case = ET.SubElement(suite, "testcase", classname=xml_text(entry.name), name=xml_text(method))
+            case.set("time", f"{measured[method][3] if method in measured else 0}")
             if outcome.skipped is not None:
                 counts["skipped"] += 1
-                ET.SubElement(case, "skipped", message=outcome.skipped)
+                ET.SubElement(case, "skipped", message=xml_text(outcome.skipped))
             elif method in failed:
                 counts["failures"] += 1
                 acc, limit = failed[method]
                 ET.SubElement(case, "failure", message=f"accuracy {acc:.2f} < fail_under {limit:.2f}")
-            if record is not None:
+            if method in measured:
+                mean, ci, episodes, _ = measured[method]
                 out = ET.SubElement(case, "system-out")
-                acc, ci = record["accuracy"], record["ci95"]
-                out.text = f"accuracy {acc:.2f} ± {ci:.2f} over {record['episodes']} episodes"
+                out.text = f"accuracy {mean:.2f} ± {ci:.2f} over {episodes} episodes"
     for key, value in counts.items():
         suite.set(key, str(value))
     suite.set("errors", "0")
@@ -300,24 +307,25 @@ def markdown_summary(outcomes: list[Outcome]) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for outcome in outcomes:
-        entry = outcome.entry
-        records = {r["method"]: r for r in (outcome.document or {}).get("results", [])}  # type: ignore[union-attr]
+        entry, request = outcome.entry, outcome.entry.request
+        measured = outcome.accuracies()
         failed = outcome.failures()
-        for method, _ in entry.methods:
+        for method in entry.methods:
             limit = entry.fail_under.get(method)
-            record = records.get(method)
-            accuracy = f"{record['accuracy']:.2f} ± {record['ci95']:.2f}" if record else "-"
+            accuracy = f"{measured[method][0]:.2f} ± {measured[method][1]:.2f}" if method in measured else "-"
             status = "skipped" if outcome.skipped else ("FAIL" if method in failed else "pass")
             threshold = "-" if limit is None else f"{limit:.2f}"
-            row = [entry.name, method, str(entry.spec.ways), str(entry.spec.shots), str(entry.episodes)]
+            row = [entry.name, method, str(request.ways), str(request.shots[0]), str(request.episodes)]
             lines.append("| " + " | ".join([*row, accuracy, threshold, status]) + " |")
     return "\n".join(lines) + "\n"
 
 
 def output_paths(output_dir: Path, entries: list[Entry], junit: Path | None) -> dict[str, Path]:
-    """Every file batch writes, checked writable before anything runs (a missing folder is an error)."""
-    if not output_dir.is_dir():
-        raise DiffshotError(f"{output_dir}: output folder does not exist")
+    """Every file batch writes, checked writable before anything runs (a missing folder is created)."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DiffshotError(f"{output_dir}: cannot create the output folder ({exc.strerror})") from None
     paths = {f"json:{e.name}": output_dir / f"{e.name}.json" for e in entries}
     paths |= {"csv": output_dir / "results.csv", "markdown": output_dir / "summary.md"}
     paths["junit"] = junit if junit is not None else output_dir / "junit.xml"
@@ -329,8 +337,9 @@ def output_paths(output_dir: Path, entries: list[Entry], junit: Path | None) -> 
 def write_outputs(paths: Mapping[str, Path], outcomes: list[Outcome]) -> None:
     """Write every output file atomically, after all entries have run."""
     for outcome in outcomes:
-        if outcome.document is not None:
-            write_text_atomic(paths[f"json:{outcome.entry.name}"], json.dumps(outcome.document, indent=2) + "\n")
+        if outcome.run is not None:
+            document = to_json_document(outcome.run)
+            write_text_atomic(paths[f"json:{outcome.entry.name}"], json.dumps(document, indent=2) + "\n")
     write_text_atomic(paths["csv"], combined_csv(outcomes))
     write_text_atomic(paths["junit"], junit_xml(outcomes))
     write_text_atomic(paths["markdown"], markdown_summary(outcomes))

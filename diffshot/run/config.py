@@ -1,83 +1,169 @@
-"""Tuned configurations as TOML: one table per method, holding that method's parameters.
+"""Method parameters from every source — defaults, a tuned TOML config, shared flags, ``--set``, named variants.
 
-```toml
-[diffusion]
-step_size = 0.5
-layers = 6
-n_top = "auto"
-```
+One parse path: every value goes through :meth:`diffshot.methods.base.Param.parse`. A TOML config
+holds one table per method::
 
-Values must have the parameter's TOML type (bool, integer, float — an integer is accepted —,
-string; ``"auto"`` where a parameter allows it) and pass the method's own checks.
+    [diffusion]
+    step_size = 0.5
+    layers = 6
+    n_top = "auto"
+
+Its values must have the parameter's TOML type (bool, integer, float — an integer is accepted —,
+string; ``"auto"`` where a parameter allows it). A named variant ``diffusion:assign=balanced,lam=5``
+is its own row in every table and JSON document.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from diffshot.atomic import write_text_atomic
 from diffshot.errors import DiffshotError
 from diffshot.methods import REGISTRY, get_method
-from diffshot.methods.base import Param, ParamValue
+from diffshot.methods.base import Method
+
+MAX_TOML_BYTES = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodRun:
+    """A method with checked parameters, under the label its results carry (``diffusion:assign=balanced``)."""
+
+    label: str
+    method: Method
+    params: object
+
+    def as_dict(self) -> dict[str, object]:
+        """The parameter values by name."""
+        return self.method.as_dict(self.params)
+
+    def resolved(self, episodes: object) -> dict[str, object]:
+        """Values that ``auto`` parameters take on these episodes (e.g. ``n_top``), for the record."""
+        resolve = self.method.resolve_auto
+        return {} if resolve is None else dict(resolve(episodes, self.params))  # type: ignore[arg-type]
+
+
+def parse_label(text: str) -> tuple[str, dict[str, str]]:
+    """``name`` or ``name:key=value,key=value`` as (method name, overrides as text)."""
+    name, _, rest = text.partition(":")
+    overrides: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DiffshotError(f"method {text!r}: expected NAME:PARAM=VALUE[,PARAM=VALUE], e.g. diffusion:layers=8")
+        overrides[key.strip().replace("-", "_")] = value.strip()
+    return name.strip(), overrides
+
+
+def parse_assignments(items: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``METHOD.PARAM=VALUE`` strings (``--set``) as {method or variant label: {param: value}}."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.rpartition(".")
+        if not sep or not dot or not method or not name:
+            raise DiffshotError(f"assignment {item!r}: expected METHOD.PARAM=VALUE, e.g. diffusion.layers=8")
+        get_method(parse_label(method)[0])
+        out.setdefault(method, {})[name.replace("-", "_")] = value
+    return out
+
+
+def method_runs(
+    methods: Sequence[object],
+    config: Mapping[str, Mapping[str, object]] | None = None,
+    shared: Mapping[str, object] | None = None,
+    assignments: Mapping[str, Mapping[str, object]] | None = None,
+) -> list[MethodRun]:
+    """Checked runs for ``methods``: defaults < config table < shared values < variant < assignments.
+
+    A shared value goes to every method that has the parameter; one that no method has is an
+    error, and so is an assignment to a method that is not run. A repeated label runs once.
+    """
+    if not methods:
+        raise DiffshotError("no method given")
+    given = {k: v for k, v in (shared or {}).items() if v is not None}
+    runs: dict[str, MethodRun] = {}
+    used: set[str] = set()
+    for entry in methods:
+        if isinstance(entry, MethodRun):
+            run = entry
+        else:
+            run = _run_of(entry, config or {}, given, assignments or {})
+            used |= {p.name for p in run.method.declared} & given.keys()
+        if run.label in runs:
+            warnings.warn(f"method {run.label} is listed twice; it runs once", stacklevel=3)
+            continue
+        runs[run.label] = run
+    unused = sorted(set(given) - used)
+    if unused and not all(isinstance(m, MethodRun) for m in methods):
+        raise DiffshotError(f"parameter {', '.join(unused)} is given, but none of the methods {', '.join(runs)} has it")
+    stray = sorted(set(assignments or {}) - set(runs) - {run.method.name for run in runs.values()})
+    if stray:
+        raise DiffshotError(
+            f"parameters are set for {stray[0]}, which is not among the methods run ({', '.join(runs)})"
+        )
+    return list(runs.values())
+
+
+def _run_of(
+    entry: object,
+    config: Mapping[str, Mapping[str, object]],
+    shared: Mapping[str, object],
+    assignments: Mapping[str, Mapping[str, object]],
+) -> MethodRun:
+    """One MethodRun from a label or a (name, overrides) pair, with the layered overrides."""
+    if isinstance(entry, str):
+        name, variant = parse_label(entry)
+        label = entry if variant else name
+    elif isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str):
+        name, variant = entry[0], dict(entry[1])
+        label = name + (":" + ",".join(f"{k}={v}" for k, v in variant.items()) if variant else "")
+    else:
+        raise DiffshotError(f"method {entry!r}: expected a name or a (name, parameters) pair")
+    method = get_method(name)
+    names = {p.name for p in method.declared}
+    overrides: dict[str, object] = dict(config.get(name, {}))
+    overrides |= {k: v for k, v in shared.items() if k in names}
+    overrides |= variant
+    overrides |= dict(assignments.get(name, {})) | dict(assignments.get(label, {}) if label != name else {})
+    return MethodRun(label, method, method.parse(overrides))
 
 
 def load_toml(path: str | os.PathLike[str]) -> dict[str, object]:
-    """Parse a TOML file, with one-line errors for a missing, unreadable or malformed file."""
+    """Parse a TOML file, with one-line errors for a missing, unreadable, oversized, non-UTF-8 or malformed file."""
     p = Path(path)
     if not p.is_file():
         raise DiffshotError(f"{p}: no such file")
     try:
-        with open(p, "rb") as handle:
-            return tomllib.load(handle)
+        if p.stat().st_size > MAX_TOML_BYTES:
+            raise DiffshotError(f"{p}: larger than {MAX_TOML_BYTES >> 20} MiB, not a config or suite")
+        text = p.read_bytes().decode("utf-8")
+        return tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise DiffshotError(f"{p}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise DiffshotError(f"{p}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise DiffshotError(f"{p}: nested too deeply to be a config or suite") from None
     except OSError as exc:
         raise DiffshotError(f"{p}: cannot read ({exc.strerror})") from None
 
 
-def _type_ok(param: Param, value: object) -> bool:
-    """Whether a TOML value has the parameter's type."""
-    if param.allow_auto and value == "auto":
-        return True
-    kind = int if param.default == "auto" else type(param.default)
-    if kind is bool:
-        return isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    return isinstance(value, str)
-
-
-def _type_name(param: Param) -> str:
-    """The expected TOML type of a parameter, in words."""
-    kind = int if param.default == "auto" else type(param.default)
-    name = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[kind]
-    return name + (' or "auto"' if param.allow_auto else "")
-
-
-def validate_method_params(name: str, params: object, where: str) -> dict[str, ParamValue]:
-    """Check one method table: known method, known keys, right types and values; ``where`` prefixes errors."""
+def validate_method_params(name: str, params: object, where: str) -> dict[str, object]:
+    """Check one method table (known method, known keys, TOML types, constraints); ``where`` prefixes errors."""
     if name not in REGISTRY:
         raise DiffshotError(f"{where}: unknown method {name!r} (known: {', '.join(REGISTRY)})")
     if not isinstance(params, Mapping):
         raise DiffshotError(f"{where}: {name!r} must be a table of parameters")
-    method = get_method(name)
-    known = {p.name: p for p in method.params}
-    for key, value in params.items():
-        param = known.get(key)
-        if param is None:
-            options = ", ".join(known) or "none"
-            raise DiffshotError(f"{where}: unknown key {name}.{key} (method {name} has: {options})")
-        if not _type_ok(param, value):
-            raise DiffshotError(f"{where}: {name}.{key} must be {_type_name(param)}, got {value!r}")
     try:
-        method.resolve(params)
+        get_method(name).parse(params, from_text=False)
     except DiffshotError as exc:
-        raise DiffshotError(f"{where}: {name}: {exc}") from None
+        raise DiffshotError(f"{where}: {exc}") from None
     return dict(params)
 
 

@@ -1,4 +1,9 @@
-"""Run methods over seeded episodes in chunks and collect per-episode accuracies (the evaluation protocol)."""
+"""Run methods over seeded episodes in chunks and collect per-episode accuracies (the evaluation protocol).
+
+:func:`evaluate` runs one protocol (one shot count) on a loaded FeatureSet; :func:`run_evaluation`
+owns a whole command's run — validation, loading, method parameters from config, flags and
+``--set``, the loop over shot counts and the paired block — and is what ``evaluate`` and ``batch`` call.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +11,32 @@ import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from diffshot.episodes import Episodes, EpisodeSpec, build_pool, gather, sample_episodes, small_classes
+from diffshot.episodes import Episodes, EpisodeSpec, build_pool, check_seed, gather, sample_episodes, small_classes
 from diffshot.errors import DiffshotError
-from diffshot.features import FeatureSet
-from diffshot.methods import get_method
-from diffshot.methods.base import Method, ParamValue
+from diffshot.features import FeatureSet, file_sha256, load_features
+from diffshot.run.config import MethodRun, method_runs
 from diffshot.stats import Summary, episode_accuracy, paired_difference, summarise
 
 CHUNK_BYTES = 64 * 2**20
 MAX_CHUNK = 2000
+MAX_EPISODES = 10_000_000
+Progress = Callable[[int], None]
 
 
 @dataclasses.dataclass(frozen=True)
 class MethodResult:
-    """One method's per-episode accuracies (percent) and its compute time."""
+    """One method's per-episode accuracies (percent) and its compute time; ``method`` is the run's label."""
 
     method: str
-    params: dict[str, ParamValue]
+    params: dict[str, object]
     accuracies: np.ndarray
     seconds: float
+    resolved: dict[str, object] = dataclasses.field(default_factory=dict)
 
     @property
     def summary(self) -> Summary:
@@ -45,7 +53,7 @@ class MethodResult:
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
-    """Everything one evaluation produced: the protocol, the classes used, and each method's results."""
+    """Everything one protocol produced: the protocol, the classes used, and each method's results."""
 
     spec: EpisodeSpec
     seed: int
@@ -55,6 +63,10 @@ class Evaluation:
     centring: str
     results: tuple[MethodResult, ...]
     sampling_seconds: float
+
+    def result(self, label: str | None) -> MethodResult | None:
+        """The result of the run labelled ``label`` (None when absent or not asked)."""
+        return next((r for r in self.results if r.method == label), None) if label else None
 
 
 def default_split(fs: FeatureSet) -> str:
@@ -69,32 +81,42 @@ def chunk_size_for(spec: EpisodeSpec, dim: int) -> int:
     return max(1, min(MAX_CHUNK, CHUNK_BYTES // per_episode))
 
 
+def check_episodes(episodes: int) -> int:
+    """The episode count, when a positive integer no larger than :data:`MAX_EPISODES`."""
+    if isinstance(episodes, bool) or not isinstance(episodes, int | np.integer) or episodes <= 0:
+        raise DiffshotError(f"episodes must be a positive integer, got {episodes!r}")
+    if episodes > MAX_EPISODES:
+        raise DiffshotError(f"episodes must be at most {MAX_EPISODES:,} per run, got {episodes:,}")
+    return int(episodes)
+
+
 def evaluate(
     fs: FeatureSet,
-    methods: Sequence[str | tuple[str, Mapping[str, object]]],
+    methods: Sequence[str | tuple[str, Mapping[str, object]] | MethodRun],
     spec: EpisodeSpec,
     episodes: int = 10_000,
     seed: int = 0,
     split: str | None = None,
     device: str | torch.device = "cpu",
     chunk_size: int | None = None,
-    on_chunk: Callable[[int], None] | None = None,
+    on_chunk: Progress | None = None,
 ) -> Evaluation:
     """Evaluate ``methods`` on the same ``episodes`` seeded tasks drawn from the classes of ``split``.
 
-    Features are centred by the file's base mean (or the fallback of :meth:`FeatureSet.centring_mean`);
-    the sampled classes are those of ``split`` with at least shots + queries rows (others are left
-    out with a warning). ``on_chunk`` is called with the number of episodes finished after each chunk.
+    Every argument is checked before an episode is drawn. Features are centred by the file's base
+    mean (or the fallback of :meth:`FeatureSet.centring_mean`); the sampled classes are those of
+    ``split`` with at least shots + queries rows (others are left out with a warning). ``on_chunk``
+    is called with the number of episodes finished after each chunk.
     """
-    if episodes <= 0:
-        raise DiffshotError(f"--episodes must be a positive integer, got {episodes}")
-    if not methods:
-        raise DiffshotError("no method given")
-    runs = [_resolve(entry) for entry in methods]
+    episodes, seed = check_episodes(episodes), check_seed(seed)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0):
+        raise DiffshotError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    runs = method_runs(methods)
     split = split or default_split(fs)
     centre_np, centring = fs.centring_mean()
     pool_fs = fs.select_split(split)
     small = small_classes(pool_fs.labels, spec)
+    pool = build_pool(pool_fs.labels, spec)
     if small.size:
         names = ", ".join(pool_fs.class_names[c] for c in small[:10]) + (" …" if small.size > 10 else "")
         warnings.warn(
@@ -102,13 +124,13 @@ def evaluate(
             f"{spec.rows_needed} rows: {names}",
             stacklevel=2,
         )
-    pool = build_pool(pool_fs.labels, spec)
     device = torch.device(device)
     features = torch.from_numpy(pool_fs.features).to(device)
     centre = torch.from_numpy(centre_np).to(device)
     chunk = chunk_size or chunk_size_for(spec, fs.dim)
-    accuracies = {i: np.empty(episodes) for i in range(len(runs))}
-    seconds = dict.fromkeys(range(len(runs)), 0.0)
+    accuracies = [np.empty(episodes) for _ in runs]
+    seconds = [0.0 for _ in runs]
+    resolved: list[dict[str, object]] = [{} for _ in runs]
     sampling = 0.0
     for start in range(0, episodes, chunk):
         count = min(chunk, episodes - start)
@@ -122,22 +144,142 @@ def evaluate(
         )
         query_labels = torch.from_numpy(indices.query_labels).to(device)
         sampling += time.perf_counter() - tick
-        for i, (method, params) in enumerate(runs):
+        for i, run in enumerate(runs):
             tick = time.perf_counter()
-            predictions = method.score(batch, params).argmax(dim=-1)
+            predictions = run.method.score(batch, run.params).argmax(dim=-1)
             accuracies[i][start : start + count] = episode_accuracy(predictions, query_labels)
             seconds[i] += time.perf_counter() - tick
+            if start == 0:
+                resolved[i] = run.resolved(batch)
         if on_chunk is not None:
             on_chunk(start + count)
     results = tuple(
-        MethodResult(method.name, params, accuracies[i], seconds[i]) for i, (method, params) in enumerate(runs)
+        MethodResult(run.label, run.as_dict(), accuracies[i], seconds[i], resolved[i]) for i, run in enumerate(runs)
     )
     used = tuple(pool_fs.class_names[c] for c in pool.labels)
     return Evaluation(spec, seed, episodes, split, used, centring, results, sampling)
 
 
-def _resolve(entry: str | tuple[str, Mapping[str, object]]) -> tuple[Method, dict[str, ParamValue]]:
-    """A (Method, resolved params) pair from a name or a (name, overrides) pair."""
-    name, overrides = (entry, {}) if isinstance(entry, str) else entry
-    method = get_method(name)
-    return method, method.resolve(overrides)
+@dataclasses.dataclass(frozen=True)
+class FeaturesSource:
+    """Which features file a run read, and how: the ``features`` block of the JSON contract."""
+
+    path: Path
+    sha256: str
+    dim: int
+    classes: int
+    split: str
+    centring: str
+    device: str
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationRequest:
+    """One ``evaluate`` command (or one ``batch`` entry): the protocol, the methods and where to run them.
+
+    ``methods`` are names, ``name:key=value,…`` variants, (name, overrides) pairs or MethodRuns;
+    ``config`` (a tuned TOML's tables), ``shared`` (flags given to every method that has the
+    parameter) and ``assignments`` (``--set``) override the defaults in that order.
+    """
+
+    features: Path
+    methods: tuple[object, ...] = ("simpleshot", "diffusion")
+    ways: int = 5
+    shots: tuple[int, ...] = (1,)
+    queries: int = 15
+    episodes: int = 10_000
+    seed: int = 0
+    split: str | None = None
+    imbalance: float | None = None
+    device: str | torch.device = "cpu"
+    chunk_size: int | None = None
+    baseline: str | None = None
+    config: Mapping[str, Mapping[str, object]] | None = None
+    shared: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    assignments: Mapping[str, Mapping[str, object]] = dataclasses.field(default_factory=dict)
+    base_mean: Path | None = None
+    drop_nonfinite: bool = False
+    drop_zero: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationRun:
+    """A whole run's typed result: one Evaluation per shot count, the features read, and the paired baseline."""
+
+    request: EvaluationRequest
+    source: FeaturesSource
+    evaluations: tuple[Evaluation, ...]
+    baseline: str | None
+
+    def paired(self, evaluation: Evaluation, result: MethodResult) -> Summary | None:
+        """``result``'s paired difference to the baseline of the same protocol, when a baseline was asked."""
+        base = evaluation.result(self.baseline)
+        return None if base is None else result.paired(base)
+
+
+def prepare_runs(request: EvaluationRequest) -> tuple[list[EpisodeSpec], list[MethodRun]]:
+    """Every check of a request that needs no features file: protocol, seed, episodes, methods, baseline."""
+    check_episodes(request.episodes)
+    check_seed(request.seed)
+    if not request.shots:
+        raise DiffshotError("shots: give at least one shot count")
+    specs = [EpisodeSpec(request.ways, k, request.queries, request.imbalance) for k in dict.fromkeys(request.shots)]
+    runs = method_runs(request.methods, request.config, request.shared, request.assignments)
+    labels = [run.label for run in runs]
+    if request.baseline is not None and request.baseline not in labels:
+        raise DiffshotError(
+            f"baseline {request.baseline}: not among the methods run ({', '.join(labels)}); add it to the methods"
+        )
+    if request.imbalance is not None:
+        for run in runs:
+            if run.method.balance_assumed(run.params):
+                warnings.warn(
+                    f"{run.label} assumes balanced query classes; under imbalance it runs outside its assumption",
+                    stacklevel=2,
+                )
+    return specs, runs
+
+
+def run_evaluation(
+    request: EvaluationRequest, on_progress: Progress | None = None, features: FeatureSet | None = None
+) -> EvaluationRun:
+    """Validate ``request``, read its features, and evaluate every method at every shot count on paired episodes.
+
+    ``on_progress`` receives the episodes finished over all shot counts; ``features`` is the request's
+    file already loaded (``batch`` reads each file once).
+    """
+    specs, runs = prepare_runs(request)
+    fs = features or load_features(
+        request.features,
+        base_mean_path=request.base_mean,
+        drop_nonfinite=request.drop_nonfinite,
+        drop_zero=request.drop_zero,
+    )
+    device = torch.device(request.device)
+    evaluations: list[Evaluation] = []
+    for spec in specs:
+        done = len(evaluations) * request.episodes
+        evaluations.append(
+            evaluate(
+                fs,
+                runs,
+                spec,
+                request.episodes,
+                request.seed,
+                request.split,
+                device,
+                request.chunk_size,
+                None if on_progress is None else (lambda finished, done=done: on_progress(done + finished)),
+            )
+        )
+    first = evaluations[0]
+    source = FeaturesSource(
+        Path(request.features),
+        file_sha256(request.features),
+        fs.dim,
+        len(first.classes),
+        first.split,
+        first.centring,
+        str(device),
+    )
+    return EvaluationRun(request, source, tuple(evaluations), request.baseline)

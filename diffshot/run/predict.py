@@ -1,38 +1,38 @@
-"""Label a real unlabelled set: transductive Diff-ResNet diffusion over support + queries on a sparse kNN graph.
+"""Label a real unlabelled set: one large task (support + queries) for any method that can label one.
 
-Steps (DESIGN.md, at scale): CL2N with the support file's centring mean; optional cross-domain
-shift of the queries; a FAISS kNN graph over all points (exact below a size threshold, HNSW or
-IVF above it); the sparse normalised Laplacian; T sparse steps x ← x − τ·L·x; class prototypes
-from the diffused support (optionally rectified); each query takes the nearest prototype, with
-confidence softmax(−‖q − p_c‖² / temperature) over the classes.
+``predict`` *is* a method's ``label`` function run on one task: for ``diffusion`` the same recipe
+as evaluation (CL2N with the support file's centring mean, cross-domain shift, the same ``auto``
+graph rule) on a sparse FAISS kNN graph (exact below a size threshold, HNSW or IVF above it),
+T sparse steps, nearest prototype. Confidence is softmax(score / temperature) over the classes.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
+import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 
 from diffshot.atomic import atomic_path
+from diffshot.episodes import Task
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet, clean_features, read_features
-from diffshot.methods.base import ParamValue
-from diffshot.ops.knn import EXACT_LIMIT, choose_index, diffuse_sparse_, knn_graph, sparse_laplacian
-from diffshot.ops.preprocess import cl2n
+from diffshot.methods import REGISTRY
+from diffshot.ops.classify import confidence
+from diffshot.ops.knn import EXACT_LIMIT, INDEX_CHOICES, choose_index, faiss_has_gpu, knn_graph
+from diffshot.run.config import MethodRun, method_runs
 
-PAPER_N_TOP = 8
-PAPER_SIGMA = 4
+DEFAULT_METHOD = "diffusion"
 DEFAULT_TEMPERATURE = 0.1
-RECTIFY_SHARPNESS = 10.0
 CHUNK_ROWS = 65_536
 OUTPUT_FORMATS = ("csv", "json")
 METADATA_COLUMNS = ("path", "text")
@@ -41,34 +41,21 @@ ROW_KEY = "__file_row__"
 
 @dataclasses.dataclass(frozen=True)
 class PredictOptions:
-    """The diffusion and decision settings of ``predict`` (defaults: the paper's, auto graph size 8 / 4)."""
+    """How ``predict`` searches neighbours and states confidence (the method's own parameters are separate)."""
 
-    step_size: float = 0.5
-    layers: int = 6
-    n_top: int | str = "auto"
-    sigma: int | str = "auto"
-    rectify: bool = False
-    shift: bool = True
     temperature: float = DEFAULT_TEMPERATURE
     index: str = "auto"
     exact_limit: int = EXACT_LIMIT
 
-    def graph_size(self, n: int) -> tuple[int, int]:
-        """n_top and sigma for n points: explicit values win, auto is the paper's 8 and 4 (capped at n)."""
-        top = PAPER_N_TOP if self.n_top == "auto" else int(self.n_top)
-        sig = min(PAPER_SIGMA, top) if self.sigma == "auto" else int(self.sigma)
-        return min(top, n), min(sig, n)
-
-
-def options_from_params(params: Mapping[str, ParamValue], **extra: object) -> PredictOptions:
-    """PredictOptions from ``diffusion`` method parameters (e.g. a tuned config); ``knn`` does not apply."""
-    fields = {f.name for f in dataclasses.fields(PredictOptions)}
-    chosen = {k: v for k, v in params.items() if k in fields}
-    chosen.update({k: v for k, v in extra.items() if v is not None})
-    options = PredictOptions(**chosen)  # type: ignore[arg-type]
-    if not options.temperature > 0:
-        raise DiffshotError(f"--temperature must be positive, got {options.temperature}")
-    return options
+    def __post_init__(self) -> None:
+        if isinstance(self.temperature, bool) or not (
+            isinstance(self.temperature, int | float) and math.isfinite(self.temperature) and self.temperature > 0
+        ):
+            raise DiffshotError(f"temperature must be a positive finite number, got {self.temperature!r}")
+        if self.index not in INDEX_CHOICES:
+            raise DiffshotError(f"index {self.index!r}: choose one of {', '.join(INDEX_CHOICES)}")
+        if isinstance(self.exact_limit, bool) or not isinstance(self.exact_limit, int) or self.exact_limit < 1:
+            raise DiffshotError(f"exact_limit must be a positive integer, got {self.exact_limit!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,9 +65,10 @@ class Prediction:
     labels: np.ndarray
     confidence: np.ndarray
     class_names: tuple[str, ...]
+    method: str
+    params: dict[str, object]
     index: str
-    n_top: int
-    sigma: int
+    details: dict[str, object]
     temperature: float
     timings: dict[str, float]
 
@@ -135,91 +123,73 @@ def check_inputs(support: FeatureSet, query: FeatureSet) -> None:
             raise DiffshotError(f"{fs.source}: {bad} {role} rows contain NaN or Inf")
 
 
+def predict_run(method: str | tuple[str, dict[str, object]] | MethodRun) -> MethodRun:
+    """The checked run of a method that can label one large task."""
+    run = method_runs([method])[0]
+    if not run.method.labels_large_tasks:
+        able = ", ".join(name for name, m in REGISTRY.items() if m.labels_large_tasks)
+        raise DiffshotError(f"method {run.method.name} cannot label one large task; predict runs {able}")
+    return run
+
+
+def make_task(support: FeatureSet, query: FeatureSet, kind: str, use_gpu: bool, device: torch.device) -> Task:
+    """Support then query rows as one Task on ``device``, centred with the support file's mean."""
+    ns = support.num_rows
+    points = torch.empty((ns + query.num_rows, support.dim), dtype=torch.float32)
+    points[:ns] = torch.from_numpy(support.features)
+    for start in range(0, query.num_rows, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, query.num_rows)
+        points[ns + start : ns + stop] = torch.from_numpy(query.features[start:stop])
+    return Task(
+        points=points.to(device),
+        support_labels=torch.from_numpy(support.labels).to(device),
+        ways=support.num_classes,
+        centre=torch.from_numpy(support.centring_mean()[0]).to(device),
+        search=functools.partial(_search, kind=kind, use_gpu=use_gpu),
+    )
+
+
+def _search(points: np.ndarray, k: int, kind: str, use_gpu: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest points of every row with the chosen FAISS index."""
+    return knn_graph(points, k, kind, use_gpu)
+
+
 def predict(
     support: FeatureSet,
     query: FeatureSet,
+    method: str | tuple[str, dict[str, object]] | MethodRun = DEFAULT_METHOD,
     options: PredictOptions = PredictOptions(),
     device: torch.device | str = "cpu",
 ) -> Prediction:
-    """Predict a support class for every query row by transductive diffusion on a sparse kNN graph."""
+    """Predict a support class for every query row, running ``method`` on support + queries as one task."""
+    run = predict_run(method)
     check_inputs(support, query)
     device = torch.device(device)
     timings: dict[str, float] = {}
     tick = time.perf_counter()
-    ns = support.num_rows
-    centre = torch.from_numpy(support.centring_mean()[0])
-    points = torch.empty((ns + query.num_rows, support.dim), dtype=torch.float32)
-    points[:ns] = cl2n(torch.from_numpy(support.features), centre)
+    kind = choose_index(options.index, support.num_rows + query.num_rows, options.exact_limit)
+    task = make_task(support, query, kind, device.type == "cuda" and kind != "hnsw" and faiss_has_gpu(), device)
+    scores = run.method.label(task, run.params)  # type: ignore[misc]
+    timings["method"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    labels = np.empty(query.num_rows, dtype=np.int64)
+    confidences = np.empty(query.num_rows, dtype=np.float32)
     for start in range(0, query.num_rows, CHUNK_ROWS):
         stop = min(start + CHUNK_ROWS, query.num_rows)
-        points[ns + start : ns + stop] = cl2n(torch.from_numpy(query.features[start:stop]), centre)
-    if options.shift:
-        points[ns:] += points[:ns].mean(dim=0) - points[ns:].mean(dim=0)
-    n = points.shape[0]
-    n_top, sigma = options.graph_size(n)
-    kind = choose_index(options.index, n, options.exact_limit)
-    use_gpu = device.type == "cuda" and kind != "hnsw" and faiss_has_gpu()
-    dist, ids = knn_graph(points.numpy(), max(n_top, sigma), kind, use_gpu)
-    lap = sparse_laplacian(dist, ids, n_top, sigma).to(device)
-    del dist, ids
-    timings["graph"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    x = diffuse_sparse_(points.to(device), lap, float(options.step_size), int(options.layers))
-    del lap
-    timings["diffusion"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    protos = class_means(x[:ns], torch.from_numpy(support.labels).to(device), support.num_classes)
-    if options.rectify:
-        protos = rectify(x, protos, torch.from_numpy(support.labels).to(device), ns)
-    labels, confidence = nearest_prototype(x[ns:], protos, float(options.temperature))
+        which, best = confidence(scores.block(start, stop), options.temperature)
+        labels[start:stop], confidences[start:stop] = which.cpu().numpy(), best.cpu().numpy()
     timings["classify"] = time.perf_counter() - tick
-    return Prediction(labels, confidence, support.class_names, kind, n_top, sigma, options.temperature, timings)
-
-
-def faiss_has_gpu() -> bool:
-    """Whether the installed faiss can build GPU indices and sees a GPU."""
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
-def class_means(x: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:
-    """Mean row [C, d] of each class (unequal class sizes allowed)."""
-    sums = torch.zeros((classes, x.shape[1]), dtype=x.dtype, device=x.device).index_add_(0, labels, x)
-    counts = torch.bincount(labels, minlength=classes).clamp_min(1).to(x.dtype)
-    return sums / counts[:, None]
-
-
-def rectify(x: torch.Tensor, protos: torch.Tensor, support_labels: torch.Tensor, ns: int) -> torch.Tensor:
-    """BD-CSPN rectification: prototypes as softmax(10·cos)-weighted means of support and pseudo-labelled queries."""
-    sums = torch.zeros_like(protos)
-    weight = torch.zeros(protos.shape[0], dtype=x.dtype, device=x.device)
-    unit_protos = protos / protos.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    for start in range(0, x.shape[0], CHUNK_ROWS):
-        rows = x[start : start + CHUNK_ROWS]
-        cos = (rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ unit_protos.T
-        probs = torch.softmax(RECTIFY_SHARPNESS * cos, dim=1)
-        pseudo = cos.argmax(dim=1)
-        if start < ns:
-            own = min(ns - start, rows.shape[0])
-            pseudo[:own] = support_labels[start : start + own]
-        member = probs.gather(1, pseudo[:, None])[:, 0]
-        sums.index_add_(0, pseudo, rows * member[:, None])
-        weight.index_add_(0, pseudo, member)
-    return sums / weight.clamp_min(1e-12)[:, None]
-
-
-def nearest_prototype(queries: torch.Tensor, protos: torch.Tensor, temperature: float) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest prototype of each query and its softmax(−squared distance / temperature) confidence."""
-    labels = np.empty(queries.shape[0], dtype=np.int64)
-    confidence = np.empty(queries.shape[0], dtype=np.float32)
-    proto_sq = (protos * protos).sum(dim=1)
-    for start in range(0, queries.shape[0], CHUNK_ROWS):
-        rows = queries[start : start + CHUNK_ROWS]
-        sq = ((rows * rows).sum(dim=1, keepdim=True) - 2.0 * rows @ protos.T + proto_sq).clamp_min(0.0)
-        probs = torch.softmax(-sq / temperature, dim=1)
-        best, which = probs.max(dim=1)
-        labels[start : start + rows.shape[0]] = which.cpu().numpy()
-        confidence[start : start + rows.shape[0]] = best.cpu().numpy()
-    return labels, confidence
+    return Prediction(
+        labels,
+        confidences,
+        support.class_names,
+        run.label,
+        run.as_dict(),
+        kind,
+        scores.details,
+        options.temperature,
+        timings,
+    )
 
 
 def accuracy(prediction: Prediction, query: FeatureSet) -> tuple[float, int] | None:
@@ -277,11 +247,12 @@ def write_predictions(
                 writer.writerows(_records(prediction, query, rows, start, min(total, start + chunk_rows)))
         else:
             head = {
-                "confidence": f"softmax(-squared distance / temperature), temperature {prediction.temperature:g}",
+                "confidence": f"softmax(score / temperature), temperature {prediction.temperature:g}",
                 "temperature": prediction.temperature,
+                "method": prediction.method,
+                "params": prediction.params,
                 "index": prediction.index,
-                "n_top": prediction.n_top,
-                "sigma": prediction.sigma,
+                **prediction.details,
                 "classes": list(prediction.class_names),
             }
             handle.write(json.dumps(head, ensure_ascii=False)[:-1] + ', "predictions": [\n')

@@ -16,6 +16,7 @@ from diffshot.episodes import EpisodeSpec
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet
 from diffshot.methods import get_method
+from diffshot.run.config import MethodRun
 from diffshot.run.evaluate import Evaluation, MethodResult, evaluate
 from diffshot.stats import Summary
 
@@ -73,8 +74,13 @@ def make_grid(overrides: Mapping[str, Sequence[object]] | None = None) -> dict[s
             raise DiffshotError(f"unknown grid axis {key!r}; choose from {', '.join(GRID_KEYS)}")
         if not values:
             raise DiffshotError(f"grid axis {key} has no values")
-        grid[key] = tuple(method.resolve({key: v})[key] for v in values)
+        grid[key] = tuple(getattr(method.parse({key: v}), key) for v in values)
     return grid
+
+
+def variant_label(name: str, params: Mapping[str, object]) -> str:
+    """The label of one grid point, ``diffusion:step_size=0.5,layers=6,…`` (unique within a grid)."""
+    return name + ":" + ",".join(f"{key}={value}" for key, value in params.items())
 
 
 def grid_points(grid: Mapping[str, Sequence[object]]) -> list[dict[str, object]]:
@@ -109,9 +115,11 @@ def tune(
     check_split(fs, split, allow_novel)
     full = make_grid(grid)
     points = grid_points(full)
+    method = get_method(METHOD)
+    runs = [MethodRun(variant_label(METHOD, p), method, method.parse(p)) for p in points]
     evaluation = evaluate(
         fs,
-        [(METHOD, p) for p in points],
+        runs,
         spec,
         episodes=episodes,
         seed=seed,
