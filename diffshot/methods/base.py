@@ -137,7 +137,7 @@ def param(
     """A parameter field for a method's frozen dataclass; ``kind`` defaults to the default's type (int for 'auto')."""
     spec = {
         "help": help,
-        "kind": kind or (int if default == AUTO else type(default)),
+        "kind": kind or (int if default == AUTO and not choices else type(default)),
         "choices": choices,
         "allow_auto": auto,
         "minimum": minimum,
