@@ -405,7 +405,7 @@ def test_presets_and_overrides() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"resize": 0}, "--resize must be a positive"),
+        ({"resize": 0}, "--resize must be a number of pixels from 1 to 4096"),
         ({"resample": "lanczos9"}, "unknown --resample"),
         ({"mean": (0.1, 0.2)}, "--mean has 2 values for 3-channel"),
     ],
