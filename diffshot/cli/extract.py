@@ -23,7 +23,15 @@ from diffshot.extract.checkpoint import file_sha256
 from diffshot.extract.images import ImageList, check_splits, collect_images, parse_split_option, read_class_splits
 from diffshot.extract.model import Encoder, build_encoder
 from diffshot.extract.result import BASE_MEAN_CHOICES, assemble_featureset
-from diffshot.extract.run import ProgressHook, Rows, RunStats, extract_rows, items_digest, partial_path
+from diffshot.extract.run import (
+    ProgressHook,
+    Rows,
+    RunStats,
+    check_batch_bytes,
+    extract_rows,
+    items_digest,
+    partial_path,
+)
 from diffshot.extract.transforms import (
     PRESETS,
     Preprocessing,
@@ -232,6 +240,7 @@ def extract(
         std=parse_floats(std, "--std"),
     )
     check_model_input(prep, arch, MIN_INPUT_SIDE[arch])
+    check_batch_bytes(prep, batch_size)
     check_writable(output)
     split = _split_inputs(split_csv or [], class_split)
     image_list = collect_images(images, [p for p, _ in split.pairs], root)

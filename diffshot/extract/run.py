@@ -22,7 +22,17 @@ from diffshot.extract.transforms import Preprocessing
 
 MAX_BATCH_BYTES = 1 << 30  # the float32 pixels of one batch (several are decoded ahead)
 
-__all__ = ["Batch", "BatchLoader", "Rows", "RunStats", "decode_batch", "extract_rows", "items_digest", "partial_path"]
+__all__ = [
+    "Batch",
+    "BatchLoader",
+    "Rows",
+    "RunStats",
+    "check_batch_bytes",
+    "decode_batch",
+    "extract_rows",
+    "items_digest",
+    "partial_path",
+]
 
 
 def items_digest(images: ImageList) -> str:
@@ -197,7 +207,7 @@ def extract_rows(
     check_writable(output)
     part = check_writable(partial_path(output))
     total = len(images.items)
-    _check_batch_bytes(prep, batch_size)
+    check_batch_bytes(prep, batch_size)
     with PartialFile(part, {**identity, "batch_size": batch_size}, batch_size, total, resume) as partial:
         if partial.state.records is not None:
             _check_unchanged(part, images, partial.state.records)
@@ -210,7 +220,7 @@ def extract_rows(
     return _rows(final.records), stats
 
 
-def _check_batch_bytes(prep: Preprocessing, batch_size: int) -> None:
+def check_batch_bytes(prep: Preprocessing, batch_size: int) -> None:
     """A one-line error when one batch of the known final image size would exceed MAX_BATCH_BYTES."""
     size = prep.output_size()
     if size is None:
