@@ -18,12 +18,12 @@ from typer.testing import CliRunner
 
 import diffshot.cli.extract as cli_extract
 from diffshot.errors import DiffshotError
-from diffshot.extract.backbones import ARCHS, Conv4, WideResNet, build_backbone
+from diffshot.extract.backbones import ARCHS, MIN_INPUT_SIDE, Conv4, WideResNet, build_backbone
 from diffshot.extract.checkpoint import best_prefix
 from diffshot.extract.images import collect_images
 from diffshot.extract.model import build_encoder
-from diffshot.extract.partial import PartialFile, partial_path
-from diffshot.extract.transforms import PRESETS, Preprocessing, build_preprocessing
+from diffshot.extract.partial import PartialFile, parse_partial, partial_path
+from diffshot.extract.transforms import PRESETS, ImageTooLarge, Preprocessing, build_preprocessing
 from diffshot.features.canonical import read_canonical
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -405,9 +405,14 @@ def test_presets_and_overrides() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"resize": 0}, "--resize must be a positive"),
+        ({"resize": 0}, "--resize must be a number of pixels from 1 to 4096"),
         ({"resample": "lanczos9"}, "unknown --resample"),
         ({"mean": (0.1, 0.2)}, "--mean has 2 values for 3-channel"),
+        ({"image_size": 4097}, "--image-size must be a number of pixels from 1 to 4096, got 4097"),
+        ({"center_crop": 10**9}, "--center-crop must be a number of pixels from 1 to 4096"),
+        ({"std": (float("nan"),)}, "--std .*finite number above 0"),
+        ({"std": (0.2, -0.1, 0.3)}, "--std .*finite number above 0"),
+        ({"mean": (0.0, float("inf"), 0.0)}, "--mean .*finite number"),
     ],
 )
 def test_bad_preprocessing_options(kwargs: dict[str, object], message: str) -> None:
@@ -430,6 +435,23 @@ def test_shorter_side_resize_then_centre_crop() -> None:
     pixels = Image.fromarray(np.arange(16, dtype=np.uint8).reshape(4, 4) * 16)
     transposed = Preprocessing(grayscale=True, transpose=True, invert=True, mean=None, std=None).apply(pixels)
     np.testing.assert_allclose(transposed[0], 1 - (np.arange(16).reshape(4, 4) * 16 / 255).T, atol=1e-7)
+
+
+@pytest.mark.parametrize("arch", ["conv4", "resnet12", "resnet18", "wrn28_10"])
+def test_the_documented_smallest_input_is_what_each_backbone_runs_on(arch: str) -> None:
+    model = build_backbone(arch, 1).eval()
+    side = MIN_INPUT_SIDE[arch]
+    with torch.inference_mode():
+        assert model(torch.rand(1, 1, side, side)).shape[0] == 1
+        if side > 1:
+            with pytest.raises(RuntimeError):
+                model(torch.rand(1, 1, side - 1, side - 1))
+
+
+def test_a_resize_that_would_make_a_panorama_huge_is_a_bad_image() -> None:
+    prep = build_preprocessing(None, grayscale=True, resize=4096, center_crop=16)
+    with pytest.raises(ImageTooLarge, match="would make this 2x1000 image 4096x2048000"):
+        prep.apply(Image.fromarray(np.zeros((1000, 2), dtype=np.uint8)))
 
 
 # --- interruption and resume -----------------------------------------------------------------------
@@ -527,6 +549,23 @@ def test_a_second_run_on_the_same_output_is_refused_while_one_writes(
     with PartialFile(partial_path(out_path), {}, batch_size=4, total=15, resume=False):
         code, out = run_cli(checkpoint, folder, "--arch", "conv4", *GRAY16, "-o", out_path, "--resume")
     assert code == 1 and "another diffshot extract is writing" in out
+
+
+def test_partial_records_hold_stamps_and_a_checksum_each(tmp_path: Path) -> None:
+    path = tmp_path / "f.h5.partial"
+    features = np.arange(8, dtype=np.float32).reshape(2, 4)
+    with PartialFile(path, {"run": 1}, batch_size=2, total=4, resume=False) as partial:
+        partial.write(0, 2, np.array([0, 1]), features, np.array([7, 9], dtype=np.uint64))
+    data = path.read_bytes()
+    state = parse_partial(data, path, {"run": 1}, batch_size=2, total=4)
+    assert state.batches_done == 1 and list(state.records["stamp"]) == [7, 9]
+    np.testing.assert_array_equal(state.records["feature"], features)
+    damaged = bytearray(data)
+    damaged[-10] ^= 0x40
+    with pytest.raises(DiffshotError, match="1 of 2 records fail their checksum"):
+        parse_partial(bytes(damaged), path, {"run": 1}, batch_size=2, total=4)
+    with pytest.raises(DiffshotError, match=r"differs in: the checkpoint's contents\); rerun"):
+        parse_partial(data, path, {"run": 1, "checkpoint_sha256": "x"}, batch_size=2, total=4)
 
 
 def test_a_foreign_file_at_the_partial_path_is_left_alone(folder: Path, checkpoint: Path, tmp_path: Path) -> None:

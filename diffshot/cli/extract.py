@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
@@ -16,13 +18,27 @@ from diffshot.atomic import check_writable
 from diffshot.cli.common import interactive, stderr, stdout, user_errors
 from diffshot.device import resolve_device
 from diffshot.errors import DiffshotError
-from diffshot.extract.backbones import ARCHS
+from diffshot.extract.backbones import ARCHS, MIN_INPUT_SIDE
 from diffshot.extract.checkpoint import file_sha256
 from diffshot.extract.images import ImageList, check_splits, collect_images, parse_split_option, read_class_splits
 from diffshot.extract.model import Encoder, build_encoder
 from diffshot.extract.result import BASE_MEAN_CHOICES, assemble_featureset
-from diffshot.extract.run import ProgressHook, Rows, RunStats, extract_rows, items_digest, partial_path
-from diffshot.extract.transforms import PRESETS, Preprocessing, build_preprocessing, parse_floats
+from diffshot.extract.run import (
+    ProgressHook,
+    Rows,
+    RunStats,
+    check_batch_bytes,
+    extract_rows,
+    items_digest,
+    partial_path,
+)
+from diffshot.extract.transforms import (
+    PRESETS,
+    Preprocessing,
+    build_preprocessing,
+    check_model_input,
+    parse_floats,
+)
 from diffshot.features.canonical import write_canonical
 from diffshot.features.featureset import FeatureSet
 
@@ -208,6 +224,7 @@ def extract(
     ] = False,
 ) -> None:
     """Extract features of IMAGES with a trained backbone into a canonical features file."""
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)  # a bomb is a bad image, not a warning
     _choice(arch, ARCHS, "--arch")
     _choice(base_mean, BASE_MEAN_CHOICES, "--base-mean")
     prep = build_preprocessing(
@@ -222,6 +239,8 @@ def extract(
         mean=parse_floats(mean, "--mean"),
         std=parse_floats(std, "--std"),
     )
+    check_model_input(prep, arch, MIN_INPUT_SIDE[arch])
+    check_batch_bytes(prep, batch_size)
     check_writable(output)
     split = _split_inputs(split_csv or [], class_split)
     image_list = collect_images(images, [p for p, _ in split.pairs], root)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import pickle
-import re
+import io
+import pickletools
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,32 +62,152 @@ def is_torchscript(path: Path) -> bool:
         return any("/code/" in name or name.endswith("/constants.pkl") for name in archive.namelist())
 
 
+MAX_CHECKPOINT_EXPANSION = 4  # declared zip member bytes per byte of a checkpoint file
+MAX_PICKLE_SCAN = 64 << 20  # bytes of pickle data read to name what a refused checkpoint asks for
+_CODE_STRINGS = frozenset(
+    {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+)
+
+
 def load_checkpoint(path: Path, trust: bool = False) -> object:
-    """``torch.load`` on CPU, with ``weights_only=True`` unless the user trusts the file."""
+    """``torch.load`` on CPU, with ``weights_only=True`` unless the user trusts the file; one-line errors."""
     _check_file(path)
     if is_torchscript(path):
         raise DiffshotError(f"{path}: is a TorchScript module, not a state dict; use --arch torchscript")
+    archive = zipfile.is_zipfile(path)
+    if archive:
+        _check_archive_sizes(path)
+    elif not _starts_like_pickle(path):
+        raise DiffshotError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor pickle data)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as exc:
-        if "GLOBAL" in str(exc) or zipfile.is_zipfile(path):
-            raise DiffshotError(_refusal(path, str(exc))) from None
-        raise DiffshotError(f"{path}: not a PyTorch checkpoint (unreadable pickle data)") from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, AttributeError, ImportError) as exc:
-        raise DiffshotError(f"{path}: not a PyTorch checkpoint ({_first_line(exc)})") from None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=not trust)
+    except Exception as exc:
+        if not trust:
+            refused = next(iter(_foreign_globals(path, archive)), None)
+            if refused is not None:
+                raise DiffshotError(_refusal(path, refused)) from None
+        detail = _torch_reason(exc)
+        raise DiffshotError(f"{path}: not a PyTorch checkpoint ({detail})") from None
 
 
-def _refusal(path: Path, message: str) -> str:
-    """Why a checkpoint was refused under weights_only, naming the Python object it asked for."""
-    found = re.search(r"GLOBAL ([\w.]+)", message)
-    what = f" (it holds a pickled {found.group(1)})" if found else ""
+def _check_archive_sizes(path: Path) -> None:
+    """Refuse a zip checkpoint whose members declare far more bytes than the file holds (torch.save stores them)."""
+    try:
+        with zipfile.ZipFile(path) as bundle:
+            declared = sum(info.file_size for info in bundle.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise DiffshotError(f"{path}: not a PyTorch checkpoint (damaged zip archive: {first_line(exc)})") from None
+    size = path.stat().st_size
+    if declared > MAX_CHECKPOINT_EXPANSION * size + (1 << 20):
+        raise DiffshotError(
+            f"{path}: refused to load: its zip members declare {declared:,} bytes in a {size:,}-byte file "
+            "(torch.save stores them uncompressed; this looks like a zip bomb)"
+        )
+
+
+def _starts_like_pickle(path: Path) -> bool:
+    """Whether the file begins as a pickle does (the PROTO opcode, or a protocol-0/1 opcode)."""
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    return len(head) == 2 and ((head[0] == 0x80 and head[1] <= 5) or head[:1] in (b"(", b"}", b"]", b"c", b"\x8a"))
+
+
+def _pickle_streams(path: Path, archive: bool) -> list[bytes]:
+    """The pickle bytes a checkpoint holds: ``data.pkl`` of a zip archive, else the file (bounded reads)."""
+    if not archive:
+        with path.open("rb") as handle:
+            return [handle.read(MAX_PICKLE_SCAN)]
+    try:
+        with zipfile.ZipFile(path) as bundle:
+            infos = [i for i in bundle.infolist() if i.filename.endswith("data.pkl")]
+            streams = []
+            for info in infos[:4]:
+                with bundle.open(info) as member:
+                    streams.append(member.read(MAX_PICKLE_SCAN))
+            return streams
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, ValueError):
+        return []
+
+
+def _foreign_globals(path: Path, archive: bool) -> list[str]:
+    """The Python globals a checkpoint's pickles name that ``weights_only`` loading does not allow.
+
+    The opcodes are only walked (``pickletools.genops``), never executed.
+    """
+    allowed = set(_allowed_globals())
+    found: list[str] = []
+    for data in _pickle_streams(path, archive):
+        position = 0
+        while position < len(data):
+            strings: list[str] = []
+            memo: dict[object, str] = {}
+            try:
+                for opcode, arg, pos in pickletools.genops(io.BytesIO(data[position:])):
+                    name = None
+                    if opcode.name in _CODE_STRINGS and isinstance(arg, str | bytes):
+                        strings.append(arg if isinstance(arg, str) else arg.decode("latin-1"))
+                    elif opcode.name in {"BINPUT", "LONG_BINPUT", "PUT"} and strings:
+                        memo[arg] = strings[-1]
+                    elif opcode.name == "MEMOIZE" and strings:
+                        memo[len(memo)] = strings[-1]
+                    elif opcode.name in {"BINGET", "LONG_BINGET", "GET"} and arg in memo:
+                        strings.append(memo[arg])
+                    elif opcode.name in {"GLOBAL", "INST"}:
+                        name = str(arg).replace(" ", ".")
+                    elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        name = f"{strings[-2]}.{strings[-1]}"
+                    if name is not None and name not in allowed and name not in found:
+                        found.append(name)
+                    if opcode.name == "STOP":
+                        position += (pos or 0) + 1
+                        break
+                else:
+                    break
+            except (ValueError, EOFError, UnicodeDecodeError):
+                break
+    return found
+
+
+def _allowed_globals() -> list[str]:
+    """The globals ``torch.load(weights_only=True)`` accepts (its built-in list and any registered safe globals)."""
+    from torch import _weights_only_unpickler
+
+    names = list(_weights_only_unpickler._get_allowed_globals())
+    for entry in torch.serialization.get_safe_globals():
+        obj = entry[0] if isinstance(entry, tuple) else entry
+        names.append(f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}")
+    return names
+
+
+def _torch_reason(exc: BaseException) -> str:
+    """Torch's reason for not loading a file, without its advice about ``weights_only``."""
+    text = str(exc)
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(
+            ("Weights only load failed", "Please file an issue", "Check the documentation")
+        ):
+            reason = line.removeprefix("WeightsUnpickler error:").strip() or line
+            break
+    else:
+        reason = ""
+    reason = reason or type(exc).__name__
+    if isinstance(exc, KeyError | IndexError | TypeError):
+        reason = f"unreadable pickle data: {type(exc).__name__} {reason}"
+    return reason if len(reason) <= 160 else reason[:157] + "..."
+
+
+def _refusal(path: Path, name: str) -> str:
+    """Why a checkpoint was refused under weights_only, naming the Python global it asked for."""
     return (
-        f"{path}: refused to load{what}: it needs full unpickling, which can run arbitrary code; "
-        "pass --trust-checkpoint only if you trust where the file came from"
+        f"{path}: refused to load: it asks to run code (the pickled global {name}, which loading would import "
+        "and call); pass --trust-checkpoint only if you trust where the file came from"
     )
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, shortened."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text if len(text) <= 160 else text[:157] + "..."
@@ -99,7 +220,7 @@ def load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModule
         module = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError, OSError) as exc:
         raise DiffshotError(
-            f"{path}: not a TorchScript module ({_first_line(exc)}); save one with torch.jit.script(model).save(path)"
+            f"{path}: not a TorchScript module ({first_line(exc)}); save one with torch.jit.script(model).save(path)"
         ) from None
     return module.to(device).eval()
 
@@ -160,6 +281,26 @@ def _mismatch_message(
     return f"{source}: does not fit --arch {arch}: " + ", ".join(parts) + hint
 
 
+def _check_weight(source: Path, key: str, tensor: torch.Tensor, own: torch.Tensor) -> None:
+    """A checkpoint entry must be a dense CPU tensor of the model's kind (floating weights), with finite values."""
+    kind = "floating-point" if own.is_floating_point() else "integer"
+    if tensor.is_nested or tensor.layout != torch.strided or tensor.is_quantized or tensor.is_meta:
+        what = (
+            "nested"
+            if tensor.is_nested
+            else "meta"
+            if tensor.is_meta
+            else "quantized"
+            if tensor.is_quantized
+            else (str(tensor.layout).removeprefix("torch."))
+        )
+        raise DiffshotError(f"{source}: entry {key} is a {what} tensor; expected a dense {kind} tensor")
+    if tensor.is_complex() or tensor.is_floating_point() != own.is_floating_point() or tensor.dtype == torch.bool:
+        raise DiffshotError(f"{source}: entry {key} holds {str(tensor.dtype).removeprefix('torch.')}; expected {kind}")
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise DiffshotError(f"{source}: entry {key} holds non-finite values (NaN or infinity)")
+
+
 def load_into(
     model: nn.Module, state: Mapping[str, torch.Tensor], arch: str, source: Path, in_channels: int
 ) -> LoadReport:
@@ -178,6 +319,12 @@ def load_into(
     ]
     if missing or unexpected or shapes:
         raise DiffshotError(_mismatch_message(source, arch, missing, unexpected, shapes, in_channels))
-    model.load_state_dict({k: inside[k] for k in model_keys if k in inside}, strict=False)
+    used = {k: inside[k] for k in model_keys if k in inside}
+    for key, tensor in used.items():
+        _check_weight(source, prefix + key, tensor, own[key])
+    try:
+        model.load_state_dict(used, strict=False)
+    except RuntimeError as exc:
+        raise DiffshotError(f"{source}: cannot load into --arch {arch} ({first_line(exc)})") from None
     ignored = tuple(k for k in state if not (k.startswith(prefix) and k[len(prefix) :] in own))
     return LoadReport(prefix=prefix, ignored=ignored)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import os
+import stat
 import threading
 import zipfile
 import zlib
@@ -21,6 +23,21 @@ from diffshot.features.featureset import SPLITS
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+
+
+MAX_IMAGE_BYTES = 256 << 20  # the largest image file (or zip member, uncompressed) diffshot reads
+MAX_ZIP_RATIO = 100  # how many times its compressed size a zip member over 1 MiB, or a zip's images, may expand
+ZIP_RATIO_FLOOR = 1 << 20  # members (and totals) up to this size are exempt from the ratio limit
+CAN_NOT_READ = (
+    OSError,
+    KeyError,
+    ValueError,
+    EOFError,
+    RuntimeError,
+    NotImplementedError,
+    zipfile.BadZipFile,
+    zlib.error,
 )
 
 
@@ -57,12 +74,30 @@ class FolderStore:
         return (self.root / member).is_file()
 
     def read(self, member: str) -> bytes:
-        """The file's bytes."""
-        return (self.root / member).read_bytes()
+        """The file's bytes: a regular file of at most MAX_IMAGE_BYTES, read with a bounded read."""
+        with (self.root / member).open("rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError("not a regular file")
+            if info.st_size > MAX_IMAGE_BYTES:
+                raise ValueError(f"{info.st_size:,} bytes, more than the {MAX_IMAGE_BYTES:,} diffshot reads")
+            data = handle.read(MAX_IMAGE_BYTES + 1)
+        if len(data) > MAX_IMAGE_BYTES:
+            raise ValueError(f"more than the {MAX_IMAGE_BYTES:,} bytes diffshot reads")
+        return data
 
     def fingerprint(self, member: str) -> int:
         """CRC-32 of the file's bytes."""
         return zlib.crc32(self.read(member))
+
+    def stamp(self, member: str) -> int:
+        """A cheap content stamp for resuming: a 64-bit hash of the file's size and modification time (0: gone)."""
+        try:
+            info = (self.root / member).stat()
+        except OSError:
+            return 0
+        digest = hashlib.blake2b(f"{info.st_size}:{info.st_mtime_ns}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") or 1
 
 
 class ZipStore:
@@ -79,6 +114,7 @@ class ZipStore:
                 infos = [i for i in archive.infolist() if not i.is_dir() and _is_image(i.filename)]
         except (zipfile.BadZipFile, OSError) as exc:
             raise DiffshotError(f"{path}: not a readable zip file ({exc})") from None
+        _check_expansion(path, infos)
         self.prefix = _wrapping_folder([i.filename for i in infos])
         self._infos = {i.filename[len(self.prefix) :]: i for i in infos}
 
@@ -101,12 +137,22 @@ class ZipStore:
         return archive
 
     def read(self, member: str) -> bytes:
-        """The member's bytes."""
-        return self._archive().read(self._infos[member])
+        """The member's bytes, read no further than the size its directory entry declares (CRC-32 checked)."""
+        info = self._infos[member]
+        with self._archive().open(info) as handle:
+            data = handle.read(info.file_size + 1)
+        if len(data) != info.file_size:
+            raise ValueError(f"holds {len(data):,} bytes where the zip directory says {info.file_size:,}")
+        return data
 
     def fingerprint(self, member: str) -> int:
         """The CRC-32 the zip already records."""
         return self._infos[member].CRC
+
+    def stamp(self, member: str) -> int:
+        """A content stamp for resuming: the member's CRC-32 and size from the zip directory."""
+        info = self._infos[member]
+        return (info.CRC << 32 | info.file_size & 0xFFFFFFFF) or 1
 
     def close(self) -> None:
         """Close every handle the threads opened."""
@@ -115,6 +161,28 @@ class ZipStore:
                 archive.close()
             self._handles.clear()
         self._local = threading.local()
+
+
+def _check_expansion(path: Path, infos: Sequence[zipfile.ZipInfo]) -> None:
+    """Refuse, before reading anything, a zip whose image members declare sizes no image needs (a zip bomb)."""
+    for info in infos:
+        if info.file_size > MAX_IMAGE_BYTES:
+            raise DiffshotError(
+                f"{path}:{info.filename}: declares {info.file_size:,} bytes uncompressed, more than the "
+                f"{MAX_IMAGE_BYTES:,} diffshot reads for one image; refusing to read this zip"
+            )
+        if info.file_size > ZIP_RATIO_FLOOR and info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1):
+            raise DiffshotError(
+                f"{path}:{info.filename}: would expand {info.file_size / max(info.compress_size, 1):,.0f} times "
+                f"({info.compress_size:,} -> {info.file_size:,} bytes; the limit is {MAX_ZIP_RATIO} times); "
+                "refusing to read this zip"
+            )
+    total, size = sum(i.file_size for i in infos), path.stat().st_size
+    if total > ZIP_RATIO_FLOOR and total > MAX_ZIP_RATIO * size:
+        raise DiffshotError(
+            f"{path}: its images declare {total:,} bytes uncompressed in a {size:,}-byte zip (more than "
+            f"{MAX_ZIP_RATIO} times; members may overlap); refusing to read this zip"
+        )
 
 
 def _wrapping_folder(names: Sequence[str]) -> str:
@@ -159,6 +227,11 @@ class ImageList:
     def read(self, item: ImageItem) -> bytes:
         """The raw bytes of an item."""
         return self.stores[item.store].read(item.member)
+
+    def stamp(self, index: int) -> int:
+        """The content stamp of item ``index`` (zip: CRC-32 and size; folder: size and modification time)."""
+        item = self.items[index]
+        return self.stores[item.store].stamp(item.member)
 
     def display(self, item: ImageItem) -> str:
         """How an item is named in messages: its store and member."""
@@ -336,7 +409,15 @@ def decode(data: bytes, prep: Preprocessing) -> np.ndarray:
     """Decode image bytes with Pillow and preprocess them; BadImage (with Pillow's reason) when that fails."""
     try:
         with Image.open(io.BytesIO(data)) as image:
+            pixels = image.size[0] * image.size[1]
+            if Image.MAX_IMAGE_PIXELS is not None and pixels > Image.MAX_IMAGE_PIXELS:
+                raise BadImage(
+                    f"declares {image.size[0]}x{image.size[1]} pixels, more than Pillow's decompression-bomb "
+                    f"limit of {Image.MAX_IMAGE_PIXELS:,}"
+                )
             image.load()
             return prep.apply(image)
+    except BadImage:
+        raise
     except Exception as exc:
         raise BadImage(str(exc) or type(exc).__name__) from None

@@ -10,8 +10,15 @@ import torch
 from torch import nn
 
 from diffshot.errors import DiffshotError
-from diffshot.extract.backbones import ARCHS, build_backbone
-from diffshot.extract.checkpoint import LoadReport, find_state_dict, load_checkpoint, load_into, load_torchscript
+from diffshot.extract.backbones import ARCHS, MIN_INPUT_SIDE, build_backbone
+from diffshot.extract.checkpoint import (
+    LoadReport,
+    find_state_dict,
+    first_line,
+    load_checkpoint,
+    load_into,
+    load_torchscript,
+)
 
 
 @dataclasses.dataclass
@@ -25,8 +32,19 @@ class Encoder:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Features of one batch, as a float32 numpy array."""
-        with torch.inference_mode():
-            out = self.module(torch.from_numpy(batch).to(self.device))
+        smallest = MIN_INPUT_SIDE.get(self.arch, 1)
+        if min(batch.shape[2:]) < smallest:
+            raise DiffshotError(
+                f"--arch {self.arch} needs images of at least {smallest}x{smallest} pixels, these are "
+                f"{batch.shape[2]}x{batch.shape[3]}; give --image-size {smallest} or more"
+            )
+        try:
+            with torch.inference_mode():
+                out = self.module(torch.from_numpy(batch).to(self.device))
+        except RuntimeError as exc:
+            raise DiffshotError(
+                f"--arch {self.arch}: the model failed on a batch of shape {list(batch.shape)} ({first_line(exc)})"
+            ) from None
         if not isinstance(out, torch.Tensor):
             raise DiffshotError(f"--arch {self.arch}: the model returned a {type(out).__name__}, not a tensor")
         if out.ndim != 2 or out.shape[0] != batch.shape[0]:
@@ -34,7 +52,13 @@ class Encoder:
                 f"--arch {self.arch}: the model returned shape {list(out.shape)} for a batch of "
                 f"{batch.shape[0]}; expected (batch, dim)"
             )
-        return out.detach().float().cpu().numpy()
+        features = out.detach().float().cpu().numpy()
+        if not np.isfinite(features).all():
+            raise DiffshotError(
+                f"--arch {self.arch}: the model gave non-finite features (NaN or infinity) for a batch of "
+                f"{batch.shape[0]} images; check the checkpoint and the preprocessing"
+            )
+        return features
 
 
 def build_encoder(arch: str, checkpoint: Path, in_channels: int, device: torch.device, trust: bool = False) -> Encoder:

@@ -16,11 +16,23 @@ import numpy as np
 
 from diffshot.atomic import check_writable
 from diffshot.errors import DiffshotError
-from diffshot.extract.images import BadImage, ImageList, decode
+from diffshot.extract.images import CAN_NOT_READ, BadImage, ImageList, decode
 from diffshot.extract.partial import OK, PartialFile, partial_path
 from diffshot.extract.transforms import Preprocessing
 
-__all__ = ["Batch", "BatchLoader", "Rows", "RunStats", "decode_batch", "extract_rows", "items_digest", "partial_path"]
+MAX_BATCH_BYTES = 1 << 30  # the float32 pixels of one batch (several are decoded ahead)
+
+__all__ = [
+    "Batch",
+    "BatchLoader",
+    "Rows",
+    "RunStats",
+    "check_batch_bytes",
+    "decode_batch",
+    "extract_rows",
+    "items_digest",
+    "partial_path",
+]
 
 
 def items_digest(images: ImageList) -> str:
@@ -39,6 +51,7 @@ class Batch:
     stop: int
     good: np.ndarray
     pixels: np.ndarray | None
+    stamps: np.ndarray
 
 
 def _load(images: ImageList, prep: Preprocessing, index: int) -> np.ndarray:
@@ -46,7 +59,7 @@ def _load(images: ImageList, prep: Preprocessing, index: int) -> np.ndarray:
     item = images.items[index]
     try:
         data = images.read(item)
-    except (OSError, KeyError, ValueError, EOFError) as exc:
+    except CAN_NOT_READ as exc:
         raise BadImage(f"{images.display(item)}: cannot read ({exc})") from None
     try:
         return decode(data, prep)
@@ -59,7 +72,10 @@ def decode_batch(images: ImageList, prep: Preprocessing, number: int, batch_size
     start, stop = number * batch_size, min((number + 1) * batch_size, len(images.items))
     arrays: list[np.ndarray] = []
     good: list[int] = []
+    stamps = np.zeros(stop - start, dtype=np.uint64)
+    held = 0
     for index in range(start, stop):
+        stamps[index - start] = images.stamp(index)
         try:
             arrays.append(_load(images, prep, index))
         except BadImage as exc:
@@ -67,8 +83,15 @@ def decode_batch(images: ImageList, prep: Preprocessing, number: int, batch_size
                 raise DiffshotError(f"{exc} (pass --skip-bad-images to skip such images)") from None
             continue
         good.append(index)
+        held += arrays[-1].nbytes
+        if held > MAX_BATCH_BYTES:
+            raise DiffshotError(
+                f"{images.display(images.items[index])}: batch {number}'s images take more than "
+                f"{MAX_BATCH_BYTES >> 20:,} MiB as float32 ({arrays[-1].shape[1]}x{arrays[-1].shape[2]} pixels "
+                "each); lower --batch-size or the image size"
+            )
     pixels = _stack(arrays, images, good) if arrays else None
-    return Batch(start, stop, np.asarray(good, dtype=np.int64), pixels)
+    return Batch(start, stop, np.asarray(good, dtype=np.int64), pixels, stamps)
 
 
 def _stack(arrays: list[np.ndarray], images: ImageList, good: list[int]) -> np.ndarray:
@@ -184,7 +207,10 @@ def extract_rows(
     check_writable(output)
     part = check_writable(partial_path(output))
     total = len(images.items)
+    check_batch_bytes(prep, batch_size)
     with PartialFile(part, {**identity, "batch_size": batch_size}, batch_size, total, resume) as partial:
+        if partial.state.records is not None:
+            _check_unchanged(part, images, partial.state.records)
         stats = RunStats(total=total, resumed=min(total, partial.state.batches_done * batch_size))
         loader = BatchLoader(images, prep, batch_size, partial.state.batches_done, workers, skip_bad)
         _encode_missing(loader, encode, partial, stats, on_batch)
@@ -192,6 +218,34 @@ def extract_rows(
     if final.records is None or final.batches_done * batch_size < total:
         raise DiffshotError(f"{part}: rows are missing after the run; delete it and run again")
     return _rows(final.records), stats
+
+
+def check_batch_bytes(prep: Preprocessing, batch_size: int) -> None:
+    """A one-line error when one batch of the known final image size would exceed MAX_BATCH_BYTES."""
+    size = prep.output_size()
+    if size is None:
+        return
+    per_image = prep.channels * size[0] * size[1] * 4
+    if per_image * batch_size > MAX_BATCH_BYTES:
+        raise DiffshotError(
+            f"--batch-size {batch_size}: a batch of {size[0]}x{size[1]} images would take "
+            f"{per_image * batch_size / (1 << 30):.1f} GiB as float32 (limit {MAX_BATCH_BYTES >> 30} GiB); "
+            f"use --batch-size {max(1, MAX_BATCH_BYTES // per_image)} or less"
+        )
+
+
+def _check_unchanged(part: Path, images: ImageList, records: np.ndarray) -> None:
+    """Refuse to resume when an image whose row is already done has changed since it was read."""
+    indices = records["index"]
+    now = np.fromiter((images.stamp(int(i)) for i in indices), dtype=np.uint64, count=len(indices))
+    changed = np.flatnonzero(now != records["stamp"])
+    if changed.size:
+        first = images.display(images.items[int(indices[changed[0]])])
+        raise DiffshotError(
+            f"{part}: {first} changed since the interrupted run read it ({changed.size} of {len(indices)} finished "
+            "images changed: zip CRC-32 and size, or file size and modification time); "
+            "delete it and rerun without --resume"
+        )
 
 
 def _encode_missing(
@@ -215,7 +269,7 @@ def _encode_missing(
                 computed = time.perf_counter()
                 features = encode(batch.pixels) if batch.pixels is not None else None
                 stats.model_seconds += time.perf_counter() - computed
-                partial.write(batch.start, batch.stop, batch.good, features)
+                partial.write(batch.start, batch.stop, batch.good, features, batch.stamps)
                 stats.computed += batch.stop - batch.start
                 if on_batch is not None:
                     on_batch(stats.resumed + stats.computed, stats.total)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 from PIL import Image
@@ -16,6 +17,12 @@ RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
 }
+MAX_SIDE = 4096  # the largest --resize, --center-crop and --image-size
+MAX_RESIZED_PIXELS = MAX_SIDE * MAX_SIDE  # the most pixels a shorter-side resize may give (a panorama's long side)
+
+
+class ImageTooLarge(ValueError):
+    """A resize would make an image larger than diffshot's bound (named in the message)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +91,13 @@ class Preprocessing:
         """Resize (shorter side), centre crop, then resize to the final square, as asked."""
         resample = RESAMPLE[self.resample]
         if self.resize is not None:
-            image = image.resize(_shorter_side_size(image.size, self.resize), resample)
+            size = _shorter_side_size(image.size, self.resize)
+            if size[0] * size[1] > MAX_RESIZED_PIXELS:
+                raise ImageTooLarge(
+                    f"--resize {self.resize} would make this {image.size[0]}x{image.size[1]} image "
+                    f"{size[0]}x{size[1]}, more than {MAX_RESIZED_PIXELS:,} pixels"
+                )
+            image = image.resize(size, resample)
         if self.center_crop is not None:
             image = _center_crop(image, self.center_crop)
         if self.image_size is not None and image.size != (self.image_size, self.image_size):
@@ -135,6 +148,9 @@ def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
         ) from None
     if not values:
         raise DiffshotError(f"{option} is empty")
+    bad = next((v for v in values if not math.isfinite(v)), None)
+    if bad is not None:
+        raise DiffshotError(f"{option} {text!r}: {bad} is not a finite number")
     return values
 
 
@@ -180,16 +196,40 @@ def _validated(prep: Preprocessing) -> Preprocessing:
     """Check sizes, the resample name and the mean/std lengths; broadcast a single mean/std value."""
     for name in ("resize", "center_crop", "image_size"):
         value = getattr(prep, name)
-        if value is not None and value <= 0:
-            raise DiffshotError(f"--{name.replace('_', '-')} must be a positive number of pixels, got {value}")
+        if value is not None and not 0 < value <= MAX_SIDE:
+            raise DiffshotError(
+                f"--{name.replace('_', '-')} must be a number of pixels from 1 to {MAX_SIDE}, got {value}"
+            )
     if prep.resample not in RESAMPLE:
         raise DiffshotError(f"unknown --resample {prep.resample!r}; choose one of {', '.join(RESAMPLE)}")
     if prep.mean is None or prep.std is None:
         return prep
     mean, std = _broadcast(prep.mean, prep.channels, "--mean"), _broadcast(prep.std, prep.channels, "--std")
-    if any(s == 0 for s in std):
-        raise DiffshotError("--std must not contain 0")
+    if not all(math.isfinite(m) for m in mean):
+        raise DiffshotError(f"--mean {_fmt(mean)}: every value must be a finite number")
+    if not all(math.isfinite(s) and s > 0 for s in std):
+        raise DiffshotError(f"--std {_fmt(std)}: every value must be a finite number above 0")
     return dataclasses.replace(prep, mean=mean, std=std)
+
+
+def final_side(prep: Preprocessing) -> tuple[int, str] | None:
+    """The shorter side every image ends up with and the option that sets it, or None when it follows the image."""
+    if prep.image_size is not None:
+        return prep.image_size, "--image-size"
+    if prep.center_crop is not None:
+        return prep.center_crop, "--center-crop"
+    if prep.resize is not None:
+        return prep.resize, "--resize"
+    return None
+
+
+def check_model_input(prep: Preprocessing, arch: str, smallest: int) -> None:
+    """A one-line error when the preprocessing makes images smaller than ``arch`` can run on."""
+    final = final_side(prep)
+    if final is not None and final[0] < smallest:
+        raise DiffshotError(
+            f"{final[1]} {final[0]}: --arch {arch} needs images of at least {smallest}x{smallest} pixels"
+        )
 
 
 def _broadcast(values: tuple[float, ...], channels: int, option: str) -> tuple[float, ...]:
