@@ -19,7 +19,6 @@ from diffshot.cli.common import interactive, stderr, stdout, user_errors
 from diffshot.device import resolve_device
 from diffshot.errors import DiffshotError
 from diffshot.extract.backbones import ARCHS, MIN_INPUT_SIDE
-from diffshot.extract.checkpoint import file_sha256
 from diffshot.extract.images import ImageList, check_splits, collect_images, parse_split_option, read_class_splits
 from diffshot.extract.model import Encoder, build_encoder
 from diffshot.extract.result import BASE_MEAN_CHOICES, assemble_featureset
@@ -41,6 +40,7 @@ from diffshot.extract.transforms import (
 )
 from diffshot.features.canonical import write_canonical
 from diffshot.features.featureset import FeatureSet
+from diffshot.fingerprint import file_sha256
 
 
 class RateColumn(ProgressColumn):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import pickletools
 import warnings
@@ -35,15 +34,6 @@ class LoadReport:
         if not self.ignored:
             return where
         return f"{where}; ignored {len(self.ignored)} entries outside the backbone (first: {self.ignored[0]})"
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's bytes (recorded so that a run can be traced to its checkpoint)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_file(path: Path) -> None:
