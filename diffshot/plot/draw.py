@@ -161,9 +161,9 @@ def draw_episodes(path: Path, method: str | None = None, baseline: str | None = 
 
 def tune_grid(
     document: Mapping[str, Any], source: str
-) -> tuple[list[float], list[int], np.ndarray, np.ndarray, tuple[int, int]]:
-    """τ values, T values, paired difference to the best and accuracy on the τ × T grid (other parameters at
-    the best's values; NaN where not run), and the chosen cell."""
+) -> tuple[list[float], list[int], np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+    """τ values, T values, and on the τ × T grid (other parameters at the best's values; NaN where not run)
+    the paired difference to the best, accuracy and the difference's 95% interval; and the chosen cell."""
     try:
         taus = [float(t) for t in document["grid"]["step_size"]]
         depths = [int(d) for d in document["grid"]["layers"]]
@@ -171,23 +171,24 @@ def tune_grid(
         ranked = document["ranked"]
         fixed = {k: v for k, v in best.items() if k in document["grid"] and k not in ("step_size", "layers")}
         gain = np.full((len(taus), len(depths)), np.nan)
-        accuracy = np.full_like(gain, np.nan)
+        accuracy, gain_ci = np.full_like(gain, np.nan), np.full_like(gain, np.nan)
         for entry in ranked:
             p = entry["params"]
             if all(p.get(k) == v for k, v in fixed.items()):
                 i, j = taus.index(float(p["step_size"])), depths.index(int(p["layers"]))
                 diff = entry["versus_best"]["difference"]
                 gain[i, j] = np.nan if diff is None else float(diff)
+                gain_ci[i, j] = np.nan if entry["versus_best"]["ci95"] is None else float(entry["versus_best"]["ci95"])
                 accuracy[i, j] = np.nan if entry["accuracy"] is None else float(entry["accuracy"])
         chosen = (taus.index(float(best["step_size"])), depths.index(int(best["layers"])))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise DiffshotError(f"{source}: malformed tune JSON ({type(exc).__name__}: {exc})") from None
-    return taus, depths, gain, accuracy, chosen
+    return taus, depths, gain, accuracy, gain_ci, chosen
 
 
 def draw_tune(document: Mapping[str, Any], source: str) -> Drawn:
     """The τ × T heat map of the paired difference to the chosen configuration, the chosen cell outlined."""
-    taus, depths, gain, accuracy, chosen = tune_grid(document, source)
+    taus, depths, gain, accuracy, gain_ci, chosen = tune_grid(document, source)
     proto = document.get("protocol", {})
     best = document["best"]
     title = protocol_title(
@@ -198,7 +199,7 @@ def draw_tune(document: Mapping[str, Any], source: str) -> Drawn:
         f"{proto.get('ways')}-way {proto.get('shots')}-shot, {proto.get('queries')} queries/class; "
         f"chosen τ {best['step_size']:g}, T {best['layers']}",
     )
-    return figures.heatmap_figure(taus, depths, gain, accuracy, chosen, title, "the chosen τ, T")
+    return figures.heatmap_figure(taus, depths, gain, accuracy, chosen, title, "the chosen τ, T", gain_ci)
 
 
 # --- predict CSV/JSON + the query file's labels ------------------------------------------------------
@@ -275,7 +276,7 @@ def draw_separability(document: Mapping[str, Any], source: str) -> Drawn:
         layers = [int(entry["layer"]) for entry in document["layers"]]
         summaries = {
             q: ([e[q]["mean"] for e in document["layers"]], [e[q]["ci95"] for e in document["layers"]])
-            for q in ("ratio", "accuracy", "mean_intra", "min_inter")
+            for q in ("min_inter", "max_diameter", "mean_intra", "ratio", "accuracy")
         }
         summaries = {k: tuple(np.asarray(v, dtype=float) for v in pair) for k, pair in summaries.items()}
         title = separability_title(document)

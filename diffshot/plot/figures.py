@@ -50,6 +50,11 @@ class Paired:
     ci95: float
 
 
+def _edge(colour: str) -> str:
+    """Marker edge colour: dark grey around Okabe–Ito yellow (too light on white alone), else the colour itself."""
+    return "#333333" if colour == OKABE_ITO["yellow"] else colour
+
+
 def _style_axes(ax: Any) -> None:
     """Light grid behind the data, no top/right frame."""
     ax.grid(True, color="#dddddd", linewidth=0.6)
@@ -89,7 +94,7 @@ def accuracy_figure(
             color=style.colour,
             marker=style.marker,
             linestyle=style.linestyle,
-            markeredgecolor="#333333" if style.colour == OKABE_ITO["yellow"] else style.colour,
+            markeredgecolor=_edge(style.colour),
             capsize=3,
             linewidth=1.4,
             markersize=6,
@@ -109,7 +114,14 @@ def accuracy_figure(
         for y, p in zip(ys, paired, strict=True):
             style = method_style(p.method)
             fx.errorbar(
-                [p.difference], [y], xerr=[p.ci95], color=style.colour, marker=style.marker, capsize=3, linestyle=""
+                [p.difference],
+                [y],
+                xerr=[p.ci95],
+                color=style.colour,
+                marker=style.marker,
+                markeredgecolor=_edge(style.colour),
+                capsize=3,
+                linestyle="",
             )
         fx.axvline(0.0, color="#555555", linewidth=1.0, linestyle="--")
         fx.set_yticks(ys, labels, fontsize=8)
@@ -159,38 +171,40 @@ def heatmap_figure(
     chosen: tuple[int, int],
     title: str,
     reference: str,
+    gain_ci: np.ndarray | None = None,
 ) -> Drawn:
     """τ (rows) × T (columns) heat map of the paired gain (points) to ``reference``; the chosen cell outlined."""
-    fig = figure(figsize=(1.1 * len(depths) + 2.6, 0.75 * len(taus) + 1.9), layout="constrained")
+    from matplotlib.patches import Rectangle
+
+    fig = figure(figsize=(1.25 * len(depths) + 2.8, 0.8 * len(taus) + 1.9), layout="constrained")
     ax = fig.subplots()
     finite = gain[np.isfinite(gain)]
-    bound = float(np.abs(finite).max()) if finite.size else 1.0
-    image = ax.imshow(
-        np.ma.masked_invalid(gain), cmap="cividis", vmin=-bound if finite.min() < 0 else 0.0, vmax=max(bound, 1e-9)
-    )
+    low = min(float(finite.min()), 0.0) if finite.size else -1.0
+    high = max(float(finite.max()), 0.0) if finite.size else 0.0
+    if high - low < 1e-9:
+        low -= 1.0
+    image = ax.imshow(np.ma.masked_invalid(gain), cmap="cividis", vmin=low, vmax=high)
     fig.colorbar(image, ax=ax, label=f"paired gain vs {reference} (points)")
     for i in range(len(taus)):
         for j in range(len(depths)):
             if np.isfinite(gain[i, j]):
-                shade = image.norm(gain[i, j])
+                ci = "" if gain_ci is None or not np.isfinite(gain_ci[i, j]) else f" ± {gain_ci[i, j]:.2f}"
                 ax.text(
                     j,
                     i,
-                    f"{gain[i, j]:+.2f}\n{accuracy[i, j]:.1f}%",
+                    f"{gain[i, j]:+.2f}{ci}\n{accuracy[i, j]:.1f}%",
                     ha="center",
                     va="center",
                     fontsize=7,
-                    color="black" if shade > 0.55 else "white",
+                    color="black" if image.norm(gain[i, j]) > 0.55 else "white",
                 )
-    ci, cj = chosen
-    from matplotlib.patches import Rectangle
-
-    ax.add_patch(Rectangle((cj - 0.5, ci - 0.5), 1, 1, fill=False, edgecolor=OKABE_ITO["vermillion"], linewidth=3))
+    ci_, cj = chosen
+    ax.add_patch(Rectangle((cj - 0.5, ci_ - 0.5), 1, 1, fill=False, edgecolor=OKABE_ITO["vermillion"], linewidth=3))
     ax.set_xticks(range(len(depths)), [str(d) for d in depths])
     ax.set_yticks(range(len(taus)), [f"{t:g}" for t in taus])
     ax.set_xlabel("T, diffusion layers (steps)")
     ax.set_ylabel("τ, step size")
-    ax.set_title("cell: paired gain (points) and accuracy; outlined: chosen", fontsize=8)
+    ax.set_title("cell: paired gain ± 95% CI (points), accuracy; outlined: chosen", fontsize=8)
     fig.suptitle(title, fontsize=TITLE_SIZE)
     return Drawn(fig, {"taus": list(taus), "depths": list(depths), "gain": gain, "chosen": chosen})
 
@@ -231,14 +245,35 @@ def confusion_figure(counts: np.ndarray, classes: Sequence[str], title: str) -> 
 def separability_figure(
     layers: Sequence[int], summaries: Mapping[str, tuple[Sequence[float], Sequence[float]]], title: str
 ) -> Drawn:
-    """Distance-diameter ratio (top) and nearest-prototype accuracy (bottom) against the layer, mean ± 95% CI."""
-    fig = figure(figsize=(6.4, 5.6), layout="constrained")
-    top, bottom = fig.subplots(2, 1, sharex=True)
+    """Against the layer t, mean ± 95% CI over episodes: the class distances (when given), the distance-diameter
+    ratio and the nearest-prototype accuracy, one panel each."""
+    from matplotlib.ticker import MaxNLocator
+
+    distances = [k for k in ("min_inter", "max_diameter", "mean_intra") if k in summaries]
+    rows = 3 if distances else 2
+    fig = figure(figsize=(6.4, 2.3 * rows + 0.6), layout="constrained")
+    axes = list(fig.subplots(rows, 1, sharex=True))
     t = np.asarray(layers)
     data: dict[str, Any] = {"layers": list(layers)}
+    if distances:
+        ax = axes.pop(0)
+        looks = {
+            "min_inter": ("min inter-class distance", OKABE_ITO["bluish green"], "^", "-."),
+            "max_diameter": ("max class diameter", OKABE_ITO["reddish purple"], "v", "--"),
+            "mean_intra": ("mean intra-class distance", OKABE_ITO["black"], "D", ":"),
+        }
+        for key in distances:
+            name, colour, marker, style = looks[key]
+            mean, ci = (np.asarray(v, dtype=np.float64) for v in summaries[key])
+            ax.plot(t, mean, color=colour, marker=marker, markersize=3.5, linestyle=style, label=name)
+            ax.fill_between(t, mean - ci, mean + ci, color=colour, alpha=0.2, linewidth=0)
+            data[key] = {"mean": mean.tolist(), "ci95": ci.tolist()}
+        ax.set_ylabel("distance\n(CL2N units)", fontsize=9)
+        ax.legend(fontsize=7, frameon=False)
+        _style_axes(ax)
     panels = (
-        (top, "ratio", "min inter-class distance /\nmax class diameter (ratio)", OKABE_ITO["vermillion"], "o"),
-        (bottom, "accuracy", "nearest-prototype\naccuracy (%, ± 95% CI)", OKABE_ITO["blue"], "s"),
+        (axes[0], "ratio", "min inter-class distance /\nmax class diameter", OKABE_ITO["vermillion"], "o"),
+        (axes[1], "accuracy", "nearest-prototype\naccuracy (%)", OKABE_ITO["blue"], "s"),
     )
     for ax, key, label, colour, marker in panels:
         mean, ci = (np.asarray(v, dtype=np.float64) for v in summaries[key])
@@ -246,24 +281,12 @@ def separability_figure(
         ax.fill_between(t, mean - ci, mean + ci, color=colour, alpha=0.25, linewidth=0)
         peak = int(t[int(np.nanargmax(mean))])
         ax.axvline(peak, color=colour, linestyle="--", linewidth=1.0)
-        ax.annotate(
-            f"peak at t = {peak}",
-            (peak, float(np.nanmax(mean))),
-            xytext=(6, -12),
-            textcoords="offset points",
-            fontsize=8,
-        )
+        ax.text(0.99, 0.04, f"mean peaks at t = {peak}", transform=ax.transAxes, ha="right", fontsize=8)
         ax.set_ylabel(label, fontsize=9)
         _style_axes(ax)
         data[key] = {"mean": mean.tolist(), "ci95": ci.tolist(), "peak": peak}
-    if "mean_intra" in summaries and "min_inter" in summaries:
-        twin = top.twinx()
-        for key, style, name in (("mean_intra", ":", "mean intra-class distance"), ("min_inter", "-.", "min inter")):
-            twin.plot(t, summaries[key][0], color="#555555", linestyle=style, linewidth=1.0, label=name)
-        twin.set_ylabel("distance (CL2N units)", fontsize=8)
-        twin.legend(fontsize=7, frameon=False, loc="lower right")
-        twin.spines["top"].set_visible(False)
-    bottom.set_xlabel("t, diffusion layers applied")
+    fig.axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.axes[-1].set_xlabel("t, diffusion layers applied (shaded: 95% CI over episodes)")
     fig.suptitle(title, fontsize=TITLE_SIZE)
     return Drawn(fig, data)
 
