@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import typer
 
-from diffshot.cli import batch, compare, convert, evaluate, extract, info, methods, predict, synth, tune
+from diffshot.cli import (
+    batch,
+    compare,
+    convert,
+    evaluate,
+    extract,
+    info,
+    methods,
+    plot,
+    predict,
+    separability,
+    synth,
+    tune,
+)
 
 app = typer.Typer(
     name="diffshot",
@@ -24,6 +37,8 @@ for command in (
     predict.predict,
     tune.tune,
     batch.batch,
+    plot.plot,
+    separability.separability,
 ):
     app.command()(command)
 

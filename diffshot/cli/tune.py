@@ -15,6 +15,7 @@ from diffshot.cli.common import stdout, user_errors
 from diffshot.device import resolve_device
 from diffshot.episodes import EpisodeSpec
 from diffshot.features import load_features
+from diffshot.report.tune import write_tune_json
 from diffshot.run.config import write_config
 from diffshot.run.tune import METHOD, TuneResult, step_layer_view
 from diffshot.run.tune import tune as run_tune
@@ -48,9 +49,14 @@ def tune(
     output: Annotated[Path, typer.Option(help="Write the best configuration here (TOML).")] = Path("tuned.toml"),
     top: Annotated[int, typer.Option(help="Rows of the ranked table to show.")] = 10,
     device: Annotated[str, typer.Option(help="auto|cpu|cuda.")] = "auto",
+    grid_json: Annotated[
+        Path | None, typer.Option(help="Also write every grid point as JSON (for `diffshot plot`'s heat map).")
+    ] = None,
 ) -> None:
     """Rank a grid of diffusion settings on the same episodes of the val classes; write the best to TOML."""
     check_writable(output)
+    if grid_json is not None:
+        check_writable(grid_json)
     axes = {"step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
     axes |= {"rectify": rectify, "shift": shift}
     grid = {k: v for k, v in ((k, _axis(t)) for k, t in axes.items()) if v is not None}
@@ -65,6 +71,8 @@ def tune(
         f"best accuracy {summary.mean:.2f} ± {summary.ci95:.2f} over {len(result.ranked)} configurations",
     ]
     write_config(output, {METHOD: best.result.params}, comments)
+    if grid_json is not None:
+        write_tune_json(grid_json, result, features, fs)
     stdout.print(_ranked_table(result, top))
     stdout.print(_view_table(result))
     stdout.print(f"best configuration written to {output}")

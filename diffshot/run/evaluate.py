@@ -16,7 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffshot.episodes import Episodes, EpisodeSpec, build_pool, check_seed, gather, sample_episodes, small_classes
+from diffshot.episodes import (
+    ClassPool,
+    EpisodeIndices,
+    Episodes,
+    EpisodeSpec,
+    build_pool,
+    check_seed,
+    gather,
+    sample_episodes,
+    small_classes,
+)
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet, file_sha256, load_features
 from diffshot.run.config import MethodRun, method_runs
@@ -81,6 +91,58 @@ def chunk_size_for(spec: EpisodeSpec, dim: int) -> int:
     return max(1, min(MAX_CHUNK, CHUNK_BYTES // per_episode))
 
 
+@dataclasses.dataclass(frozen=True)
+class EpisodeSource:
+    """What sampling needs, prepared once per protocol: the split's rows on the device, its class pool, the centre."""
+
+    spec: EpisodeSpec
+    features: torch.Tensor
+    pool: ClassPool
+    centre: torch.Tensor
+    centring: str
+    split: str
+    classes: tuple[str, ...]
+
+    def batch(self, seed: int, start: int, count: int) -> tuple[Episodes, EpisodeIndices]:
+        """Episodes start..start+count-1 of ``seed`` as tensors, and their indices (query labels included)."""
+        indices = sample_episodes(self.pool, self.spec, seed, start, count)
+        episodes = Episodes(
+            points=gather(self.features, indices),
+            support_labels=torch.from_numpy(indices.support_labels).to(self.features.device),
+            ways=self.spec.ways,
+            centre=self.centre,
+        )
+        return episodes, indices
+
+
+def episode_source(
+    fs: FeatureSet, spec: EpisodeSpec, split: str | None, device: str | torch.device, stacklevel: int = 2
+) -> EpisodeSource:
+    """The classes of ``split`` able to fill ``spec``'s episodes; those too small are left out with a warning."""
+    split = split or default_split(fs)
+    centre_np, centring = fs.centring_mean()
+    pool_fs = fs.select_split(split)
+    small = small_classes(pool_fs.labels, spec)
+    pool = build_pool(pool_fs.labels, spec)
+    if small.size:
+        names = ", ".join(pool_fs.class_names[c] for c in small[:10]) + (" …" if small.size > 10 else "")
+        warnings.warn(
+            f"{fs.source}: left out {small.size} classes with fewer than shots + queries = "
+            f"{spec.rows_needed} rows: {names}",
+            stacklevel=stacklevel + 1,
+        )
+    device = torch.device(device)
+    return EpisodeSource(
+        spec,
+        torch.from_numpy(pool_fs.features).to(device),
+        pool,
+        torch.from_numpy(centre_np).to(device),
+        centring,
+        split,
+        tuple(pool_fs.class_names[c] for c in pool.labels),
+    )
+
+
 def check_episodes(episodes: int) -> int:
     """The episode count, when a positive integer no larger than :data:`MAX_EPISODES`."""
     if isinstance(episodes, bool) or not isinstance(episodes, int | np.integer) or episodes <= 0:
@@ -112,21 +174,7 @@ def evaluate(
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0):
         raise DiffshotError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     runs = method_runs(methods)
-    split = split or default_split(fs)
-    centre_np, centring = fs.centring_mean()
-    pool_fs = fs.select_split(split)
-    small = small_classes(pool_fs.labels, spec)
-    pool = build_pool(pool_fs.labels, spec)
-    if small.size:
-        names = ", ".join(pool_fs.class_names[c] for c in small[:10]) + (" …" if small.size > 10 else "")
-        warnings.warn(
-            f"{fs.source}: left out {small.size} classes with fewer than shots + queries = "
-            f"{spec.rows_needed} rows: {names}",
-            stacklevel=2,
-        )
-    device = torch.device(device)
-    features = torch.from_numpy(pool_fs.features).to(device)
-    centre = torch.from_numpy(centre_np).to(device)
+    source = episode_source(fs, spec, split, device, stacklevel=3)
     chunk = chunk_size or chunk_size_for(spec, fs.dim)
     accuracies = [np.empty(episodes) for _ in runs]
     seconds = [0.0 for _ in runs]
@@ -135,14 +183,8 @@ def evaluate(
     for start in range(0, episodes, chunk):
         count = min(chunk, episodes - start)
         tick = time.perf_counter()
-        indices = sample_episodes(pool, spec, seed, start, count)
-        batch = Episodes(
-            points=gather(features, indices),
-            support_labels=torch.from_numpy(indices.support_labels).to(device),
-            ways=spec.ways,
-            centre=centre,
-        )
-        query_labels = torch.from_numpy(indices.query_labels).to(device)
+        batch, indices = source.batch(seed, start, count)
+        query_labels = torch.from_numpy(indices.query_labels).to(source.features.device)
         sampling += time.perf_counter() - tick
         for i, run in enumerate(runs):
             tick = time.perf_counter()
@@ -156,8 +198,7 @@ def evaluate(
     results = tuple(
         MethodResult(run.label, run.as_dict(), accuracies[i], seconds[i], resolved[i]) for i, run in enumerate(runs)
     )
-    used = tuple(pool_fs.class_names[c] for c in pool.labels)
-    return Evaluation(spec, seed, episodes, split, used, centring, results, sampling)
+    return Evaluation(spec, seed, episodes, source.split, source.classes, source.centring, results, sampling)
 
 
 @dataclasses.dataclass(frozen=True)

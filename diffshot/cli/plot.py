@@ -1,0 +1,37 @@
+"""`diffshot plot`: draw the picture an output of diffshot calls for (results, episodes, tune, predict)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from diffshot.atomic import check_writable
+from diffshot.cli.common import stdout, user_errors
+from diffshot.plot.backend import figure_format, save_figure
+from diffshot.plot.draw import render
+
+
+@user_errors
+def plot(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="evaluate/batch JSON (one or several), a --save-episodes .npz, a tune --grid-json JSON, "
+            "a predict CSV/JSON (with --labels), or a separability JSON."
+        ),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Figure file: .png, .svg or .pdf.")],
+    labels: Annotated[
+        Path | None, typer.Option(help="For a predict output: the query features file whose labels are the truth.")
+    ] = None,
+    method: Annotated[str | None, typer.Option(help="For a .npz: the method whose gain is drawn (B in B − A).")] = None,
+    baseline: Annotated[str | None, typer.Option(help="For a .npz: the method compared against (A).")] = None,
+) -> None:
+    """Draw accuracy vs shots, paired differences, a τ × T heat map or a confusion matrix, chosen by the input."""
+    figure_format(output)
+    check_writable(output)
+    kind, drawn = render(inputs, labels, method, baseline)
+    save_figure(drawn.figure, output)
+    stdout.print(f"{kind} figure written to {output}", highlight=False)
