@@ -51,6 +51,7 @@ ENTRY_TYPES: dict[str, tuple[type, ...]] = {
 }
 ENTRY_DEFAULTS: dict[str, object] = {"ways": 5, "shots": 1, "queries": 15, "episodes": 1000, "seed": 0}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
+XML_ILLEGAL = re.compile(r"[^\t\n\r\x20-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]")
 
 
 class SuiteError(DiffshotError):
@@ -290,7 +291,12 @@ def junit_xml(outcomes: list[Outcome]) -> str:
         suite.set(key, str(value))
     suite.set("errors", "0")
     ET.indent(suite)
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + xml_safe(ET.tostring(suite, encoding="unicode")) + "\n"
+
+
+def xml_safe(text: str) -> str:
+    """``text`` with each character XML 1.0 forbids (control characters, lone surrogates) written as ``\\xNN``."""
+    return XML_ILLEGAL.sub(lambda found: ascii(found.group())[1:-1], text)
 
 
 def markdown_summary(outcomes: list[Outcome]) -> str:

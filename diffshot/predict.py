@@ -27,6 +27,7 @@ from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet, clean_features, read_features
 from diffshot.methods.base import ParamValue
 from diffshot.preprocess import cl2n
+from diffshot.report import spreadsheet_safe
 from diffshot.sparse_graph import EXACT_LIMIT, choose_index, diffuse_sparse_, knn_graph, sparse_laplacian
 
 PAPER_N_TOP = 8
@@ -269,12 +270,13 @@ def write_predictions(
     rows = np.arange(query.num_rows) if rows is None else rows
     total = query.num_rows
     fields = ["row", *metadata_columns(query), "class", "confidence"]
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+    with atomic_path(path, stream=True) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
         if fmt == "csv":
             writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
             writer.writeheader()
             for start in range(0, total, chunk_rows):
-                writer.writerows(_records(prediction, query, rows, start, min(total, start + chunk_rows)))
+                records = _records(prediction, query, rows, start, min(total, start + chunk_rows))
+                writer.writerows({key: spreadsheet_safe(value) for key, value in r.items()} for r in records)
         else:
             head = {
                 "confidence": f"softmax(-squared distance / temperature), temperature {prediction.temperature:g}",

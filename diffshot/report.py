@@ -21,6 +21,7 @@ from diffshot.evaluate import Evaluation, MethodResult
 SCHEMA_VERSION = 1
 EPISODES_FORMAT = "diffshot-episodes/1"
 PROTOCOL_KEYS = ("features_sha256", "seed", "ways", "queries", "imbalance", "episodes", "split")
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\0")
 CSV_FIELDS = (
     "method",
     "ways",
@@ -96,6 +97,21 @@ def features_info(path: Path | str, sha256: str, dim: int, evaluation: Evaluatio
         "split": evaluation.split,
         "centring": evaluation.centring,
     }
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A CSV cell that a spreadsheet will not run as a formula (OWASP CSV-injection guidance).
+
+    Text starting with ``= + - @``, a tab, CR or NUL gets a leading single quote; numbers, and text that
+    reads as a number (``-0.5``), are kept as they are.
+    """
+    if not isinstance(value, str) or not value.startswith(FORMULA_TRIGGERS):
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return "'" + value
+    return value
 
 
 def to_csv(document: dict[str, object]) -> str:

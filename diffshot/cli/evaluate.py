@@ -12,8 +12,8 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from diffshot.atomic import check_writable, write_text_atomic
-from diffshot.cli.common import interactive, stderr, stdout, user_errors
+from diffshot.atomic import write_text_atomic
+from diffshot.cli.common import Force, claim_outputs, interactive, stderr, stdout, user_errors
 from diffshot.cli.demo import default_features
 from diffshot.config import read_config
 from diffshot.device import resolve_device
@@ -171,13 +171,14 @@ def evaluate(
     config: Annotated[
         Path | None, typer.Option(help="TOML of method parameters (e.g. from `diffshot tune`); flags override it.")
     ] = None,
+    force: Force = False,
 ) -> None:
     """Evaluate few-shot methods on seeded episodes: accuracy ± 95% interval (1.96·std/√n), in percent."""
     shots = shots or [1]
     methods = method or list(DEFAULT_METHODS)
     fmt = output_format(fmt, output)
-    if output is not None:
-        check_writable(output)
+    path = features if features is not None else default_features()
+    claim_outputs([output], [path, base_mean, config], binary=[save_episodes], force=force)
     if chunk_size is not None and chunk_size <= 0:
         raise DiffshotError(f"--chunk-size must be positive, got {chunk_size}")
     alpha = parse_imbalance(imbalance)
@@ -186,15 +187,12 @@ def evaluate(
         raise DiffshotError(
             f"--baseline {baseline}: not among the methods run ({', '.join(methods)}); add --method {baseline}"
         )
-    if save_episodes is not None:
-        check_writable(save_episodes)
     if episodes <= 0:
         raise DiffshotError(f"--episodes must be a positive integer, got {episodes}")
     shared = {"knn": knn, "step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
     shared |= {"rectify": rectify, "shift": shift, "assign": assign}
     tuned = read_config(config) if config is not None else None
     runs = method_overrides(methods, shared, parse_assignments(set_params or []), tuned)
-    path = features if features is not None else default_features()
     fs = load_features(path, base_mean_path=base_mean, drop_nonfinite=drop_nonfinite, drop_zero=drop_zero)
     torch_device = resolve_device(device)
     evaluations = []

@@ -12,8 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from diffshot.atomic import check_writable
-from diffshot.cli.common import interactive, stderr, stdout, user_errors
+from diffshot.cli.common import Force, claim_outputs, interactive, stderr, stdout, user_errors
 from diffshot.device import resolve_device
 from diffshot.errors import DiffshotError
 from diffshot.extract.backbones import ARCHS
@@ -206,6 +205,7 @@ def extract(
     skip_bad_images: Annotated[
         bool, typer.Option("--skip-bad-images", help="Skip (and count) images that cannot be decoded.")
     ] = False,
+    force: Force = False,
 ) -> None:
     """Extract features of IMAGES with a trained backbone into a canonical features file."""
     _choice(arch, ARCHS, "--arch")
@@ -222,8 +222,9 @@ def extract(
         mean=parse_floats(mean, "--mean"),
         std=parse_floats(std, "--std"),
     )
-    check_writable(output)
     split = _split_inputs(split_csv or [], class_split)
+    inputs = [checkpoint, *images, class_split, root, *(p for p, _ in split.pairs)]
+    claim_outputs([], inputs, binary=[output, partial_path(output)], force=force)
     image_list = collect_images(images, [p for p, _ in split.pairs], root)
     check_splits(image_list.items, split.splits)
     encoder = build_encoder(arch, checkpoint, prep.channels, resolve_device(device), trust_checkpoint)

@@ -11,8 +11,7 @@ import torch
 import typer
 from rich.table import Table
 
-from diffshot.atomic import check_writable
-from diffshot.cli.common import stderr, stdout, user_errors
+from diffshot.cli.common import Force, claim_outputs, stderr, stdout, user_errors
 from diffshot.config import read_config
 from diffshot.device import resolve_device
 from diffshot.errors import DiffshotError
@@ -75,11 +74,12 @@ def predict(
     drop_nonfinite: Annotated[bool, typer.Option(help="Drop rows with NaN/Inf instead of failing.")] = False,
     drop_zero: Annotated[bool, typer.Option(help="Drop all-zero rows instead of failing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary table.")] = False,
+    force: Force = False,
 ) -> None:
     """Label a query set by transductive diffusion over support + queries on a sparse FAISS kNN graph."""
     start = time.perf_counter()
     out_format = _format(fmt, output)
-    check_writable(output)
+    claim_outputs([output], [support, query, config], force=force)
     if index not in INDEX_CHOICES:
         raise DiffshotError(f"--index {index!r}: choose one of {', '.join(INDEX_CHOICES)}")
     if threads is not None:

@@ -10,8 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from diffshot.atomic import check_writable
-from diffshot.cli.common import stdout, user_errors
+from diffshot.cli.common import Force, claim_outputs, stdout, user_errors
 from diffshot.config import write_config
 from diffshot.device import resolve_device
 from diffshot.episodes import EpisodeSpec
@@ -48,9 +47,10 @@ def tune(
     output: Annotated[Path, typer.Option(help="Write the best configuration here (TOML).")] = Path("tuned.toml"),
     top: Annotated[int, typer.Option(help="Rows of the ranked table to show.")] = 10,
     device: Annotated[str, typer.Option(help="auto|cpu|cuda.")] = "auto",
+    force: Force = False,
 ) -> None:
     """Rank a grid of diffusion settings on the same episodes of the val classes; write the best to TOML."""
-    check_writable(output)
+    claim_outputs([output], [features], force=force)
     axes = {"step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
     axes |= {"rectify": rectify, "shift": shift}
     grid = {k: v for k, v in ((k, _axis(t)) for k, t in axes.items()) if v is not None}
