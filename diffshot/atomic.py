@@ -24,6 +24,7 @@ import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from diffshot.errors import DiffshotError
 
@@ -242,6 +243,60 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "", *, stream: bool 
                 _copy_out(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class FailSafeFile:
+    """A binary file for h5py's file-object driver that, after its first failed write (a full disk), accepts and
+    drops everything: HDF5 can then close the file, where a close that fails again crashes the process at exit."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self.failed = False
+
+    def _call(self, name: str, *args: object) -> Any:
+        """Run the handle's method ``name``; an OSError is raised once and switches to dropping."""
+        try:
+            return getattr(self._handle, name)(*args)
+        except OSError:
+            self.failed = True
+            raise
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Write ``data`` (dropped after a failure)."""
+        return memoryview(data).nbytes if self.failed else self._call("write", data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """Move to ``offset``."""
+        return 0 if self.failed else self._call("seek", offset, whence)
+
+    def tell(self) -> int:
+        """The current offset."""
+        return 0 if self.failed else self._call("tell")
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Read into ``buffer`` (HDF5 reads back metadata it wrote)."""
+        return memoryview(buffer).nbytes if self.failed else self._call("readinto", buffer)
+
+    def read(self, size: int = -1) -> bytes:
+        """Read ``size`` bytes."""
+        return bytes(max(size, 0)) if self.failed else self._call("read", size)
+
+    def truncate(self, size: int | None = None) -> int:
+        """Cut the file at ``size``."""
+        return 0 if self.failed else self._call("truncate", size)
+
+    def flush(self) -> None:
+        """Flush the handle."""
+        if not self.failed:
+            self._call("flush")
+
+
+@contextlib.contextmanager
+def hdf5_handle(path: str | os.PathLike[str]) -> Iterator[FailSafeFile]:
+    """Open a temporary path from :func:`atomic_path` for ``h5py.File(handle, "w")``, so a full disk is one clean
+    OSError (HDF5's own driver fails at close with errors printed from destructors, then crashes at exit)."""
+    with open(path, "w+b", buffering=0) as handle:
+        yield FailSafeFile(handle)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

@@ -272,7 +272,7 @@ def write_predictions(
     fields = ["row", *metadata_columns(query), "class", "confidence"]
     with atomic_path(path, stream=True) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
         if fmt == "csv":
-            writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
+            writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\r\n")
             writer.writeheader()
             for start in range(0, total, chunk_rows):
                 records = _records(prediction, query, rows, start, min(total, start + chunk_rows))
