@@ -110,11 +110,15 @@ def test_extract_output_is_its_checkpoint_or_images(tmp_path: Path, victim: str)
     assert_refused(result, str(tmp_path / victim), "is the input", unchanged=before)
 
 
-def test_convert_onto_itself(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["same path", "hard link"])
+def test_convert_onto_itself(tmp_path: Path, how: str) -> None:
     source = tmp_path / "a.pkl"
     source.write_bytes(pickle.dumps({"features": np.zeros((4, 2), np.float32), "labels": np.arange(4)}))
+    target = source if how == "same path" else tmp_path / "b.h5"
+    if how == "hard link":
+        os.link(source, target)
     before = snapshot(source)
-    assert_refused(run_cli("convert", source, source), "is the input", unchanged=before)
+    assert_refused(run_cli("convert", source, target), "is the input", unchanged=before)
 
 
 @pytest.mark.parametrize("victim", ["features", "suite"])
