@@ -7,8 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from diffshot.run.evaluate import evaluate
-from diffshot.run.separability import QUANTITIES, episode_view, measure, parse_layers, pca_2d
 from typer.testing import CliRunner
 
 from diffshot.cli import app
@@ -16,6 +14,8 @@ from diffshot.episodes import EpisodeSpec, build_pool, sample_episodes
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet, load_features
 from diffshot.plot import render
+from diffshot.run.evaluate import evaluate
+from diffshot.run.separability import QUANTITIES, episode_view, measure, parse_layers, pca_2d
 
 DEMO = Path(__file__).resolve().parents[1] / "features" / "synthetic-demo.h5"
 runner = CliRunner()

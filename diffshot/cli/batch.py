@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from diffshot.cli.common import fail, stderr, stdout, user_errors
+from diffshot.cli.common import Force, claim_outputs, fail, stderr, stdout, user_errors
 from diffshot.device import resolve_device
 from diffshot.run.batch import SuiteError, output_paths, parse_suite, run_suite, write_outputs
 
@@ -21,11 +21,13 @@ def batch(
     skip_missing: Annotated[bool, typer.Option(help="Skip (not fail) entries whose features file is absent.")] = False,
     device: Annotated[str, typer.Option(help="auto|cpu|cuda.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-entry lines.")] = False,
+    force: Force = False,
 ) -> None:
     """Run every entry of a suite; write JSON per entry, results.csv, summary.md and JUnit XML."""
     try:
         entries = parse_suite(suite, config)
         paths = output_paths(output_dir, entries, junit)
+        claim_outputs(paths.values(), [suite, config, *(e.features for e in entries)], force=force)
         outcomes = run_suite(
             entries,
             str(resolve_device(device)),

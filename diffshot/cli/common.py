@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from diffshot import atomic
 from diffshot.errors import DiffshotError
 
 P = ParamSpec("P")
 R = TypeVar("R")
+PathArg = str | os.PathLike[str]
 
 PIPE_WIDTH = 160  # tables written to a file or pipe are not squeezed into Rich's default 80 columns
 stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 stderr = Console(stderr=True, soft_wrap=True)
+Force = Annotated[bool, typer.Option("--force", help="Replace output files even when they are read-only.")]
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -37,6 +41,7 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        stdout.stderr = False
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -51,6 +56,19 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
                         stderr.print(f"[yellow]warning:[/] {escape(str(item.message))}", highlight=False)
 
     return wrapper
+
+
+def claim_outputs(
+    outputs: Iterable[PathArg | None],
+    inputs: Iterable[PathArg | None],
+    *,
+    binary: Iterable[PathArg | None] = (),
+    force: bool = False,
+) -> None:
+    """Check the outputs before any work (:func:`diffshot.atomic.claim_outputs`); messages go to stderr when one is
+    standard output, so that what is written there stays parseable."""
+    if atomic.claim_outputs(outputs, inputs, binary=binary, force=force):
+        stdout.stderr = True
 
 
 def interactive() -> bool:

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from diffshot.atomic import check_writable
-from diffshot.cli.common import stdout, user_errors
+from diffshot.cli.common import Force, claim_outputs, stdout, user_errors
 from diffshot.features import read_features, write_canonical
 
 
@@ -17,9 +16,10 @@ def convert(
     src: Annotated[Path, typer.Argument(help="Features in any supported format.")],
     dst: Annotated[Path, typer.Argument(help="Canonical HDF5 file to write (atomically).")],
     base_mean: Annotated[Path | None, typer.Option(help="Base-mean file (e.g. Diff-ResNet's *_base_mean.plk).")] = None,
+    force: Force = False,
 ) -> None:
     """Convert a field format (PT-MAP/S2M2/Diff-ResNet pickles, TIM, CloserLook, EASY, .npz) to canonical HDF5."""
-    check_writable(dst)
+    claim_outputs([], [src, base_mean], binary=[dst], force=force)
     fs = read_features(src, base_mean)
     write_canonical(fs, dst, {"converted_from": str(src)})
     stdout.print(f"wrote {dst}: {fs.num_rows:,} rows, {fs.dim}-d, {fs.num_classes} classes")

@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from diffshot.atomic import check_writable, write_text_atomic
-from diffshot.cli.common import comma_list, progress, stdout, user_errors
+from diffshot.atomic import write_text_atomic
+from diffshot.cli.common import Force, claim_outputs, comma_list, progress, stdout, user_errors
 from diffshot.cli.demo import default_features
 from diffshot.device import resolve_device
 from diffshot.errors import DiffshotError
@@ -148,16 +148,16 @@ def evaluate(
     config: Annotated[
         Path | None, typer.Option(help="TOML of method parameters (e.g. from `diffshot tune`); flags override it.")
     ] = None,
+    force: Force = False,
 ) -> None:
     """Evaluate few-shot methods on seeded episodes: accuracy ± 95% interval (1.96·std/√n), in percent."""
     fmt = output_format(fmt, output)
-    for path in (output, save_episodes):
-        if path is not None:
-            check_writable(path)
+    path = features if features is not None else default_features()
+    claim_outputs([output], [path, base_mean, config], binary=[save_episodes], force=force)
     shared = {"knn": knn, "step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
     shared |= {"rectify": rectify, "shift": shift, "assign": assign}
     request = EvaluationRequest(
-        features=features if features is not None else default_features(),
+        features=path,
         methods=tuple(comma_list(method) or DEFAULT_METHODS),
         ways=ways,
         shots=shot_counts(shots),

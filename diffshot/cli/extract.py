@@ -14,8 +14,7 @@ from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from diffshot.atomic import check_writable
-from diffshot.cli.common import interactive, stderr, stdout, user_errors
+from diffshot.cli.common import Force, claim_outputs, interactive, stderr, stdout, user_errors
 from diffshot.device import resolve_device
 from diffshot.errors import DiffshotError
 from diffshot.extract.backbones import ARCHS, MIN_INPUT_SIDE
@@ -222,6 +221,7 @@ def extract(
     skip_bad_images: Annotated[
         bool, typer.Option("--skip-bad-images", help="Skip (and count) images that cannot be decoded.")
     ] = False,
+    force: Force = False,
 ) -> None:
     """Extract features of IMAGES with a trained backbone into a canonical features file."""
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)  # a bomb is a bad image, not a warning
@@ -241,8 +241,9 @@ def extract(
     )
     check_model_input(prep, arch, MIN_INPUT_SIDE[arch])
     check_batch_bytes(prep, batch_size)
-    check_writable(output)
     split = _split_inputs(split_csv or [], class_split)
+    inputs = [checkpoint, *images, class_split, root, *(p for p, _ in split.pairs)]
+    claim_outputs([], inputs, binary=[output, partial_path(output)], force=force)
     image_list = collect_images(images, [p for p, _ in split.pairs], root)
     check_splits(image_list.items, split.splits)
     encoder = build_encoder(arch, checkpoint, prep.channels, resolve_device(device), trust_checkpoint)

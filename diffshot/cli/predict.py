@@ -10,8 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from diffshot.atomic import check_writable
-from diffshot.cli.common import stderr, stdout, user_errors
+from diffshot.cli.common import Force, claim_outputs, stderr, stdout, user_errors
 from diffshot.device import resolve_device, set_threads
 from diffshot.errors import DiffshotError
 from diffshot.ops.knn import EXACT_LIMIT, faiss_has_gpu
@@ -72,11 +71,12 @@ def predict(
     drop_nonfinite: Annotated[bool, typer.Option(help="Drop rows with NaN/Inf instead of failing.")] = False,
     drop_zero: Annotated[bool, typer.Option(help="Drop all-zero rows instead of failing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary table.")] = False,
+    force: Force = False,
 ) -> None:
     """Label a query set by running a method on support + queries as one task (diffusion: a sparse FAISS graph)."""
     start = time.perf_counter()
     out_format = _format(fmt, output)
-    check_writable(output)
+    claim_outputs([output], [support, query, config], force=force)
     options = PredictOptions(temperature=temperature, index=index, exact_limit=exact_limit)
     set_threads(threads)
     tuned = read_config(config) if config is not None else None

@@ -10,8 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from diffshot.atomic import check_writable
-from diffshot.cli.common import stdout, user_errors
+from diffshot.cli.common import Force, claim_outputs, stdout, user_errors
 from diffshot.device import resolve_device
 from diffshot.episodes import EpisodeSpec
 from diffshot.features import load_features
@@ -52,11 +51,10 @@ def tune(
     grid_json: Annotated[
         Path | None, typer.Option(help="Also write every grid point as JSON (for `diffshot plot`'s heat map).")
     ] = None,
+    force: Force = False,
 ) -> None:
     """Rank a grid of diffusion settings on the same episodes of the val classes; write the best to TOML."""
-    check_writable(output)
-    if grid_json is not None:
-        check_writable(grid_json)
+    claim_outputs([output, grid_json], [features], force=force)
     axes = {"step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
     axes |= {"rectify": rectify, "shift": shift}
     grid = {k: v for k, v in ((k, _axis(t)) for k, t in axes.items()) if v is not None}

@@ -8,7 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from diffshot.atomic import atomic_path
+from diffshot.atomic import atomic_path, hdf5_handle
 from diffshot.errors import DiffshotError
 from diffshot.features.featureset import FeatureSet, make_featureset
 
@@ -60,7 +60,7 @@ def read_canonical(handle: h5py.File, source: str, require_labels: bool = True) 
 def write_canonical(fs: FeatureSet, path: str | os.PathLike[str], extra_attrs: dict[str, str] | None = None) -> Path:
     """Write ``fs`` as a canonical HDF5 file, atomically (temporary file, then rename)."""
     strings = h5py.string_dtype(encoding="utf-8")
-    with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as out:
+    with atomic_path(path, suffix=".h5") as tmp, hdf5_handle(tmp) as handle, h5py.File(handle, "w") as out:
         out.create_dataset("features", data=fs.features.astype(np.float32, copy=False))
         out.create_dataset("labels", data=fs.labels.astype(np.int64, copy=False))
         out.create_dataset("class_names", data=np.array(fs.class_names, dtype=object), dtype=strings)

@@ -18,6 +18,7 @@ from diffshot import __version__
 from diffshot.run.evaluate import Evaluation, EvaluationRun, MethodResult
 
 SCHEMA_VERSION = 1
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\0")
 CSV_FIELDS = (
     "method",
     "ways",
@@ -35,6 +36,21 @@ CSV_FIELDS = (
     "episodes_per_second",
     "params",
 )
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A CSV cell that a spreadsheet will not run as a formula (OWASP CSV-injection guidance).
+
+    Text starting with ``= + - @``, a tab, CR or NUL gets a leading single quote; numbers, and text that
+    reads as a number (``-0.5``), are kept as they are.
+    """
+    if not isinstance(value, str) or not value.startswith(FORMULA_TRIGGERS):
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return "'" + value
+    return value
 
 
 def rounded(value: float, digits: int = 4) -> float | None:

@@ -52,7 +52,7 @@ ENTRY_TYPES: dict[str, tuple[type, ...]] = {
 }
 ENTRY_DEFAULTS: dict[str, object] = {"ways": 5, "shots": 1, "queries": 15, "episodes": 1000, "seed": 0}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
-XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+XML_ILLEGAL = re.compile(r"[^\t\n\r\x20-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]")
 
 
 class SuiteError(DiffshotError):
@@ -250,9 +250,9 @@ def run_suite(
     return outcomes
 
 
-def xml_text(text: str) -> str:
-    """``text`` with the characters XML 1.0 cannot hold replaced by U+FFFD, so the JUnit file always parses."""
-    return XML_ILLEGAL.sub("\ufffd", text)
+def xml_safe(text: str) -> str:
+    """``text`` with each character XML 1.0 forbids (control characters, lone surrogates) written as ``\\xNN``."""
+    return XML_ILLEGAL.sub(lambda found: ascii(found.group())[1:-1], text)
 
 
 def combined_csv(outcomes: list[Outcome]) -> str:
@@ -280,11 +280,11 @@ def junit_xml(outcomes: list[Outcome]) -> str:
         failed = outcome.failures()
         for method in entry.methods:
             counts["tests"] += 1
-            case = ET.SubElement(suite, "testcase", classname=xml_text(entry.name), name=xml_text(method))
+            case = ET.SubElement(suite, "testcase", classname=entry.name, name=method)
             case.set("time", f"{measured[method][3] if method in measured else 0}")
             if outcome.skipped is not None:
                 counts["skipped"] += 1
-                ET.SubElement(case, "skipped", message=xml_text(outcome.skipped))
+                ET.SubElement(case, "skipped", message=outcome.skipped)
             elif method in failed:
                 counts["failures"] += 1
                 acc, limit = failed[method]
@@ -297,7 +297,7 @@ def junit_xml(outcomes: list[Outcome]) -> str:
         suite.set(key, str(value))
     suite.set("errors", "0")
     ET.indent(suite)
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + xml_safe(ET.tostring(suite, encoding="unicode")) + "\n"
 
 
 def markdown_summary(outcomes: list[Outcome]) -> str:

@@ -29,6 +29,7 @@ from diffshot.features import FeatureSet, clean_features, read_features
 from diffshot.methods import REGISTRY
 from diffshot.ops.classify import confidence
 from diffshot.ops.knn import EXACT_LIMIT, INDEX_CHOICES, choose_index, faiss_has_gpu, knn_graph
+from diffshot.report.document import spreadsheet_safe
 from diffshot.run.config import MethodRun, method_runs
 
 DEFAULT_METHOD = "diffusion"
@@ -239,12 +240,13 @@ def write_predictions(
     rows = np.arange(query.num_rows) if rows is None else rows
     total = query.num_rows
     fields = ["row", *metadata_columns(query), "class", "confidence"]
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+    with atomic_path(path, stream=True) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
         if fmt == "csv":
-            writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
+            writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\r\n")
             writer.writeheader()
             for start in range(0, total, chunk_rows):
-                writer.writerows(_records(prediction, query, rows, start, min(total, start + chunk_rows)))
+                records = _records(prediction, query, rows, start, min(total, start + chunk_rows))
+                writer.writerows({key: spreadsheet_safe(value) for key, value in r.items()} for r in records)
         else:
             head = {
                 "confidence": f"softmax(score / temperature), temperature {prediction.temperature:g}",
