@@ -214,3 +214,25 @@ def test_query_file_without_labels_is_predicted(tmp_path: Path, synthetic) -> No
     lines = out.read_text().strip().splitlines()
     assert len(lines) == 1 + 20 * 25
     assert "accuracy" not in result.stdout.lower()
+
+
+def test_predict_is_the_diffusion_method_on_one_task(novel_task) -> None:
+    """predict's sparse FAISS path labels the queries as evaluate's dense diffusion code path run on that one task."""
+    from diffshot.episodes import Episodes
+    from diffshot.methods import get_method
+    from diffshot.methods.diffusion import episode_graph_size
+
+    support, query = novel_task
+    prediction = predict(support, query)
+    points = torch.from_numpy(np.concatenate([support.features, query.features]))
+    centre = torch.from_numpy(support.centring_mean()[0])
+    task = Episodes(points[None], torch.from_numpy(support.labels)[None], support.num_classes, centre)
+    method = get_method("diffusion")
+    assert episode_graph_size(task, "auto", "auto") == (prediction.details["n_top"], prediction.details["sigma"])
+    scores = method.score(task, method.parse())[0]
+    dense = scores.argmax(-1).numpy()
+    top2 = scores.topk(2, dim=-1).values
+    ties = ((top2[:, 0] - top2[:, 1]).abs() <= 1e-4 * top2[:, 0].abs().clamp_min(1e-6)).numpy()
+    differ = dense != prediction.labels
+    assert not (differ & ~ties).any(), f"{int((differ & ~ties).sum())} queries differ without a tie"
+    assert differ.sum() <= max(1, ties.sum())

@@ -119,3 +119,31 @@ def test_cpu_and_gpu_agree(synthetic: FeatureSet, name: str) -> None:
     params = method.parse(FAST.get(name, {}))
     on_gpu = Episodes(batch.points.cuda(), batch.support_labels.cuda(), batch.ways, batch.centre.cuda())
     assert torch.equal(method.score(batch, params).argmax(-1), method.score(on_gpu, params).argmax(-1).cpu())
+
+
+def test_the_library_checks_every_argument_before_drawing_an_episode(synthetic: FeatureSet, monkeypatch) -> None:
+    """From Python, not only the CLI: invalid values are one-line errors naming the parameter, before any work."""
+    import diffshot.run.evaluate as run_evaluate
+
+    def no_sampling(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an episode was drawn before the arguments were checked")
+
+    monkeypatch.setattr(run_evaluate, "sample_episodes", no_sampling)
+    spec = EpisodeSpec(5, 1, 5)
+    cases = [
+        (dict(methods=[("diffusion", {"step_size": math.nan})]), "parameter diffusion.step_size: must be a finite"),
+        (dict(methods=[("diffusion", {"layers": -1})]), "parameter diffusion.layers: must be at least 0"),
+        (dict(methods=[("labelprop", {"alpha": 1.0})]), "parameter labelprop.alpha: must be below 1"),
+        (dict(methods=["difusion"]), "did you mean 'diffusion'"),
+        (dict(methods=["simpleshot"], chunk_size=-1), "chunk_size must be a positive integer"),
+        (dict(methods=["simpleshot"], episodes=0), "episodes must be a positive integer"),
+        (dict(methods=["simpleshot"], episodes=10**12), "episodes must be at most"),
+        (dict(methods=["simpleshot"], seed=2**64), "seed must be an integer from 0 to 2**64 - 1"),
+        (dict(methods=["simpleshot"], seed=-1), "seed must be an integer from 0 to 2**64 - 1"),
+    ]
+    for kwargs, needle in cases:
+        with pytest.raises(DiffshotError) as caught:
+            evaluate(synthetic, spec=spec, **kwargs)
+        assert needle in str(caught.value) and "\n" not in str(caught.value) and "--" not in str(caught.value)
+    with pytest.raises(DiffshotError, match="ways must be at least 2"):
+        EpisodeSpec(1, 1, 5)

@@ -1,4 +1,4 @@
-"""The canonical HDF5 features file (DESIGN.md): read and write it with h5py."""
+"""The canonical HDF5 features file (README, "Bring your own features"): read and write it with h5py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The paper's trained Diff-ResNet head (Wang, Dou, Bao, Shi, TPAMI 2024; official ``fewshot/train.py``).
 
-Per episode: CL2N, cross-domain shift, the kNN graph and Laplacian L of DESIGN.md; the network
+Per episode: CL2N, cross-domain shift, the kNN graph and Laplacian L of the diffusion method; the network
 x ↦ classifier(diffuse_T(x + fc2(relu(fc1(x))))) with T layers x ← x − τ·L·x, trained from scratch
 on the support labels: full-batch SGD, lr 0.1, momentum 0.9, weight decay 1e-4, 100 epochs, lr ×0.1
 at epochs 50 and 75, nn.Linear's initialisation; loss CE(support) + α·prototype loss with

@@ -1,7 +1,7 @@
 """Training-free Diff-ResNet diffusion (Wang, Dou, Bao, Shi, TPAMI 2024): kNN-graph smoothing, nearest prototype.
 
-Per episode (DESIGN.md): CL2N, cross-domain shift, Gaussian kNN graph with normalised Laplacian L,
-T steps x ← x − τ·L·x, then each query takes the nearest (optionally rectified) prototype.
+Per episode (the official code's recipe): CL2N, cross-domain shift, Gaussian kNN graph with normalised
+Laplacian L, T steps x ← x − τ·L·x, then each query takes the nearest (optionally rectified) prototype.
 Everything after the Gram matrix runs on n×n matrices: the diffused points are P·x with
 P = (I − τL)^T, so their distances come from P G Pᵀ without touching the d-dimensional features again.
 One large task (``predict``) runs the same recipe on a sparse FAISS graph, stepping the features.
@@ -27,7 +27,7 @@ from diffshot.ops.classify import (
     support_averaging,
 )
 from diffshot.ops.diffusion import diffuse_, diffuse_gram, diffusion_operator
-from diffshot.ops.graph import episode_laplacian, sparse_laplacian
+from diffshot.ops.graph import episode_laplacian, sparse_graph, sparse_laplacian_of
 from diffshot.ops.knn import EPISODE_BACKENDS, gram
 from diffshot.ops.preprocess import transductive_points
 from diffshot.ops.sinkhorn import PTMAP_ALPHA, PTMAP_STEPS, balanced_assignment
@@ -151,18 +151,26 @@ def score(episodes: Episodes, params: DiffusionParams) -> torch.Tensor:
     return -gram_squared_distances(inner, mix, slice(episodes.num_support, None))
 
 
+def task_graph(
+    task: Task, n_top: int | str, sigma: int | str, shift: bool
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """One large task's transductive points and sparse graph W̃, with the graph size the ``auto`` rule gives it."""
+    points = transductive_points(task.points, task.centre, task.num_support, shift)
+    n = points.shape[0]
+    top, width = graph_size(task.shots, task.points_per_class, n_top, sigma)
+    top, width = min(top, n), min(width, n)
+    dist, ids = task.search(points.cpu().numpy(), max(top, width))
+    return points, sparse_graph(dist, ids, top, width), top, width
+
+
 def label(task: Task, params: DiffusionParams) -> TaskScores:
     """The same recipe on one large task: a sparse FAISS graph, T sparse steps on the features, nearest prototype."""
     if params.assign == "balanced":
         raise DiffshotError("parameter diffusion.assign: balanced is for episodes; one large task uses nearest")
     ns = task.num_support
-    points = transductive_points(task.points, task.centre, ns, params.shift)
-    n = points.shape[0]
-    n_top, sigma = graph_size(task.shots, task.points_per_class, params.n_top, params.sigma)
-    n_top, sigma = min(n_top, n), min(sigma, n)
-    dist, ids = task.search(points.cpu().numpy(), max(n_top, sigma))
-    lap = sparse_laplacian(dist, ids, n_top, sigma).to(points.device)
-    del dist, ids
+    points, graph, n_top, sigma = task_graph(task, params.n_top, params.sigma, params.shift)
+    lap = sparse_laplacian_of(graph).to(points.device)
+    del graph
     x = diffuse_(points, lap, params.step_size, params.layers)
     del lap
     protos = prototypes(x[:ns], task.support_labels, task.ways)

@@ -1,7 +1,7 @@
 """Label propagation (Zhou, Bousquet, Lal, Weston, Schölkopf, NeurIPS 2004) on diffusion's kNN graph.
 
 CL2N features with the cross-domain shift, then the same normalised Gaussian kNN graph W̃ as
-``diffusion`` (DESIGN.md steps 1–3, same n_top / sigma rule), normalised by its degrees into S;
+``diffusion`` (same recipe, same n_top / sigma rule), normalised by its degrees into S;
 F = (I − αS)⁻¹Y with Y the one-hot support labels (zero rows for the queries) and α = 0.99 (Zhou
 et al.'s choice): solved exactly per episode, by conjugate gradients on one large task's sparse S.
 """
@@ -17,13 +17,13 @@ from diffshot.episodes import Episodes, Task
 from diffshot.methods.base import Method, TaskScores, param
 from diffshot.methods.diffusion import (
     episode_graph_size,
-    graph_size,
     knn_param,
     n_top_param,
     resolved_graph,
     sigma_param,
+    task_graph,
 )
-from diffshot.ops.graph import degree_normalised, episode_graph, sparse_graph
+from diffshot.ops.graph import degree_normalised, episode_graph, to_csr
 from diffshot.ops.knn import gram
 from diffshot.ops.preprocess import transductive_points
 
@@ -76,12 +76,9 @@ def conjugate_gradients(apply: object, b: torch.Tensor) -> torch.Tensor:
 def label(task: Task, params: LabelpropParams) -> TaskScores:
     """F = (I − αS)⁻¹Y on one large task's sparse graph, by conjugate gradients (I − αS is positive definite)."""
     ns = task.num_support
-    points = transductive_points(task.points, task.centre, ns, params.shift)
+    points, graph, n_top, sigma = task_graph(task, params.n_top, params.sigma, params.shift)
     n = points.shape[0]
-    n_top, sigma = graph_size(task.shots, task.points_per_class, params.n_top, params.sigma)
-    n_top, sigma = min(n_top, n), min(sigma, n)
-    dist, ids = task.search(points.cpu().numpy(), max(n_top, sigma))
-    s = degree_normalised(sparse_graph(dist, ids, n_top, sigma)).to_sparse_csr().to(points.device)
+    s = to_csr(degree_normalised(graph)).to(points.device)
     y = F.pad(F.one_hot(task.support_labels, task.ways).to(points.dtype), (0, 0, 0, n - ns))
     mass = conjugate_gradients(lambda v: v - params.alpha * (s @ v), y)
     return TaskScores(block=lambda start, stop: mass[ns + start : ns + stop], details={"n_top": n_top, "sigma": sigma})

@@ -1,4 +1,4 @@
-"""The kNN graph of Diff-ResNet (DESIGN.md steps 2-3), one recipe for dense episode graphs and sparse large ones.
+"""The kNN graph of Diff-ResNet (the official few-shot code), one recipe for dense episode graphs and sparse large ones.
 
 From the sorted distances and ids of each point's nearest points (:mod:`diffshot.ops.knn`): keep for
 row i the entries strictly below its n_top-th smallest distance (the point itself counts), weight
@@ -89,10 +89,14 @@ def sparse_laplacian_of(w: torch.Tensor) -> torch.Tensor:
     indices, values = w.indices(), w.values()
     degree = torch.zeros(n, dtype=values.dtype).index_add_(0, indices[0], values)
     diag = torch.arange(n)
-    lap = _sparse(torch.cat([indices, torch.stack([diag, diag])], 1), torch.cat([-values, degree]), n)
+    return to_csr(_sparse(torch.cat([indices, torch.stack([diag, diag])], 1), torch.cat([-values, degree]), n))
+
+
+def to_csr(coo: torch.Tensor) -> torch.Tensor:
+    """A sparse COO matrix as CSR (the format sparse products are fastest in), without torch's beta warning."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return lap.to_sparse_csr()
+        return coo.to_sparse_csr()
 
 
 def sparse_laplacian(dist: np.ndarray, ids: np.ndarray, n_top: int, sigma: int) -> torch.Tensor:
