@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 from diffshot.errors import DiffshotError
+from diffshot.lazy import torch
 
 
 def resolve_device(choice: str | torch.device) -> torch.device:

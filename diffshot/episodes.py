@@ -13,9 +13,9 @@ import operator
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
 from diffshot.errors import DiffshotError
+from diffshot.lazy import torch
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _STREAM_CLASSES, _STREAM_ROWS, _STREAM_IMBALANCE = 1, 2, 3

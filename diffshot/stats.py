@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import torch
+
+from diffshot.lazy import torch
 
 Z95 = 1.96
 

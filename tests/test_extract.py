@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 import diffshot.cli.extract as cli_extract
 from diffshot.errors import DiffshotError
-from diffshot.extract.backbones import ARCHS, MIN_INPUT_SIDE, Conv4, WideResNet, build_backbone
+from diffshot.extract.archs import ARCHS, MIN_INPUT_SIDE
+from diffshot.extract.backbones import Conv4, WideResNet, build_backbone
 from diffshot.extract.checkpoint import best_prefix
 from diffshot.extract.images import collect_images
 from diffshot.extract.model import build_encoder

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from diffshot.cli.common import Force, claim_outputs, fail, stderr, stdout, user_errors
-from diffshot.device import resolve_device
+from diffshot.cli.common import Force, Threads, claim_outputs, fail, stderr, stdout, user_errors
+from diffshot.device import resolve_device, set_threads
 from diffshot.run.batch import SuiteError, output_paths, parse_suite, run_suite, write_outputs
 
 
@@ -22,8 +22,10 @@ def batch(
     device: Annotated[str, typer.Option(help="auto|cpu|cuda.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-entry lines.")] = False,
     force: Force = False,
+    threads: Threads = None,
 ) -> None:
     """Run every entry of a suite; write JSON per entry, results.csv, summary.md and JUnit XML."""
+    set_threads(threads)
     try:
         entries = parse_suite(suite, config)
         paths = output_paths(output_dir, entries, junit)

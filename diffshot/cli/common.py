@@ -24,6 +24,10 @@ PathArg = str | os.PathLike[str]
 PIPE_WIDTH = 160  # tables written to a file or pipe are not squeezed into Rich's default 80 columns
 stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 stderr = Console(stderr=True, soft_wrap=True)
+Threads = Annotated[
+    int | None,
+    typer.Option(help="CPU threads for torch and FAISS (default: all cores; OpenMP waits passively either way)."),
+]
 Force = Annotated[bool, typer.Option("--force", help="Replace output files even when they are read-only.")]
 
 

@@ -11,9 +11,9 @@ from typing import Annotated
 import typer
 
 from diffshot.atomic import write_text_atomic
-from diffshot.cli.common import Force, claim_outputs, comma_list, progress, stdout, user_errors
+from diffshot.cli.common import Force, Threads, claim_outputs, comma_list, progress, stdout, user_errors
 from diffshot.cli.demo import default_features
-from diffshot.device import resolve_device
+from diffshot.device import resolve_device, set_threads
 from diffshot.errors import DiffshotError
 from diffshot.report.document import to_csv, to_json_document
 from diffshot.report.episodes_file import save_episode_accuracies
@@ -149,8 +149,10 @@ def evaluate(
         Path | None, typer.Option(help="TOML of method parameters (e.g. from `diffshot tune`); flags override it.")
     ] = None,
     force: Force = False,
+    threads: Threads = None,
 ) -> None:
     """Evaluate few-shot methods on seeded episodes: accuracy ± 95% interval (1.96·std/√n), in percent."""
+    set_threads(threads)
     fmt = output_format(fmt, output)
     path = features if features is not None else default_features()
     claim_outputs([output], [path, base_mean, config], binary=[save_episodes], force=force)

@@ -7,19 +7,18 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from diffshot.cli.common import Force, claim_outputs, interactive, stderr, stdout, user_errors
-from diffshot.device import resolve_device
+from diffshot.cli.common import Force, Threads, claim_outputs, interactive, stderr, stdout, user_errors
+from diffshot.device import resolve_device, set_threads
 from diffshot.errors import DiffshotError
-from diffshot.extract.backbones import ARCHS, MIN_INPUT_SIDE
+from diffshot.extract.archs import ARCHS, MIN_INPUT_SIDE
 from diffshot.extract.images import ImageList, check_splits, collect_images, parse_split_option, read_class_splits
-from diffshot.extract.model import Encoder, build_encoder
 from diffshot.extract.result import BASE_MEAN_CHOICES, assemble_featureset
 from diffshot.extract.run import (
     ProgressHook,
@@ -40,6 +39,9 @@ from diffshot.extract.transforms import (
 from diffshot.features.canonical import write_canonical
 from diffshot.features.featureset import FeatureSet
 from diffshot.fingerprint import file_sha256
+
+if TYPE_CHECKING:
+    from diffshot.extract.model import Encoder
 
 
 class RateColumn(ProgressColumn):
@@ -222,8 +224,10 @@ def extract(
         bool, typer.Option("--skip-bad-images", help="Skip (and count) images that cannot be decoded.")
     ] = False,
     force: Force = False,
+    threads: Threads = None,
 ) -> None:
     """Extract features of IMAGES with a trained backbone into a canonical features file."""
+    set_threads(threads)
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)  # a bomb is a bad image, not a warning
     _choice(arch, ARCHS, "--arch")
     _choice(base_mean, BASE_MEAN_CHOICES, "--base-mean")
@@ -246,6 +250,8 @@ def extract(
     claim_outputs([], inputs, binary=[output, partial_path(output)], force=force)
     image_list = collect_images(images, [p for p, _ in split.pairs], root)
     check_splits(image_list.items, split.splits)
+    from diffshot.extract.model import build_encoder
+
     encoder = build_encoder(arch, checkpoint, prep.channels, resolve_device(device), trust_checkpoint)
     sha = file_sha256(checkpoint)
     try:

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from diffshot.cli.common import Force, claim_outputs, stderr, stdout, user_errors
+from diffshot.cli.common import Force, Threads, claim_outputs, stderr, stdout, user_errors
 from diffshot.device import resolve_device, set_threads
 from diffshot.errors import DiffshotError
 from diffshot.ops.knn import EXACT_LIMIT, faiss_has_gpu
@@ -67,7 +67,7 @@ def predict(
     ] = "auto",
     exact_limit: Annotated[int, typer.Option(help="Largest point count for the exact index under auto.")] = EXACT_LIMIT,
     device: Annotated[str, typer.Option(help="auto|cpu|cuda (cuda without a GPU is an error).")] = "auto",
-    threads: Annotated[int | None, typer.Option(help="CPU threads for torch and FAISS.")] = None,
+    threads: Threads = None,
     drop_nonfinite: Annotated[bool, typer.Option(help="Drop rows with NaN/Inf instead of failing.")] = False,
     drop_zero: Annotated[bool, typer.Option(help="Drop all-zero rows instead of failing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary table.")] = False,

@@ -10,8 +10,8 @@ import typer
 from rich.table import Table
 
 from diffshot.atomic import check_writable, write_text_atomic
-from diffshot.cli.common import stdout, user_errors
-from diffshot.device import resolve_device
+from diffshot.cli.common import Threads, stdout, user_errors
+from diffshot.device import resolve_device, set_threads
 from diffshot.episodes import EpisodeSpec
 from diffshot.errors import DiffshotError
 from diffshot.features import load_features
@@ -62,11 +62,13 @@ def separability(
     ] = None,
     output: Annotated[Path | None, typer.Option(help="Write the JSON here (atomically).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table|json (what is printed).")] = "table",
+    threads: Threads = None,
 ) -> None:
     """Per layer t: min inter-class distance, max class diameter, mean intra-class distance, their ratio, accuracy.
 
     Distances use support and queries with their true labels (an analysis tool; methods never see query labels).
     """
+    set_threads(threads)
     if fmt not in ("table", "json"):
         raise DiffshotError(f"--format {fmt!r}: choose table or json")
     wanted = parse_layers(layers)

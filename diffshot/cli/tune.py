@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from diffshot.cli.common import Force, claim_outputs, stdout, user_errors
-from diffshot.device import resolve_device
+from diffshot.cli.common import Force, Threads, claim_outputs, stdout, user_errors
+from diffshot.device import resolve_device, set_threads
 from diffshot.episodes import EpisodeSpec
 from diffshot.features import load_features
 from diffshot.report.tune import write_tune_json
@@ -52,8 +52,10 @@ def tune(
         Path | None, typer.Option(help="Also write every grid point as JSON (for `diffshot plot`'s heat map).")
     ] = None,
     force: Force = False,
+    threads: Threads = None,
 ) -> None:
     """Rank a grid of diffusion settings on the same episodes of the val classes; write the best to TOML."""
+    set_threads(threads)
     claim_outputs([output, grid_json], [features], force=force)
     axes = {"step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
     axes |= {"rectify": rectify, "shift": shift}

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from diffshot.errors import DiffshotError
-from diffshot.extract.backbones import ARCHS, MIN_INPUT_SIDE, build_backbone
+from diffshot.extract.archs import ARCHS, MIN_INPUT_SIDE
+from diffshot.extract.backbones import build_backbone
 from diffshot.extract.checkpoint import (
     LoadReport,
     find_state_dict,

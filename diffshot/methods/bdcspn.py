@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-
 from diffshot.episodes import Episodes
+from diffshot.lazy import torch
 from diffshot.methods.base import Method, param
 from diffshot.ops.classify import gram_cosine, rectified_mix
 from diffshot.ops.knn import gram

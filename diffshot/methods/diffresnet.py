@@ -24,11 +24,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import torch
-import torch.nn.functional as F
-
 from diffshot.episodes import Episodes
 from diffshot.errors import DiffshotError
+from diffshot.lazy import functional as F
+from diffshot.lazy import torch
 from diffshot.methods.base import Method, param
 from diffshot.methods.diffusion import knn_param, layers_param, step_size_param
 from diffshot.ops.classify import cosine, rectification_weights

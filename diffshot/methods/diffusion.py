@@ -13,10 +13,9 @@ import dataclasses
 import math
 from typing import Any
 
-import torch
-
 from diffshot.episodes import Episodes, Task
 from diffshot.errors import DiffshotError
+from diffshot.lazy import torch
 from diffshot.methods.base import AUTO, Method, TaskScores, param
 from diffshot.ops.classify import (
     gram_squared_distances,

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-import torch.nn.functional as F
-
 from diffshot.episodes import Episodes, Task
+from diffshot.lazy import functional as F
+from diffshot.lazy import torch
 from diffshot.methods.base import Method, TaskScores, param
 from diffshot.methods.diffusion import (
     episode_graph_size,

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-
 from diffshot.episodes import Episodes
+from diffshot.lazy import torch
 from diffshot.methods.base import Method, param
 from diffshot.ops.classify import gram_squared_distances, rectified_mix, support_averaging
 from diffshot.ops.knn import gram, squared_distances_from_gram

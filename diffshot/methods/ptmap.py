@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-
 from diffshot.episodes import Episodes
+from diffshot.lazy import torch
 from diffshot.methods.base import Method, param
 from diffshot.ops.knn import gram
 from diffshot.ops.preprocess import cl2n, l2_normalise, power_transform

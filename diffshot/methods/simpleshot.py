@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-
 from diffshot.episodes import Episodes, Task
+from diffshot.lazy import torch
 from diffshot.methods.base import Method, NoParams, TaskScores
 from diffshot.ops.classify import prototypes, squared_distances
 from diffshot.ops.preprocess import cl2n

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-import torch.nn.functional as F
-
 from diffshot.episodes import Episodes
+from diffshot.lazy import functional as F
+from diffshot.lazy import torch
 from diffshot.methods.base import Method, param
 from diffshot.ops.classify import prototypes, squared_distances
 from diffshot.ops.preprocess import cl2n

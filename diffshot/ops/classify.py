@@ -6,8 +6,8 @@ or from a Gram matrix G = x·xᵀ, where a prototype is a mixing row over the po
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from diffshot.lazy import functional as F
+from diffshot.lazy import torch
 
 RECTIFY_TEMPERATURE = 10.0  # BD-CSPN's ε and Diff-ResNet's softmax(10·cos) weights
 

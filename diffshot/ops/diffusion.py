@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch
+from diffshot.lazy import torch
 
 
 def diffuse_(x: torch.Tensor, lap: torch.Tensor, step_size: float, layers: int) -> torch.Tensor:

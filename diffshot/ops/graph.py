@@ -12,8 +12,8 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import torch
 
+from diffshot.lazy import torch
 from diffshot.ops.knn import episode_neighbours
 
 

@@ -11,9 +11,9 @@ import functools
 import math
 
 import numpy as np
-import torch
 
 from diffshot.errors import DiffshotError
+from diffshot.lazy import torch
 
 EPISODE_BACKENDS = ("torch", "faiss")
 INDEX_CHOICES = ("auto", "flat", "hnsw", "ivf")

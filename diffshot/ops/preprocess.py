@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch
+from diffshot.lazy import torch
 
 _EPS = 1e-12
 

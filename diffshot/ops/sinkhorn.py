@@ -7,9 +7,8 @@ ones. A prototype is a mixing row over the points (``mix @ x``), as in :mod:`dif
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
+from diffshot.lazy import functional as F
+from diffshot.lazy import torch
 from diffshot.ops.classify import gram_squared_distances, support_averaging
 
 SINKHORN_MAX_ITERATIONS = 100  # the official code allows 1000 (see docs/methods.md)

@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from diffshot.episodes import (
     ClassPool,
@@ -29,6 +28,7 @@ from diffshot.episodes import (
 )
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet, file_sha256, load_features
+from diffshot.lazy import torch
 from diffshot.run.config import MethodRun, method_runs
 from diffshot.stats import Summary, episode_accuracy, paired_difference, summarise
 

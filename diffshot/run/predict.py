@@ -20,12 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from diffshot.atomic import atomic_path
 from diffshot.episodes import Task
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet, clean_features, read_features
+from diffshot.lazy import torch
 from diffshot.methods import REGISTRY
 from diffshot.ops.classify import confidence
 from diffshot.ops.knn import EXACT_LIMIT, INDEX_CHOICES, choose_index, faiss_has_gpu, knn_graph

@@ -25,12 +25,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from diffshot import __version__
 from diffshot.episodes import Episodes, EpisodeSpec
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet, file_sha256
+from diffshot.lazy import torch
 from diffshot.methods import get_method
 from diffshot.methods.base import ParamValue
 from diffshot.methods.diffusion import episode_graph_size, graph_size
