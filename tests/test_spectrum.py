@@ -1,0 +1,151 @@
+"""λ_max estimators of the diffusion Laplacian and the stabilised step size (issue 14, item 4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffshot.errors import DiffshotError
+from diffshot.graph import episode_laplacian
+from diffshot.predict import class_means, nearest_prototype
+from diffshot.sparse_graph import diffuse_sparse_, knn_graph, sparse_laplacian
+from diffshot.spectrum import (
+    gershgorin_bound,
+    laplacian_upper_bound,
+    largest_eigenvalue_batched,
+    largest_eigenvalue_sparse,
+    power_iteration,
+    stable_step_size,
+)
+
+
+def random_points(n: int, d: int, seed: int) -> np.ndarray:
+    """Unit-norm Gaussian points [n, d], float32."""
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def sparse_lap(x: np.ndarray, n_top: int = 8, sigma: int = 4) -> torch.Tensor:
+    """The sparse Laplacian `predict` builds for the points ``x``."""
+    dist, ids = knn_graph(x, max(n_top, sigma))
+    return sparse_laplacian(dist, ids, n_top, sigma)
+
+
+def exact(lap: torch.Tensor) -> float:
+    """λ_max by a dense float64 eigendecomposition."""
+    return float(torch.linalg.eigvalsh(lap.to_dense().double())[-1])
+
+
+@pytest.mark.parametrize(("n", "d", "seed"), [(60, 8, 0), (300, 32, 1), (500, 64, 2)])
+def test_sparse_estimates_bracket_the_exact_eigenvalue(n: int, d: int, seed: int) -> None:
+    lap = sparse_lap(random_points(n, d, seed))
+    truth = exact(lap)
+    mu = power_iteration(lap, iterations=300, tol=1e-7)
+    assert mu <= truth * (1 + 1e-5)
+    assert mu == pytest.approx(truth, rel=1e-2)
+    bound = float(laplacian_upper_bound(lap))
+    assert truth <= bound * (1 + 1e-5) <= float(gershgorin_bound(lap)) * (1 + 1e-5)
+    estimate = largest_eigenvalue_sparse(lap)
+    assert truth * (1 - 1e-2) <= estimate <= bound * (1 + 1e-6)
+
+
+def test_matvec_callable_gives_the_same_power_estimate() -> None:
+    lap = sparse_lap(random_points(200, 16, 3))
+    from_tensor = power_iteration(lap, seed=5)
+    from_matvec = power_iteration(lambda v: lap @ v, seed=5, size=200)
+    assert from_matvec == pytest.approx(from_tensor, rel=1e-6)
+    assert largest_eigenvalue_sparse(lambda v: lap @ v, seed=5, size=200) == pytest.approx(1.1 * from_tensor, rel=1e-6)
+    with pytest.raises(DiffshotError, match="needs the size"):
+        power_iteration(lambda v: lap @ v)
+
+
+def test_batched_dense_estimates_match_eigvalsh() -> None:
+    x = torch.from_numpy(random_points(6 * 80, 32, 4)).view(6, 80, 32)
+    lap = episode_laplacian(x, 8, 4).double()
+    truth = torch.linalg.eigvalsh(lap)[:, -1]
+    assert torch.allclose(largest_eigenvalue_batched(lap), truth)
+    power = largest_eigenvalue_batched(lap, "power", iterations=500)
+    assert torch.all(power <= truth * (1 + 1e-9))
+    assert torch.allclose(power, truth, rtol=1e-2)
+    bound = largest_eigenvalue_batched(lap, "bound")
+    assert torch.all(truth <= bound + 1e-9)
+    assert torch.all(bound <= gershgorin_bound(lap) + 1e-9)
+    with pytest.raises(DiffshotError, match="unknown eigenvalue method"):
+        largest_eigenvalue_batched(lap, "qr")
+
+
+def test_upper_bound_refuses_a_matrix_that_is_not_a_laplacian() -> None:
+    with pytest.raises(DiffshotError, match="positive off-diagonal"):
+        laplacian_upper_bound(torch.tensor([[1.0, 1.0], [1.0, 1.0]]))
+    with pytest.raises(DiffshotError, match="do not sum to zero"):
+        laplacian_upper_bound(torch.tensor([[2.0, -1.0], [-1.0, 1.0]]))
+
+
+def test_star_graph_eigenvalue_is_the_hub_degree_plus_one() -> None:
+    leaves = 50
+    w = torch.zeros(leaves + 1, leaves + 1, dtype=torch.float64)
+    w[0, 1:] = w[1:, 0] = 1.0
+    lap = torch.diag(w.sum(dim=1)) - w
+    assert largest_eigenvalue_sparse(lap.to_sparse_csr()) == pytest.approx(leaves + 1, rel=1e-6)
+    assert float(laplacian_upper_bound(lap)) == pytest.approx(leaves + 1, rel=1e-9)
+
+
+def test_step_is_unchanged_when_stable_and_reduced_when_not() -> None:
+    assert stable_step_size(0.5, 1.5) == 0.5
+    assert stable_step_size(0.5, 2.0) == 0.5
+    assert stable_step_size(0.5, 20.4) == pytest.approx(1.0 / 20.4)
+    assert stable_step_size(0.5, 20.4, limit=1.9) == pytest.approx(1.9 / 20.4)
+    assert stable_step_size(0.5, 0.0) == 0.5
+    steps = stable_step_size(0.5, torch.tensor([1.0, 4.0, 10.0]))
+    assert torch.allclose(steps, torch.tensor([0.5, 0.25, 0.1]))
+    for bad_limit in (0.0, 2.0, 3.0):
+        with pytest.raises(DiffshotError, match="stability limit"):
+            stable_step_size(0.5, 3.0, limit=bad_limit)
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(DiffshotError, match="step size"):
+            stable_step_size(bad, 3.0)
+    with pytest.raises(DiffshotError, match="finite"):
+        stable_step_size(0.5, float("inf"))
+
+
+def hub_classes(classes: int = 4, per_class: int = 100, dim: int = 64, shots: int = 5) -> tuple[np.ndarray, ...]:
+    """Separable Gaussian classes around centres at radius 0.7 plus one point at the origin, every point's neighbour.
+
+    Points lie at distance ≈ 1.2 from the origin and ≈ 1.4 from each other, so the origin is among
+    the 7 nearest neighbours of nearly all of them: a hub with degree ≈ 0.04·n in W̃.
+    Returns points (support first, hub last), labels (support then queries) and the support count.
+    """
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((classes, dim))
+    centres *= 0.7 / np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(classes), per_class)
+    points = centres[labels] + rng.standard_normal((labels.size, dim)) / np.sqrt(dim)
+    support = np.concatenate([np.flatnonzero(labels == c)[:shots] for c in range(classes)])
+    rest = np.setdiff1d(np.arange(labels.size), support)
+    x = np.concatenate([points[support], points[rest], np.zeros((1, dim))]).astype(np.float32)
+    return x, np.concatenate([labels[support], labels[rest]]), np.int64(support.size)
+
+
+def test_stabilised_step_recovers_nearest_centroid_accuracy_where_the_raw_step_diverges() -> None:
+    x, labels, ns = hub_classes()
+    lap = sparse_lap(x)
+    lam = largest_eigenvalue_sparse(lap)
+    assert 0.5 * exact(lap) > 2  # the paper's τ = 0.5 is past the stability limit here
+
+    def accuracy(points: torch.Tensor) -> float:
+        protos = class_means(points[:ns], torch.from_numpy(labels[:ns]), 4)
+        predicted, _ = nearest_prototype(points[ns:-1], protos, 0.1)
+        return float(100.0 * np.mean(predicted == labels[ns:]))
+
+    points = torch.from_numpy(x)
+    centroid = accuracy(points)
+    raw = diffuse_sparse_(points.clone(), lap, 0.5, 6)
+    tau = stable_step_size(0.5, lam)
+    stable = diffuse_sparse_(points.clone(), lap, float(tau), 6)
+    assert centroid >= 99.0
+    assert raw.abs().max() > 1e3 * points.abs().max()
+    assert accuracy(raw) < 50.0
+    assert float(tau) * exact(lap) <= 1.0
+    assert float(stable.abs().max()) <= float(points.abs().max()) + 1e-5
+    assert accuracy(stable) >= centroid - 1.0
