@@ -16,7 +16,9 @@ from diffshot.spectrum import (
     largest_eigenvalue_batched,
     largest_eigenvalue_sparse,
     power_iteration,
+    stable_step_batched,
     stable_step_size,
+    stable_step_sparse,
 )
 
 
@@ -107,6 +109,33 @@ def test_step_is_unchanged_when_stable_and_reduced_when_not() -> None:
             stable_step_size(bad, 3.0)
     with pytest.raises(DiffshotError, match="finite"):
         stable_step_size(0.5, float("inf"))
+
+
+def test_sparse_stable_step_keeps_tau_when_the_bound_certifies_it() -> None:
+    lap = sparse_lap(random_points(300, 32, 6))
+    bound = float(laplacian_upper_bound(lap))
+    tau, lam = stable_step_sparse(lap, 0.9 / bound)
+    assert tau == pytest.approx(0.9 / bound) and lam == pytest.approx(bound)
+    tau, lam = stable_step_sparse(lap, 0.5)
+    assert lam <= bound * (1 + 1e-6)
+    assert tau * exact(lap) <= 1.0 + 1e-6
+    assert tau == pytest.approx(min(0.5, 1.0 / lam))
+
+
+def test_batched_stable_step_is_exact_where_gershgorin_does_not_certify() -> None:
+    x = torch.from_numpy(random_points(8 * 60, 16, 7)).view(8, 60, 16)
+    lap = episode_laplacian(x, 8, 4).double()
+    truth = torch.linalg.eigvalsh(lap)[:, -1]
+    gersh = gershgorin_bound(lap)
+    tau_small = 0.99 / float(gersh.max())
+    steps, lam = stable_step_batched(lap, tau_small)
+    assert torch.all(steps == tau_small) and torch.allclose(lam, gersh)
+    steps, lam = stable_step_batched(lap, 0.5)
+    unsure = 0.5 * gersh > 1.0
+    assert bool(unsure.any())
+    assert torch.allclose(lam[unsure], truth[unsure])
+    assert torch.all(steps * truth <= 1.0 + 1e-9)
+    assert torch.allclose(steps, torch.clamp(1.0 / lam, max=0.5))
 
 
 def hub_classes(classes: int = 4, per_class: int = 100, dim: int = 64, shots: int = 5) -> tuple[np.ndarray, ...]:
