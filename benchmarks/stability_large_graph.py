@@ -4,8 +4,9 @@ Synthetic, NOT real data: 20 well-separated Gaussian classes in 64-d (centres N(
 + ``--noise``·N(0, I)), 100 support rows per class (2,000), and Q query rows drawn the same way.
 For each Q it prints the accuracy of today's `diffshot.predict.predict` (τ = 0.5, T = 6), of
 nearest centroid (the same CL2N + shift, no diffusion), λ_max of the sparse Laplacian (power
-iteration, and the guaranteed upper bound), and the accuracy with τ_eff = min(τ, limit / λ_max)
-for each ``--limits`` value, diffusing on the same graph with the existing lower-level functions;
+iteration μ, and the guaranteed upper bound U), and the accuracy with τ_eff = min(τ, limit / U)
+(`stable_step_sparse`) for each ``--limits`` value, diffusing on the same graph with the existing
+lower-level functions; "pow 1" uses min(1.1·μ, U) with limit 1 (`stable_step_sparse(power=True)`);
 the last column ("rw τ") diffuses with D'⁻¹L instead (spectrum in [0, 2]) at the unchanged τ, for comparison.
 
 With ``--banking77 FILE`` the classes are BANKING77's 30 novel ones instead: 5 real support rows per
@@ -30,7 +31,7 @@ from diffshot.features import FeatureSet, load_features, make_featureset
 from diffshot.predict import PredictOptions, class_means, nearest_prototype, predict, select_rows
 from diffshot.preprocess import cl2n
 from diffshot.sparse_graph import choose_index, diffuse_sparse_, knn_graph, sparse_laplacian
-from diffshot.spectrum import laplacian_upper_bound, largest_eigenvalue_sparse, power_iteration, stable_step_size
+from diffshot.spectrum import power_iteration, stable_step_sparse
 from diffshot.synth import SynthSpec, synthesise
 
 CLASSES = 20
@@ -128,6 +129,7 @@ def main() -> None:
     options = PredictOptions(step_size=args.step_size, layers=args.layers)
     head = f"{'queries':>8} {'index':>5} {'predict':>8} {'centroid':>8} {'μ power':>8} {'bound':>7} {'τ·λ':>6}"
     head += "".join(f" {'lim ' + format(limit, 'g'):>9} {'τ_eff':>7}" for limit in args.limits)
+    head += f" {'pow 1':>7} {'τ_eff':>7}"
     data = "synthetic Gaussian classes" if args.banking77 is None else f"BANKING77 novel ({args.banking77.name})"
     data = "diffshot synth manifold classes (20 novel, 64-d)" if args.synth else data
     print(f"{data}; τ = {args.step_size}, T = {args.layers}, noise {args.noise}, seed {args.seed}; accuracy in percent")
@@ -149,14 +151,13 @@ def main() -> None:
         dist, ids = knn_graph(points.numpy(), max(n_top, sigma), kind)
         lap = sparse_laplacian(dist, ids, n_top, sigma)
         mu = power_iteration(lap)
-        bound = float(laplacian_upper_bound(lap))
-        lam = largest_eigenvalue_sparse(lap)
+        _, bound = stable_step_sparse(lap, args.step_size)
         row = f"{q:>8} {kind:>5} {raw_acc:>8.2f} {decide(points, support, query):>8.2f} {mu:>8.3f} {bound:>7.3f}"
         row += f" {args.step_size * mu:>6.2f}"
-        for limit in args.limits:
-            tau = float(stable_step_size(args.step_size, lam, limit))
+        for limit, power in [(limit, False) for limit in args.limits] + [(1.0, True)]:
+            tau, _ = stable_step_sparse(lap, args.step_size, limit, power=power)
             acc = decide(diffuse_sparse_(points.clone(), lap, tau, args.layers), support, query)
-            row += f" {acc:>9.2f} {tau:>7.4f}"
+            row += f" {acc:>{7 if power else 9}.2f} {tau:>7.4f}"
         rw = decide(diffuse_sparse_(points.clone(), random_walk(lap), args.step_size, args.layers), support, query)
         print(row + f" {rw:>7.2f} {time.perf_counter() - tick:>8.1f}", flush=True)
 

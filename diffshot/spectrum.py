@@ -14,6 +14,10 @@ Three estimates, in order of cost:
   from a Gaussian start, P(μ < (1 − ε)·λ_max) ≤ 0.824·√n·(1 − ε)^(k − 1/2) after k products
   (Kuczyński & Woźniakowski, SIAM J. Matrix Anal. Appl. 13(4), 1992);
 - :func:`largest_eigenvalue_batched`: exact, ``torch.linalg.eigvalsh`` on dense episode Laplacians.
+
+:func:`stable_step_sparse` (``predict``'s graph) and :func:`stable_step_batched` (episodes) return
+τ_eff = min(τ, 1.9 / U) with U ≥ λ_max guaranteed, so τ_eff·λ_max ≤ 1.9 < 2 on every graph; where
+τ·U ≤ 1.9 already (all BANKING77 episodes measured) τ is unchanged.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ MatVec = Callable[[torch.Tensor], torch.Tensor]
 POWER_ITERATIONS = 40
 POWER_TOL = 0.0
 POWER_SAFETY = 1.1
-STABLE_LIMIT = 1.0
+STABLE_LIMIT = 1.9
 LAPLACIAN_TOL = 1e-4
 
 
@@ -151,8 +155,8 @@ def largest_eigenvalue_sparse(
 
     μ is the power-iteration Rayleigh quotient (≤ λ_max); for a tensor L it is capped by the
     guaranteed :func:`laplacian_upper_bound`, so the result never exceeds that bound. A matvec gets
-    ``safety``·μ only (give ``size``). With the default 40 products, safety 1.1 and the step limit
-    τ·λ ≤ 1 of :func:`stable_step_size`, the step can only become unstable if μ < λ_max / 2.2, which
+    ``safety``·μ only (give ``size``). With the default 40 products, safety 1.1 and a step limit
+    τ·λ ≤ 1 in :func:`stable_step_size`, the step can only become unstable if μ < λ_max / 2.2, which
     by Kuczyński & Woźniakowski has probability ≤ 0.824·√n·0.545^39.5 (≤ 1.1e-7 for n = 10⁷).
     """
     if not safety >= 1.0:
@@ -192,9 +196,10 @@ def stable_step_size(
 ) -> float | torch.Tensor:
     """The step τ_eff = min(τ, limit / λ_max), so that τ_eff·λ_max ≤ limit < 2 (the explicit step's stability).
 
-    ``limit`` 1 (the default) keeps every mode's factor 1 − τλ in [0, 1]: a monotone smoothing,
-    and a factor-2 margin on an underestimated λ_max before the step could diverge. A tensor
-    ``lambda_max`` [E] gives a tensor of per-episode steps.
+    Give an upper bound on λ_max for a guarantee. The default limit 1.9 keeps every mode's factor
+    |1 − τλ| ≤ 0.9; limit 1 would also keep it ≥ 0 (a monotone smoothing, and a factor-2 margin
+    for a λ_max estimate from below), but measured no better (benchmarks/stability_large_graph.py).
+    A tensor ``lambda_max`` [E] gives a tensor of per-episode steps.
     """
     if not (math.isfinite(step_size) and step_size >= 0.0):
         raise DiffshotError(f"the step size must be a finite number ≥ 0, got {step_size}")
@@ -213,15 +218,16 @@ def stable_step_size(
 
 
 def stable_step_sparse(
-    laplacian: torch.Tensor, step_size: float, limit: float = STABLE_LIMIT, seed: int = 0
+    laplacian: torch.Tensor, step_size: float, limit: float = STABLE_LIMIT, power: bool = False, seed: int = 0
 ) -> tuple[float, float]:
-    """τ_eff and the λ_max it used for one sparse L, keeping τ_eff·λ_max ≤ ``limit`` < 2 (explicit-step stability).
+    """τ_eff and the λ_max bound it used for one sparse L, with τ_eff·λ_max ≤ ``limit`` < 2 (explicit-step stability).
 
-    The guaranteed :func:`laplacian_upper_bound` (one product) is tried first; only when it does
-    not certify τ·bound ≤ ``limit`` is λ_max estimated by :func:`largest_eigenvalue_sparse`.
+    By default λ_max is the guaranteed :func:`laplacian_upper_bound` (one sparse product), so the
+    inequality always holds. ``power`` uses :func:`largest_eigenvalue_sparse` (tighter, ~40 products,
+    a probabilistic guarantee: pair it with limit ≤ 1) when the bound does not already certify τ.
     """
     bound = float(laplacian_upper_bound(laplacian))
-    if step_size * bound <= limit:
+    if not power or step_size * bound <= limit:
         return float(stable_step_size(step_size, bound, limit)), bound
     lam = largest_eigenvalue_sparse(laplacian, seed=seed)
     return float(stable_step_size(step_size, lam, limit)), lam
@@ -230,10 +236,11 @@ def stable_step_sparse(
 def stable_step_batched(
     laplacian: torch.Tensor, step_size: float, limit: float = STABLE_LIMIT
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-episode τ_eff [E] and λ_max [E] for dense L [E, n, n], keeping τ_eff·λ_max ≤ ``limit`` < 2.
+    """Per-episode τ_eff [E] and λ_max bound [E] for dense Laplacians [E, n, n], with τ_eff·λ_max ≤ ``limit`` < 2.
 
-    Gershgorin (2·max_i L_ii, free) certifies most episodes; the exact ``eigvalsh`` runs only on the
-    others. The λ returned is the bound for certified episodes and exact for the rest.
+    Gershgorin (2·max_i L_ii, free) certifies most episodes; the others get the tighter
+    :func:`laplacian_upper_bound`, and those it cannot certify either the exact ``eigvalsh``.
+    Every λ returned is ≥ the true λ_max (exact for the last group), so the guarantee holds.
     """
     if laplacian.dim() != 3 or laplacian.shape[-1] != laplacian.shape[-2]:
         raise DiffshotError(f"episode Laplacians must be [E, n, n], got shape {tuple(laplacian.shape)}")
@@ -241,5 +248,8 @@ def stable_step_batched(
     unsure = step_size * lam > limit
     if bool(unsure.any()):
         lam = lam.clone()
+        lam[unsure] = torch.minimum(lam[unsure], laplacian_upper_bound(laplacian[unsure]))
+        unsure = step_size * lam > limit
+    if bool(unsure.any()):
         lam[unsure] = torch.linalg.eigvalsh(laplacian[unsure])[..., -1].to(lam.dtype)
     return stable_step_size(step_size, lam, limit), lam  # type: ignore[return-value]

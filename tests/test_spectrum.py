@@ -95,11 +95,12 @@ def test_star_graph_eigenvalue_is_the_hub_degree_plus_one() -> None:
 
 def test_step_is_unchanged_when_stable_and_reduced_when_not() -> None:
     assert stable_step_size(0.5, 1.5) == 0.5
-    assert stable_step_size(0.5, 2.0) == 0.5
-    assert stable_step_size(0.5, 20.4) == pytest.approx(1.0 / 20.4)
-    assert stable_step_size(0.5, 20.4, limit=1.9) == pytest.approx(1.9 / 20.4)
+    assert stable_step_size(0.5, 3.8) == 0.5
+    assert stable_step_size(0.5, 20.4) == pytest.approx(1.9 / 20.4)
+    assert stable_step_size(0.5, 20.4, limit=1.0) == pytest.approx(1.0 / 20.4)
+    assert stable_step_size(0.5, 2.5, limit=1.0) == pytest.approx(0.4)
     assert stable_step_size(0.5, 0.0) == 0.5
-    steps = stable_step_size(0.5, torch.tensor([1.0, 4.0, 10.0]))
+    steps = stable_step_size(0.5, torch.tensor([1.0, 4.0, 10.0]), limit=1.0)
     assert torch.allclose(steps, torch.tensor([0.5, 0.25, 0.1]))
     for bad_limit in (0.0, 2.0, 3.0):
         with pytest.raises(DiffshotError, match="stability limit"):
@@ -114,28 +115,34 @@ def test_step_is_unchanged_when_stable_and_reduced_when_not() -> None:
 def test_sparse_stable_step_keeps_tau_when_the_bound_certifies_it() -> None:
     lap = sparse_lap(random_points(300, 32, 6))
     bound = float(laplacian_upper_bound(lap))
-    tau, lam = stable_step_sparse(lap, 0.9 / bound)
-    assert tau == pytest.approx(0.9 / bound) and lam == pytest.approx(bound)
-    tau, lam = stable_step_sparse(lap, 0.5)
-    assert lam <= bound * (1 + 1e-6)
+    assert stable_step_sparse(lap, 1.8 / bound) == (pytest.approx(1.8 / bound), pytest.approx(bound))
+    tau, lam = stable_step_sparse(lap, 2.0)
+    assert lam == pytest.approx(bound) and tau == pytest.approx(1.9 / bound)
+    assert tau * exact(lap) <= 1.9
+    tau, lam = stable_step_sparse(lap, 1.0, limit=1.0, power=True)
+    assert exact(lap) * (1 - 1e-3) <= lam <= bound * (1 + 1e-6)
     assert tau * exact(lap) <= 1.0 + 1e-6
-    assert tau == pytest.approx(min(0.5, 1.0 / lam))
 
 
-def test_batched_stable_step_is_exact_where_gershgorin_does_not_certify() -> None:
+def test_batched_stable_step_uses_bounds_then_eigvalsh() -> None:
     x = torch.from_numpy(random_points(8 * 60, 16, 7)).view(8, 60, 16)
     lap = episode_laplacian(x, 8, 4).double()
     truth = torch.linalg.eigvalsh(lap)[:, -1]
     gersh = gershgorin_bound(lap)
-    tau_small = 0.99 / float(gersh.max())
+    bound = laplacian_upper_bound(lap)
+    tau_small = 0.99 * 1.9 / float(gersh.max())
     steps, lam = stable_step_batched(lap, tau_small)
     assert torch.all(steps == tau_small) and torch.allclose(lam, gersh)
-    steps, lam = stable_step_batched(lap, 0.5)
-    unsure = 0.5 * gersh > 1.0
-    assert bool(unsure.any())
-    assert torch.allclose(lam[unsure], truth[unsure])
-    assert torch.all(steps * truth <= 1.0 + 1e-9)
-    assert torch.allclose(steps, torch.clamp(1.0 / lam, max=0.5))
+    for tau, limit in ((0.5, 1.0), (0.9, 1.9), (2.0, 1.9)):
+        steps, lam = stable_step_batched(lap, tau, limit)
+        assert torch.all(lam >= truth - 1e-9)
+        assert torch.all(steps * truth <= limit + 1e-9)
+        assert torch.allclose(steps, torch.clamp(limit / lam, max=tau))
+    steps, lam = stable_step_batched(lap, 2.0, 1.9)
+    assert torch.allclose(lam, truth)
+    steps, lam = stable_step_batched(lap, 0.5, 1.0)
+    middle = (0.5 * gersh > 1.0) & (0.5 * bound <= 1.0)
+    assert torch.allclose(lam[middle], bound[middle])
 
 
 def hub_classes(classes: int = 4, per_class: int = 100, dim: int = 64, shots: int = 5) -> tuple[np.ndarray, ...]:
@@ -170,11 +177,12 @@ def test_stabilised_step_recovers_nearest_centroid_accuracy_where_the_raw_step_d
     points = torch.from_numpy(x)
     centroid = accuracy(points)
     raw = diffuse_sparse_(points.clone(), lap, 0.5, 6)
-    tau = stable_step_size(0.5, lam)
-    stable = diffuse_sparse_(points.clone(), lap, float(tau), 6)
+    tau, bound = stable_step_sparse(lap, 0.5)
+    assert bound >= exact(lap) and lam <= bound * (1 + 1e-6)
+    stable = diffuse_sparse_(points.clone(), lap, tau, 6)
     assert centroid >= 99.0
     assert raw.abs().max() > 1e3 * points.abs().max()
     assert accuracy(raw) < 50.0
-    assert float(tau) * exact(lap) <= 1.0
+    assert tau * exact(lap) <= 1.9
     assert float(stable.abs().max()) <= float(points.abs().max()) + 1e-5
     assert accuracy(stable) >= centroid - 1.0
