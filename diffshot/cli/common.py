@@ -55,9 +55,12 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
             except KeyboardInterrupt:
                 raise fail("interrupted", 130) from None
             finally:
+                shown = set()
                 for item in caught:
-                    if issubclass(item.category, UserWarning | RuntimeWarning):
-                        stderr.print(f"[yellow]warning:[/] {escape(str(item.message))}", highlight=False)
+                    text = str(item.message)
+                    if issubclass(item.category, UserWarning | RuntimeWarning) and text not in shown:
+                        shown.add(text)
+                        stderr.print(f"[yellow]warning:[/] {escape(text)}", highlight=False)
 
     return wrapper
 

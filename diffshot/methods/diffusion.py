@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Any
 
 from diffshot.episodes import Episodes, Task
@@ -30,11 +31,16 @@ from diffshot.ops.graph import episode_laplacian, sparse_graph, sparse_laplacian
 from diffshot.ops.knn import EPISODE_BACKENDS, gram
 from diffshot.ops.preprocess import transductive_points
 from diffshot.ops.sinkhorn import PTMAP_ALPHA, PTMAP_STEPS, balanced_assignment
+from diffshot.ops.spectrum import stable_step_batched, stable_step_sparse
 
 PAPER_N_TOP = 8
 PAPER_SIGMA = 4
 MAX_STEP_SIZE = 2.0
 MAX_LAYERS = 1000
+STEP_NOTICE = (
+    "diffusion: the step τ = {tau:g} was reduced in {where}, so that τ·λ_max ≤ 1.9 "
+    "(the explicit step x − τLx diverges once τ·λ_max ≥ 2)"
+)
 
 
 def step_size_param() -> Any:
@@ -135,7 +141,10 @@ def diffused_gram(episodes: Episodes, params: DiffusionParams) -> torch.Tensor:
     inner = gram(points)
     n_top, sigma = episode_graph_size(episodes, params.n_top, params.sigma)
     lap = episode_laplacian(points, n_top, sigma, params.knn, inner)
-    return diffuse_gram(inner, diffusion_operator(lap, params.step_size, params.layers))
+    steps, _ = stable_step_batched(lap, params.step_size)
+    if bool((steps < params.step_size).any()):
+        warnings.warn(STEP_NOTICE.format(tau=params.step_size, where="some episodes"), stacklevel=2)
+    return diffuse_gram(inner, diffusion_operator(lap, steps, params.layers))
 
 
 def score(episodes: Episodes, params: DiffusionParams) -> torch.Tensor:
@@ -170,14 +179,26 @@ def label(task: Task, params: DiffusionParams) -> TaskScores:
     points, graph, n_top, sigma = task_graph(task, params.n_top, params.sigma, params.shift)
     lap = sparse_laplacian_of(graph).to(points.device)
     del graph
-    x = diffuse_(points, lap, params.step_size, params.layers)
+    step, bound = stable_step_sparse(lap, params.step_size)
+    if step < params.step_size:
+        warnings.warn(
+            STEP_NOTICE.format(tau=params.step_size, where=f"this graph (λ_max ≤ {bound:.3g}): τ = {step:.3g}"),
+            stacklevel=2,
+        )
+    x = diffuse_(points, lap, step, params.layers)
     del lap
     protos = prototypes(x[:ns], task.support_labels, task.ways)
     if params.rectify:
         protos = rectified_prototypes(x, protos, task.support_labels, task.ways)
     return TaskScores(
         block=lambda start, stop: -squared_distances(x[ns + start : ns + stop], protos),
-        details={"n_top": n_top, "sigma": sigma, "step_size": params.step_size, "layers": params.layers},
+        details={
+            "n_top": n_top,
+            "sigma": sigma,
+            "step_size": step,
+            "lambda_max_bound": round(bound, 4),
+            "layers": params.layers,
+        },
     )
 
 

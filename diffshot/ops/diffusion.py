@@ -17,12 +17,15 @@ def diffuse(x: torch.Tensor, lap: torch.Tensor, step_size: float, layers: int) -
     return diffuse_(x.clone(), lap, step_size, layers)
 
 
-def diffusion_operator(lap: torch.Tensor, step_size: float, layers: int) -> torch.Tensor:
+def diffusion_operator(lap: torch.Tensor, step_size: float | torch.Tensor, layers: int) -> torch.Tensor:
     """P = (I − τL)^T [E, n, n], so that diffused features are P·x, by repeated squaring.
 
-    For an episode of n points and d ≥ n dimensions this is far cheaper than T products with x.
+    ``step_size`` is one τ or one per episode [E]. For an episode of n points and d ≥ n dimensions
+    this is far cheaper than T products with x.
     """
     eye = torch.eye(lap.shape[-1], dtype=lap.dtype, device=lap.device)
+    if isinstance(step_size, torch.Tensor):
+        step_size = step_size.to(lap.dtype)[..., None, None]
     step = eye - step_size * lap
     result: torch.Tensor | None = None
     power = layers
