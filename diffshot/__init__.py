@@ -8,11 +8,34 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
-from diffshot.episodes import Episodes, EpisodeSpec, sample_episodes
-from diffshot.features import FeatureSet, load_features, make_featureset, write_canonical
-from diffshot.methods import REGISTRY as METHODS
-from diffshot.methods import get_method
-from diffshot.run.evaluate import Evaluation, EvaluationRequest, EvaluationRun, MethodResult, evaluate, run_evaluation
+_API = {
+    "Episodes": "diffshot.episodes",
+    "EpisodeSpec": "diffshot.episodes",
+    "sample_episodes": "diffshot.episodes",
+    "FeatureSet": "diffshot.features",
+    "load_features": "diffshot.features",
+    "make_featureset": "diffshot.features",
+    "write_canonical": "diffshot.features",
+    "get_method": "diffshot.methods",
+    "Evaluation": "diffshot.run.evaluate",
+    "EvaluationRequest": "diffshot.run.evaluate",
+    "EvaluationRun": "diffshot.run.evaluate",
+    "MethodResult": "diffshot.run.evaluate",
+    "evaluate": "diffshot.run.evaluate",
+    "run_evaluation": "diffshot.run.evaluate",
+}
+
+
+def __getattr__(name: str) -> object:
+    """The public API, imported on first use (so that ``import diffshot`` and the CLI start at once)."""
+    import importlib
+
+    if name == "METHODS":
+        return importlib.import_module("diffshot.methods").REGISTRY
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'diffshot' has no attribute {name!r}")
+
 
 __all__ = [
     "METHODS",

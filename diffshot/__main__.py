@@ -1,5 +1,5 @@
 """``python -m diffshot``: the same CLI as the ``diffshot`` console script."""
 
-from diffshot.cli import app
+from diffshot.entry import main
 
-app()
+main()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from diffshot.errors import DiffshotError
+from diffshot.errors import UsageError
 from diffshot.lazy import torch
 
 
@@ -18,12 +18,12 @@ def resolve_device(choice: str | torch.device) -> torch.device:
         return torch.device("cpu")
     if choice.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise DiffshotError("device cuda was asked for, but torch sees no CUDA GPU (use cpu or auto)")
+            raise UsageError("device cuda was asked for, but torch sees no CUDA GPU (use cpu or auto)")
         try:
             return full_float32(torch.device(choice))
         except RuntimeError:
-            raise DiffshotError(f"unknown device {choice!r}; choose auto, cpu, cuda or cuda:N") from None
-    raise DiffshotError(f"unknown device {choice!r}; choose auto, cpu or cuda")
+            raise UsageError(f"unknown device {choice!r}; choose auto, cpu, cuda or cuda:N") from None
+    raise UsageError(f"unknown device {choice!r}; choose auto, cpu or cuda")
 
 
 def full_float32(device: torch.device) -> torch.device:
@@ -45,9 +45,7 @@ def set_threads(threads: int | None) -> None:
         return
     cores = os.cpu_count() or 1
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cores:
-        raise DiffshotError(
-            f"threads must be an integer from 1 to the {cores} CPU cores of this machine, got {threads}"
-        )
+        raise UsageError(f"threads must be an integer from 1 to the {cores} CPU cores of this machine, got {threads}")
     import faiss
 
     torch.set_num_threads(threads)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from diffshot.errors import DiffshotError
+from diffshot.errors import DiffshotError, UsageError
 from diffshot.lazy import torch
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -32,7 +32,7 @@ def check_seed(seed: int) -> int:
     except TypeError:
         value = -1
     if isinstance(seed, bool) or not 0 <= value < SEED_LIMIT:
-        raise DiffshotError(f"seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
+        raise UsageError(f"seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
     return value
 
 
@@ -54,13 +54,13 @@ class EpisodeSpec:
         for name in ("ways", "shots", "queries"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise DiffshotError(f"{name} must be a positive integer, got {value!r}")
+                raise UsageError(f"{name} must be a positive integer, got {value!r}")
             if value > MAX_EPISODE_SIZE:
-                raise DiffshotError(f"{name} must be at most {MAX_EPISODE_SIZE:,}, got {value:,}")
+                raise UsageError(f"{name} must be at most {MAX_EPISODE_SIZE:,}, got {value:,}")
         if self.ways < 2:
-            raise DiffshotError(f"ways must be at least 2, got {self.ways}")
+            raise UsageError(f"ways must be at least 2, got {self.ways}")
         if self.imbalance is not None and not (MIN_CONCENTRATION <= self.imbalance < math.inf):
-            raise DiffshotError(
+            raise UsageError(
                 f"the Dirichlet concentration must be a finite number of at least {MIN_CONCENTRATION:g}, "
                 f"got {self.imbalance}"
             )

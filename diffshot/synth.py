@@ -12,7 +12,13 @@ import dataclasses
 
 import numpy as np
 
+from diffshot.episodes import check_seed
+from diffshot.errors import UsageError
 from diffshot.features import FeatureSet, make_featureset
+
+MAX_DIM = 65_536
+MAX_ROWS_PER_CLASS = 1_000_000
+MAX_VALUES = 500_000_000  # 2 GB of float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +38,21 @@ class SynthSpec:
     noise: float = 0.12
     offset: float = 3.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, low, high in (("dim", 1, MAX_DIM), ("rows_per_class", 2, MAX_ROWS_PER_CLASS)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise UsageError(f"{name} must be an integer from {low} to {high:,}, got {value!r}")
+        if self.piece_dim > self.dim:
+            raise UsageError(f"dim must be at least the pieces' dimension {self.piece_dim}, got {self.dim}")
+        classes = self.base_classes + self.val_classes + self.novel_classes
+        if classes * self.rows_per_class * self.dim > MAX_VALUES:
+            raise UsageError(
+                f"{classes} classes × {self.rows_per_class} rows × {self.dim} dimensions is more than "
+                f"{MAX_VALUES:,} values; lower --rows-per-class or --dim"
+            )
+        check_seed(self.seed)
 
 
 def synthesise(spec: SynthSpec = SynthSpec()) -> FeatureSet:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from diffshot import atomic
-from diffshot.errors import DiffshotError
+from diffshot.errors import DiffshotError, UsageError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -50,6 +50,8 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
             warnings.simplefilter("always")
             try:
                 return command(*args, **kwargs)
+            except UsageError as exc:
+                raise fail(str(exc).replace("\n", " "), 2) from None
             except DiffshotError as exc:
                 raise fail(str(exc).replace("\n", " ")) from None
             except KeyboardInterrupt:

@@ -14,7 +14,7 @@ from diffshot.atomic import write_text_atomic
 from diffshot.cli.common import Force, Threads, claim_outputs, comma_list, progress, stdout, user_errors
 from diffshot.cli.demo import default_features
 from diffshot.device import resolve_device, set_threads
-from diffshot.errors import DiffshotError
+from diffshot.errors import UsageError
 from diffshot.report.document import to_csv, to_json_document
 from diffshot.report.episodes_file import save_episode_accuracies
 from diffshot.report.table import results_table
@@ -35,7 +35,7 @@ def parse_imbalance(text: str | None) -> float | None:
     except ValueError:
         alpha = float("nan")
     if kind.strip().lower() != "dirichlet" or not sep or not alpha > 0 or alpha == float("inf"):
-        raise DiffshotError(f"--imbalance {text!r}: expected dirichlet:ALPHA with ALPHA > 0, e.g. dirichlet:2")
+        raise UsageError(f"--imbalance {text!r}: expected dirichlet:ALPHA with ALPHA > 0, e.g. dirichlet:2")
     return alpha
 
 
@@ -49,11 +49,11 @@ def episodes_reference(episodes_file: Path, output: Path | None) -> str:
 def output_format(fmt: str | None, output: Path | None) -> str:
     """The format to write: explicit, else from the output's extension, else the table."""
     if fmt is not None and fmt not in FORMATS:
-        raise DiffshotError(f"--format {fmt!r}: choose table, json or csv")
+        raise UsageError(f"--format {fmt!r}: choose table, json or csv")
     if fmt is not None and not (output is not None and fmt == "table"):
         return fmt
     if output is not None and fmt == "table":
-        raise DiffshotError("--format table prints to the terminal; write --output as json or csv")
+        raise UsageError("--format table prints to the terminal; write --output as json or csv")
     if output is not None and output.suffix.lower() in (".json", ".csv"):
         return output.suffix.lower()[1:]
     return "json" if output is not None else "table"
@@ -66,7 +66,7 @@ def shot_counts(values: list[str] | None) -> tuple[int, ...]:
         try:
             counts.append(int(text))
         except ValueError:
-            raise DiffshotError(f"--shots {text!r}: expected a positive integer") from None
+            raise UsageError(f"--shots {text!r}: expected a positive integer") from None
     return tuple(counts)
 
 

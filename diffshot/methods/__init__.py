@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import importlib
 
-from diffshot.errors import DiffshotError
+from diffshot.errors import DiffshotError, UsageError
 from diffshot.methods.base import Method, NoParams, Param, ParamValue, TaskScores, param
 
 MODULES = ("simpleshot", "diffusion", "diffresnet", "bdcspn", "laplacianshot", "ptmap", "tim", "labelprop")
@@ -36,7 +36,7 @@ def get_method(name: str) -> Method:
     except KeyError:
         close = difflib.get_close_matches(name, list(REGISTRY), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise DiffshotError(f"unknown method {name!r}{hint}; choose from {', '.join(REGISTRY)}") from None
+        raise UsageError(f"unknown method {name!r}{hint}; choose from {', '.join(REGISTRY)}") from None
 
 
 __all__ = [

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from diffshot.errors import DiffshotError
+from diffshot.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -67,18 +67,18 @@ class Param:
         if parsed is None:
             expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[self.kind]
             expected += " or 'auto'" if self.allow_auto else ""
-            raise DiffshotError(f"parameter {where}: expected {expected}, got {value!r}")
+            raise UsageError(f"parameter {where}: expected {expected}, got {value!r}")
         if isinstance(parsed, float) and not math.isfinite(parsed):
-            raise DiffshotError(f"parameter {where}: must be a finite number, got {value!r}")
+            raise UsageError(f"parameter {where}: must be a finite number, got {value!r}")
         if self.choices and parsed not in self.choices:
-            raise DiffshotError(f"parameter {where}: {parsed!r} is not one of {', '.join(self.choices)}")
+            raise UsageError(f"parameter {where}: {parsed!r} is not one of {', '.join(self.choices)}")
         if isinstance(parsed, int | float) and not isinstance(parsed, bool):
             if self.minimum is not None and parsed < self.minimum:
-                raise DiffshotError(f"parameter {where}: must be at least {self.minimum:g}, got {parsed}")
+                raise UsageError(f"parameter {where}: must be at least {self.minimum:g}, got {parsed}")
             if self.maximum is not None and parsed > self.maximum:
-                raise DiffshotError(f"parameter {where}: must be at most {self.maximum:g}, got {parsed}")
+                raise UsageError(f"parameter {where}: must be at most {self.maximum:g}, got {parsed}")
             if self.below is not None and not parsed < self.below:
-                raise DiffshotError(f"parameter {where}: must be below {self.below:g}, got {parsed}")
+                raise UsageError(f"parameter {where}: must be below {self.below:g}, got {parsed}")
         return parsed
 
 
@@ -199,7 +199,7 @@ class Method(Generic[P]):
             name = str(key).replace("-", "_")
             if name not in known:
                 options = ", ".join(known) or "none"
-                raise DiffshotError(f"method {self.name} has no parameter {key!r} (it has: {options})")
+                raise UsageError(f"method {self.name} has no parameter {key!r} (it has: {options})")
             values[name] = known[name].parse(value, self.name, from_text)
         params = self.params(**values)
         check = getattr(params, "check", None)

@@ -77,7 +77,8 @@ def load_episode_accuracies(path: Path | str) -> tuple[dict[str, object], list[E
     if meta.get("format") != EPISODES_FORMAT:
         raise DiffshotError(f"{path}: not a diffshot --save-episodes file")
     for record in records:
-        if record.accuracies.ndim != 1 or record.accuracies.dtype.kind not in "fiu":
+        values = record.accuracies
+        if values.ndim != 1 or values.dtype.kind not in "fiu" or values.size != meta.get("episodes"):
             raise DiffshotError(f"{path}: run {record.method} does not hold one number per episode")
     return meta, records
 

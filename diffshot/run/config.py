@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from diffshot.atomic import write_text_atomic
-from diffshot.errors import DiffshotError
+from diffshot.errors import DiffshotError, UsageError
 from diffshot.methods import REGISTRY, get_method
 from diffshot.methods.base import Method
 
@@ -55,7 +55,7 @@ def parse_label(text: str) -> tuple[str, dict[str, str]]:
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise DiffshotError(f"method {text!r}: expected NAME:PARAM=VALUE[,PARAM=VALUE], e.g. diffusion:layers=8")
+            raise UsageError(f"method {text!r}: expected NAME:PARAM=VALUE[,PARAM=VALUE], e.g. diffusion:layers=8")
         overrides[key.strip().replace("-", "_")] = value.strip()
     return name.strip(), overrides
 
@@ -67,7 +67,7 @@ def parse_assignments(items: Sequence[str]) -> dict[str, dict[str, str]]:
         key, sep, value = item.partition("=")
         method, dot, name = key.rpartition(".")
         if not sep or not dot or not method or not name:
-            raise DiffshotError(f"assignment {item!r}: expected METHOD.PARAM=VALUE, e.g. diffusion.layers=8")
+            raise UsageError(f"assignment {item!r}: expected METHOD.PARAM=VALUE, e.g. diffusion.layers=8")
         get_method(parse_label(method)[0])
         out.setdefault(method, {})[name.replace("-", "_")] = value
     return out
@@ -85,7 +85,7 @@ def method_runs(
     error, and so is an assignment to a method that is not run. A repeated label runs once.
     """
     if not methods:
-        raise DiffshotError("no method given")
+        raise UsageError("no method given")
     given = {k: v for k, v in (shared or {}).items() if v is not None}
     runs: dict[str, MethodRun] = {}
     used: set[str] = set()
@@ -101,12 +101,10 @@ def method_runs(
         runs[run.label] = run
     unused = sorted(set(given) - used)
     if unused and not all(isinstance(m, MethodRun) for m in methods):
-        raise DiffshotError(f"parameter {', '.join(unused)} is given, but none of the methods {', '.join(runs)} has it")
+        raise UsageError(f"parameter {', '.join(unused)} is given, but none of the methods {', '.join(runs)} has it")
     stray = sorted(set(assignments or {}) - set(runs) - {run.method.name for run in runs.values()})
     if stray:
-        raise DiffshotError(
-            f"parameters are set for {stray[0]}, which is not among the methods run ({', '.join(runs)})"
-        )
+        raise UsageError(f"parameters are set for {stray[0]}, which is not among the methods run ({', '.join(runs)})")
     return list(runs.values())
 
 
@@ -124,7 +122,7 @@ def _run_of(
         name, variant = entry[0], dict(entry[1])
         label = name + (":" + ",".join(f"{k}={v}" for k, v in variant.items()) if variant else "")
     else:
-        raise DiffshotError(f"method {entry!r}: expected a name or a (name, parameters) pair")
+        raise UsageError(f"method {entry!r}: expected a name or a (name, parameters) pair")
     method = get_method(name)
     names = {p.name for p in method.declared}
     overrides: dict[str, object] = dict(config.get(name, {}))

@@ -26,7 +26,7 @@ from diffshot.episodes import (
     sample_episodes,
     small_classes,
 )
-from diffshot.errors import DiffshotError
+from diffshot.errors import UsageError
 from diffshot.features import FeatureSet, file_sha256, load_features
 from diffshot.lazy import torch
 from diffshot.run.config import MethodRun, method_runs
@@ -146,9 +146,9 @@ def episode_source(
 def check_episodes(episodes: int) -> int:
     """The episode count, when a positive integer no larger than :data:`MAX_EPISODES`."""
     if isinstance(episodes, bool) or not isinstance(episodes, int | np.integer) or episodes <= 0:
-        raise DiffshotError(f"episodes must be a positive integer, got {episodes!r}")
+        raise UsageError(f"episodes must be a positive integer, got {episodes!r}")
     if episodes > MAX_EPISODES:
-        raise DiffshotError(f"episodes must be at most {MAX_EPISODES:,} per run, got {episodes:,}")
+        raise UsageError(f"episodes must be at most {MAX_EPISODES:,} per run, got {episodes:,}")
     return int(episodes)
 
 
@@ -172,7 +172,7 @@ def evaluate(
     """
     episodes, seed = check_episodes(episodes), check_seed(seed)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0):
-        raise DiffshotError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        raise UsageError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     runs = method_runs(methods)
     source = episode_source(fs, spec, split, device, stacklevel=3)
     chunk = chunk_size or chunk_size_for(spec, fs.dim)
@@ -263,12 +263,12 @@ def prepare_runs(request: EvaluationRequest) -> tuple[list[EpisodeSpec], list[Me
     check_episodes(request.episodes)
     check_seed(request.seed)
     if not request.shots:
-        raise DiffshotError("shots: give at least one shot count")
+        raise UsageError("shots: give at least one shot count")
     specs = [EpisodeSpec(request.ways, k, request.queries, request.imbalance) for k in dict.fromkeys(request.shots)]
     runs = method_runs(request.methods, request.config, request.shared, request.assignments)
     labels = [run.label for run in runs]
     if request.baseline is not None and request.baseline not in labels:
-        raise DiffshotError(
+        raise UsageError(
             f"baseline {request.baseline}: not among the methods run ({', '.join(labels)}); add it to the methods"
         )
     if request.imbalance is not None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from diffshot.atomic import atomic_path
 from diffshot.episodes import Task
-from diffshot.errors import DiffshotError
+from diffshot.errors import DiffshotError, UsageError
 from diffshot.features import FeatureSet, clean_features, read_features
 from diffshot.lazy import torch
 from diffshot.methods import REGISTRY
@@ -52,11 +52,11 @@ class PredictOptions:
         if isinstance(self.temperature, bool) or not (
             isinstance(self.temperature, int | float) and math.isfinite(self.temperature) and self.temperature > 0
         ):
-            raise DiffshotError(f"temperature must be a positive finite number, got {self.temperature!r}")
+            raise UsageError(f"temperature must be a positive finite number, got {self.temperature!r}")
         if self.index not in INDEX_CHOICES:
-            raise DiffshotError(f"index {self.index!r}: choose one of {', '.join(INDEX_CHOICES)}")
+            raise UsageError(f"index {self.index!r}: choose one of {', '.join(INDEX_CHOICES)}")
         if isinstance(self.exact_limit, bool) or not isinstance(self.exact_limit, int) or self.exact_limit < 1:
-            raise DiffshotError(f"exact_limit must be a positive integer, got {self.exact_limit!r}")
+            raise UsageError(f"exact_limit must be a positive integer, got {self.exact_limit!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +129,7 @@ def predict_run(method: str | tuple[str, dict[str, object]] | MethodRun) -> Meth
     run = method_runs([method])[0]
     if not run.method.labels_large_tasks:
         able = ", ".join(name for name, m in REGISTRY.items() if m.labels_large_tasks)
-        raise DiffshotError(f"method {run.method.name} cannot label one large task; predict runs {able}")
+        raise UsageError(f"method {run.method.name} cannot label one large task; predict runs {able}")
     return run
 
 
