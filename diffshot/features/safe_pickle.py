@@ -1,4 +1,9 @@
-"""Restricted unpickling: pickled feature files are read as data (containers, numbers, arrays, tensors), never code."""
+"""Restricted unpickling: pickled feature files are read as data (containers, numbers, arrays, tensors), never code.
+
+numpy arrays, dtypes and scalars are never built by numpy's own ``__setstate__`` (which turns file bytes into
+object pointers for an object dtype): the numpy names resolve to the rebuilders in ``diffshot.features.arrays``,
+which check the dtype against an allow-list of numeric and text kinds and the byte count against the shape.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from diffshot.errors import DiffshotError
+from diffshot.features.arrays import NUMPY_GLOBALS, UnsafeData, finish
 
 _CORRUPT = (
     pickle.UnpicklingError,
@@ -27,6 +31,7 @@ _CORRUPT = (
     RuntimeError,
     MemoryError,
     RecursionError,
+    UnicodeError,
 )
 _BUILTIN_NAMES = ("dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "str", "bool")
 _GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)")
@@ -34,6 +39,21 @@ _GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)")
 
 class Refused(Exception):
     """A pickle asked for a global outside the allowlist; carries the dotted name it asked for."""
+
+
+class _Allowed:
+    """An allowlisted function as a pickle sees it: callable, but never a target for BUILD's attribute writes."""
+
+    __slots__ = ("func",)
+
+    def __init__(self, func: Callable[..., object]) -> None:
+        self.func = func
+
+    def __call__(self, *args: object) -> object:
+        return self.func(*args)
+
+    def __setstate__(self, state: object) -> None:
+        raise UnsafeData("a pickle tried to set attributes on a loader function")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -61,12 +81,6 @@ def _latin1_encode(text: object, encoding: str = "utf-8", errors: str = "strict"
     return text.encode("latin-1", errors)
 
 
-def _frombuffer(buffer: object, dtype: object, shape: object, order: object) -> np.ndarray:
-    """numpy's protocol-5 array rebuild, returning a writable array."""
-    array = _NUMPY_FROMBUFFER(buffer, dtype, shape, order)
-    return array if array.flags.writeable else array.copy()
-
-
 def _load_storage(data: object) -> object:
     """A tensor storage from the bytes ``pickle.dump`` wrote for it, read with ``torch.load(weights_only=True)``."""
     import torch
@@ -76,10 +90,23 @@ def _load_storage(data: object) -> object:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
-            return torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+            storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = _GLOBAL_IN_MESSAGE.search(str(exc))
         raise Refused(found.group(1) if found else "a non-tensor object inside a torch storage") from None
+    if not isinstance(storage, torch.storage.TypedStorage | torch.UntypedStorage):
+        raise UnsafeData("a pickled torch storage holds something other than a storage")
+    return storage
+
+
+def _checked_storage(storage: object, hooks: object) -> None:
+    """Refuse a tensor rebuild over anything but a loaded storage, or one that asks for backward hooks."""
+    import torch
+
+    if not isinstance(storage, torch.storage.TypedStorage | torch.UntypedStorage):
+        raise pickle.UnpicklingError("a tensor must be rebuilt over a torch storage")
+    if hooks:
+        raise Refused("torch backward hooks")
 
 
 def _rebuild_tensor(
@@ -94,41 +121,62 @@ def _rebuild_tensor(
     """A plain tensor over a loaded storage, as ``torch._utils._rebuild_tensor_v2`` builds it, without hooks."""
     import torch
 
-    if not isinstance(storage, torch.storage.TypedStorage | torch.UntypedStorage):
-        raise pickle.UnpicklingError("a tensor must be rebuilt over a torch storage")
-    if hooks:
-        raise Refused("torch backward hooks")
+    _checked_storage(storage, hooks)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
         return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, collections.OrderedDict())
 
 
-_NUMPY_RECONSTRUCT = np.zeros(1).__reduce__()[0]
-_NUMPY_SCALAR = np.float32(0).__reduce__()[0]
-_NUMPY_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]
+def _rebuild_tensor_v3(
+    storage: object,
+    offset: object,
+    size: object,
+    stride: object,
+    requires_grad: object,
+    hooks: object,
+    dtype: object,
+    metadata: object = None,
+) -> object:
+    """A plain tensor of an explicit dtype (uint16/32/64 and friends), as ``_rebuild_tensor_v3`` builds it."""
+    import torch
+
+    _checked_storage(storage, hooks)
+    if not isinstance(dtype, torch.dtype):
+        raise pickle.UnpicklingError("_rebuild_tensor_v3 needs a torch dtype")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+        return torch._utils._rebuild_tensor_v3(
+            storage, offset, size, stride, False, collections.OrderedDict(), dtype
+        )
+
+
+def _torch_dtypes() -> dict[tuple[str, str], object]:
+    """``torch.<dtype>`` globals (how a pickle names ``torch.uint16``), without importing torch when it is absent."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return {}
+    return {("torch", name): value for name, value in vars(torch).items() if isinstance(value, torch.dtype)}
 
 
 # What a feature pickle may name: builtin containers and scalars, defaultdict/OrderedDict, numpy arrays, dtypes and
-# scalars (numpy 1 and 2 module names), and plain tensors written by pickle.dump, whose storage bytes are themselves
-# read with torch.load(weights_only=True). Everything else (os.system, eval, getattr, custom classes) is refused.
-def _allowlist() -> dict[tuple[str, str], Callable[..., object] | type]:
+# scalars (numpy 1 and 2 module names, rebuilt from validated parts), and plain tensors written by pickle.dump,
+# whose storage bytes are themselves read with torch.load(weights_only=True). Everything else (os.system, eval,
+# getattr, custom classes) is refused.
+def _allowlist() -> dict[tuple[str, str], object]:
     """Every global a feature pickle may name, keyed by (module, name), mapped to what it resolves to."""
-    table: dict[tuple[str, str], Callable[..., object] | type] = {}
+    table: dict[tuple[str, str], object] = {}
     for module in ("builtins", "__builtin__"):
         table.update({(module, name): getattr(builtins, name) for name in _BUILTIN_NAMES})
-        table[(module, "bytes")] = _bytes_from_data
-    table[("_codecs", "encode")] = _latin1_encode
+        table[(module, "bytes")] = _Allowed(_bytes_from_data)
+    table[("_codecs", "encode")] = _Allowed(_latin1_encode)
     table[("collections", "defaultdict")] = collections.defaultdict
     table[("collections", "OrderedDict")] = collections.OrderedDict
-    table[("numpy", "ndarray")] = np.ndarray
-    table[("numpy", "dtype")] = np.dtype
-    for core in ("numpy.core", "numpy._core"):
-        for module in (f"{core}.multiarray", f"{core}._multiarray_umath"):
-            table[(module, "_reconstruct")] = _NUMPY_RECONSTRUCT
-            table[(module, "scalar")] = _NUMPY_SCALAR
-        table[(f"{core}.numeric", "_frombuffer")] = _frombuffer
-    table[("torch._utils", "_rebuild_tensor_v2")] = _rebuild_tensor
-    table[("torch.storage", "_load_from_bytes")] = _load_storage
+    table.update(NUMPY_GLOBALS)
+    table[("torch._utils", "_rebuild_tensor_v2")] = _Allowed(_rebuild_tensor)
+    table[("torch._utils", "_rebuild_tensor_v3")] = _Allowed(_rebuild_tensor_v3)
+    table[("torch.storage", "_load_from_bytes")] = _Allowed(_load_storage)
+    table.update(_torch_dtypes())
     return table
 
 
@@ -138,7 +186,7 @@ ALLOWED = _allowlist()
 class DataUnpickler(pickle.Unpickler):
     """An unpickler that builds data only: any global outside ``ALLOWED`` raises ``Refused``."""
 
-    def find_class(self, module: str, name: str) -> Callable[..., object] | type:
+    def find_class(self, module: str, name: str) -> object:
         """The allowlisted object for ``module.name``; ``Refused`` for anything else."""
         try:
             return ALLOWED[(module, name)]
@@ -147,26 +195,24 @@ class DataUnpickler(pickle.Unpickler):
 
 
 def safe_load(path: Path) -> object:
-    """Unpickle ``path`` as data only; a one-line DiffshotError when it is corrupt or asks to run code."""
+    """Unpickle ``path`` as data only; a one-line DiffshotError when it is corrupt, too large or asks to run code."""
     try:
         with open(path, "rb") as handle:
-            return DataUnpickler(handle, encoding="latin1").load()
+            loaded = DataUnpickler(handle, encoding="latin1").load()
     except Refused as exc:
         raise DiffshotError(refused_message(path, str(exc))) from None
+    except UnsafeData as exc:
+        raise DiffshotError(f"{path}: {exc}") from None
     except OSError as exc:
         raise DiffshotError(f"{path}: cannot read file ({exc.strerror or _first_line(exc)})") from None
     except _CORRUPT as exc:
         raise DiffshotError(f"{path}: not a readable pickle, truncated or corrupt ({_first_line(exc)})") from None
+    return finish(loaded, path)
 
 
-def _torch_safe_globals() -> list[object]:
-    """numpy array, dtype and scalar reconstruction, under numpy 1 and 2 names, for torch's weights-only loader."""
-    dtype_classes = [v for v in vars(np.dtypes).values() if isinstance(v, type) and issubclass(v, np.dtype)]
-    aliases = [
-        (_NUMPY_RECONSTRUCT, "numpy.core.multiarray._reconstruct"),
-        (_NUMPY_SCALAR, "numpy.core.multiarray.scalar"),
-    ]
-    return [_NUMPY_RECONSTRUCT, _NUMPY_SCALAR, np.ndarray, np.dtype, *dtype_classes, *aliases]
+def _torch_safe_globals() -> list[tuple[object, str]]:
+    """The validated numpy rebuilders, under numpy 1 and 2 names, for torch's weights-only loader."""
+    return [(value, f"{module}.{name}") for (module, name), value in NUMPY_GLOBALS.items()]
 
 
 def _weights_only_message(path: Path, exc: pickle.UnpicklingError) -> str:
@@ -185,7 +231,9 @@ def safe_torch_load(path: Path) -> object:
 
     try:
         with torch.serialization.safe_globals(_torch_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except UnsafeData as exc:
+        raise DiffshotError(f"{path}: {exc}") from None
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" not in str(exc):
             raise DiffshotError(
@@ -196,6 +244,7 @@ def safe_torch_load(path: Path) -> object:
         raise DiffshotError(f"{path}: cannot read file ({exc.strerror or _first_line(exc)})") from None
     except _CORRUPT as exc:
         raise DiffshotError(f"{path}: not a readable torch file, truncated or corrupt ({_first_line(exc)})") from None
+    return finish(loaded, path)
 
 
 __all__ = ["ALLOWED", "DataUnpickler", "Refused", "refused_message", "safe_load", "safe_torch_load"]
