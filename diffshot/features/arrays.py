@@ -25,7 +25,7 @@ MAX_NDIM = 32
 MAX_NESTING = 100
 _CODE = re.compile(r"([<>|=]?)([biufcUSO])(\d+)")
 _BYTEORDERS = ("<", ">", "|", "=")
-_TENSOR_DTYPES_REFUSED = ("complex32", "chalf", "qint", "quint", "bits", "uint1", "uint2", "uint3", "uint4")
+_TENSOR_DTYPE_READABLE = re.compile(r"bool|u?int(8|16|32|64)|float(16|32|64)|bfloat16|float8_\w+|complex(64|128)")
 
 
 class UnsafeData(Exception):
@@ -208,8 +208,9 @@ def check_tensor(tensor: object) -> int:
         raise UnsafeData(f"holds a meta tensor of shape {tuple(tensor.shape)}, which has no data")
     if tensor.is_nested:
         raise UnsafeData("holds a nested tensor; diffshot reads plain (strided) tensors")
-    if tensor.is_quantized or any(part in str(tensor.dtype) for part in _TENSOR_DTYPES_REFUSED):
-        raise UnsafeData(f"holds a tensor of dtype {str(tensor.dtype).removeprefix('torch.')}, which is not read")
+    name = str(tensor.dtype).removeprefix("torch.")
+    if tensor.is_quantized or not _TENSOR_DTYPE_READABLE.fullmatch(name):
+        raise UnsafeData(f"holds a tensor of dtype {name}, which is not read (quantized, packed or complex32)")
     if tensor.layout not in (torch.strided, torch.sparse_coo, torch.sparse_csr):
         raise UnsafeData(f"holds a tensor of layout {tensor.layout}, which is not read")
     return math.prod(tensor.shape) * tensor.element_size()
@@ -284,8 +285,9 @@ def expanded_bytes(root: object, limit: int) -> int:
                 stack.append([child, iter(child_items), _own_bytes(child)])
         if frame[2] > limit:
             raise UnsafeData(
-                f"its shared references expand to more than {human(limit)} of data; refused before "
-                f"building arrays from them (limit: {PICKLE_RATIO}x the file size, at least {human(FLOOR_BYTES)})"
+                f"what it holds expands to more than {human(limit)} of data (shared references or "
+                f"overlapping tensor strides); refused before building arrays from it "
+                f"(limit: {PICKLE_RATIO}x the file size, at least {human(FLOOR_BYTES)})"
             )
     return totals[id(root)]
 

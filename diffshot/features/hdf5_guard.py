@@ -91,6 +91,8 @@ def read_dataset(ds: h5py.Dataset, budget: Budget, what: str, rows: int | None =
     count = int(np.prod(shape, dtype=object)) if shape else 1
     nbytes = count * ds.dtype.itemsize
     stored, filtered = _stored_bytes(ds)
+    if ds.external or ds.is_virtual:  # only read when the user opted in; the data is elsewhere, memory still bounds it
+        stored, filtered = nbytes, False
     budget.take(nbytes, stored, COMPRESSED_RATIO if filtered else 1, f"dataset {ds.name} (shape {ds.shape})")
     try:
         return ds[()] if rows is None else ds[:rows]

@@ -81,12 +81,72 @@ def _latin1_encode(text: object, encoding: str = "utf-8", errors: str = "strict"
     return text.encode("latin-1", errors)
 
 
+class _Typed(Exception):
+    """The storage bytes hold a typed storage, which ``torch.load(weights_only=True)`` reads itself."""
+
+
+class _StoragePickle(pickle.Unpickler):
+    """Reads the pickles of a legacy ``torch.save(storage)`` blob: numbers, a dict, and one storage reference."""
+
+    untyped = object()
+
+    def find_class(self, module: str, name: str) -> object:
+        """Only ``torch.UntypedStorage`` is named here; a typed storage goes to torch's own loader."""
+        if name == "UntypedStorage" and module in ("torch", "torch.storage"):
+            return self.untyped
+        if module == "torch" and name.endswith("Storage"):
+            raise _Typed(name)
+        raise Refused(f"{module}.{name}")
+
+    def persistent_load(self, pid: object) -> object:
+        """The one storage reference: ('storage', UntypedStorage, key, location, size, ...)."""
+        if (
+            not isinstance(pid, tuple)
+            or len(pid) < 5
+            or pid[0] != "storage"
+            or pid[1] is not self.untyped
+            or not isinstance(pid[2], str)
+            or not isinstance(pid[4], int)
+        ):
+            raise pickle.UnpicklingError("unexpected storage reference in a pickled torch storage")
+        return pid
+
+
+def _untyped_storage(blob: bytes) -> object:
+    """An UntypedStorage from ``torch.save(storage, _use_new_zipfile_serialization=False)`` bytes, parsed here.
+
+    torch's own loader cannot read these back (how tensors of uint16/32/64 and float8 dtypes are pickled,
+    through ``_rebuild_tensor_v3``); the layout is three header pickles, a pickle naming the storage, a
+    pickle of its key, then the byte count (8 bytes, little-endian) and the bytes.
+    """
+    import torch
+
+    stream = io.BytesIO(blob)
+    for _ in range(3):
+        _StoragePickle(stream).load()
+    pid = _StoragePickle(stream).load()
+    keys = _StoragePickle(stream).load()
+    if not isinstance(pid, tuple) or keys != [pid[2]]:
+        raise pickle.UnpicklingError("a pickled torch storage does not name its one storage")
+    size = int.from_bytes(stream.read(8), "little")
+    data = stream.read(size)
+    if size != pid[4] or len(data) != size:
+        raise pickle.UnpicklingError("a pickled torch storage is truncated")
+    if not size:
+        return torch.UntypedStorage(0)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).untyped_storage()
+
+
 def _load_storage(data: object) -> object:
     """A tensor storage from the bytes ``pickle.dump`` wrote for it, read with ``torch.load(weights_only=True)``."""
     import torch
 
     if not isinstance(data, bytes | bytearray):
         raise pickle.UnpicklingError("a torch storage must be pickled as bytes")
+    try:
+        return _untyped_storage(bytes(data))
+    except _Typed:
+        pass
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
@@ -143,24 +203,30 @@ def _rebuild_tensor_v3(
     _checked_storage(storage, hooks)
     if not isinstance(dtype, torch.dtype):
         raise pickle.UnpicklingError("_rebuild_tensor_v3 needs a torch dtype")
+    if not isinstance(offset, int) or not all(
+        isinstance(dims, tuple) and all(isinstance(n, int) for n in dims) for dims in (size, stride)
+    ):
+        raise pickle.UnpicklingError("_rebuild_tensor_v3 needs an integer offset, size and stride")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
-        return torch._utils._rebuild_tensor_v3(
-            storage, offset, size, stride, False, collections.OrderedDict(), dtype
-        )
+        untyped = storage if isinstance(storage, torch.UntypedStorage) else storage._untyped_storage
+        tensor = torch.empty((0,), dtype=dtype)
+        tensor.set_(untyped, offset, size, stride)  # torch checks that size and stride stay inside the storage
+    return tensor
 
 
-def _torch_dtypes() -> dict[tuple[str, str], object]:
-    """``torch.<dtype>`` globals (how a pickle names ``torch.uint16``), without importing torch when it is absent."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return {}
-    return {("torch", name): value for name, value in vars(torch).items() if isinstance(value, torch.dtype)}
+def _torch_dtype(module: str, name: str) -> object | None:
+    """``torch.<dtype>`` as a pickle names it (``torch.uint16`` for ``_rebuild_tensor_v3``); torch imported only then."""
+    if module != "torch":
+        return None
+    import torch
+
+    value = getattr(torch, name, None)
+    return value if isinstance(value, torch.dtype) else None
 
 
 # What a feature pickle may name: builtin containers and scalars, defaultdict/OrderedDict, numpy arrays, dtypes and
-# scalars (numpy 1 and 2 module names, rebuilt from validated parts), and plain tensors written by pickle.dump,
+# scalars (numpy 1 and 2 module names, rebuilt from validated parts), torch dtypes, and plain tensors written by pickle.dump,
 # whose storage bytes are themselves read with torch.load(weights_only=True). Everything else (os.system, eval,
 # getattr, custom classes) is refused.
 def _allowlist() -> dict[tuple[str, str], object]:
@@ -176,7 +242,6 @@ def _allowlist() -> dict[tuple[str, str], object]:
     table[("torch._utils", "_rebuild_tensor_v2")] = _Allowed(_rebuild_tensor)
     table[("torch._utils", "_rebuild_tensor_v3")] = _Allowed(_rebuild_tensor_v3)
     table[("torch.storage", "_load_from_bytes")] = _Allowed(_load_storage)
-    table.update(_torch_dtypes())
     return table
 
 
@@ -188,10 +253,10 @@ class DataUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> object:
         """The allowlisted object for ``module.name``; ``Refused`` for anything else."""
-        try:
-            return ALLOWED[(module, name)]
-        except KeyError:
-            raise Refused(f"{module}.{name}") from None
+        found = ALLOWED.get((module, name)) or _torch_dtype(module, name)
+        if found is None:
+            raise Refused(f"{module}.{name}")
+        return found
 
 
 def safe_load(path: Path) -> object:
@@ -230,7 +295,8 @@ def safe_torch_load(path: Path) -> object:
     import torch
 
     try:
-        with torch.serialization.safe_globals(_torch_safe_globals()):
+        with torch.serialization.safe_globals(_torch_safe_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's deprecation notes on storages and quantized types are not ours
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except UnsafeData as exc:
         raise DiffshotError(f"{path}: {exc}") from None
