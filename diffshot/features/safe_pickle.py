@@ -216,7 +216,7 @@ def _rebuild_tensor_v3(
 
 
 def _torch_dtype(module: str, name: str) -> object | None:
-    """``torch.<dtype>`` as a pickle names it (``torch.uint16`` for ``_rebuild_tensor_v3``); torch imported only then."""
+    """``torch.<dtype>`` as a pickle names it (``torch.uint16`` for ``_rebuild_tensor_v3``), importing torch then."""
     if module != "torch":
         return None
     import torch
@@ -226,9 +226,9 @@ def _torch_dtype(module: str, name: str) -> object | None:
 
 
 # What a feature pickle may name: builtin containers and scalars, defaultdict/OrderedDict, numpy arrays, dtypes and
-# scalars (numpy 1 and 2 module names, rebuilt from validated parts), torch dtypes, and plain tensors written by pickle.dump,
-# whose storage bytes are themselves read with torch.load(weights_only=True). Everything else (os.system, eval,
-# getattr, custom classes) is refused.
+# scalars (numpy 1 and 2 module names, rebuilt from validated parts), torch dtypes, and plain tensors written by
+# pickle.dump, whose storage bytes are parsed here or read with torch.load(weights_only=True). Everything else
+# (os.system, eval, getattr, custom classes) is refused.
 def _allowlist() -> dict[tuple[str, str], object]:
     """Every global a feature pickle may name, keyed by (module, name), mapped to what it resolves to."""
     table: dict[tuple[str, str], object] = {}
