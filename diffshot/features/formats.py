@@ -451,7 +451,12 @@ def _numeric(array: np.ndarray, path: Path, what: str) -> np.ndarray:
 
 
 def _labels(value: object, path: Path, what: str) -> np.ndarray:
-    """Labels as a 1-D array; a [N, 1] column is flattened."""
+    """Labels as a 1-D array; a [N, 1] column is flattened; a list mixing numbers and text is refused.
+
+    (numpy would turn ``[1, "1"]`` into two equal strings and silently merge the classes.)
+    """
+    if isinstance(value, list | tuple) and len({isinstance(v, str | bytes) for v in value}) > 1:
+        raise DiffshotError(f"{path}: {what} mix integers and strings, which cannot be sorted into classes")
     array = _array(value, path, what)
     return array.reshape(-1) if array.ndim == 2 and array.shape[1] == 1 else array
 
