@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
@@ -50,9 +51,8 @@ def _env() -> dict[str, str]:
 
 def run_cli(args: Sequence[str | os.PathLike[str]], cwd: Path, user: int | None = None, timeout: float = 300) -> Result:
     """``python -m diffshot ARGS`` in ``cwd`` (as uid/gid ``user`` when given: only root can do that)."""
-    extra: dict[str, object] = {} if user is None else {"user": user, "group": user, "extra_groups": []}
     done = subprocess.run(
-        [sys.executable, "-m", "diffshot", *map(str, args)],
+        [*_as_user(user), sys.executable, "-m", "diffshot", *map(str, args)],
         cwd=cwd,
         env=_env(),
         capture_output=True,
@@ -60,9 +60,15 @@ def run_cli(args: Sequence[str | os.PathLike[str]], cwd: Path, user: int | None 
         errors="replace",
         timeout=timeout,
         check=False,
-        **extra,  # type: ignore[arg-type]
     )
     return Result(done.returncode, done.stdout, done.stderr)
+
+
+def _as_user(user: int | None) -> list[str]:
+    """The command prefix that runs a child as uid/gid ``user`` with no supplementary groups (util-linux setpriv)."""
+    if user is None:
+        return []
+    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
 
 
 def _fingerprint(paths: Iterable[Path]) -> dict[Path, str | None]:
@@ -117,19 +123,16 @@ def probe(
 @functools.cache
 def can_drop_to(uid: int = NOBODY) -> bool:
     """Whether this process may run a child as ``uid`` (it is root, and the child can import diffshot there)."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("setpriv") is None:
         return False
     try:
         done = subprocess.run(
-            [sys.executable, "-c", "import diffshot"],
+            [*_as_user(uid), sys.executable, "-c", "import diffshot"],
             cwd="/",
             env=_env(),
             capture_output=True,
             timeout=300,
             check=False,
-            user=uid,
-            group=uid,
-            extra_groups=[],
         )
     except (OSError, subprocess.SubprocessError):
         return False

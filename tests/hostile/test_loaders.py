@@ -304,6 +304,12 @@ def test_dangling_and_looping_links_give_one_line(here: Path) -> None:
     probe(["convert", "loop.h5", "out.h5"], cwd=here, canaries=[here / "out.h5"], contains=["loop.h5", "link loop"])
 
 
+def test_fifo_and_device_are_refused_without_blocking(here: Path) -> None:
+    os.mkfifo(here / "pipe.h5")
+    probe(["info", "pipe.h5"], cwd=here, contains=["pipe.h5", "not a regular file"])
+    probe(["info", "/dev/zero"], cwd=here, contains=["/dev/zero", "not a regular file"])
+
+
 @pytest.fixture
 def open_folder() -> Iterator[Path]:
     """A folder anyone may enter and write (tmp_path is root's own), removed afterwards."""
@@ -320,7 +326,7 @@ def _as_unprivileged() -> int | None:
     if os.geteuid() != 0:
         return None
     if not can_drop_to(NOBODY):
-        pytest.skip("running as root, and a child dropped to 'nobody' cannot import diffshot from this checkout")
+        pytest.skip("running as root without setpriv, or 'nobody' cannot run python and import diffshot from here")
     return NOBODY
 
 
