@@ -239,7 +239,7 @@ def test_careless_hdf5_layouts_give_one_line(here: Path, name: str) -> None:
 
 
 CARELESS_PICKLES = {
-    "unsortable.pkl": ({"features": FEATURES[:4], "labels": [1, "a", 2.5, None]}, "labels must be integers or strings"),
+    "unsortable.pkl": ({"features": FEATURES[:4], "labels": [1, 2.5, None, 3]}, "labels must be integers or strings"),
     "mixed.pkl": ({"features": FEATURES[:2], "labels": [1, "1"]}, "mix integers and strings"),
     "scalar-features.pkl": ({"features": np.float32(3), "labels": [1]}, "2-D array"),
     "scalar-names.pkl": ({"features": FEATURES, "labels": LABELS, "class_names": "ab"}, "class_names"),
