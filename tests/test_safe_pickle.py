@@ -240,3 +240,133 @@ def test_truncated_torch_file_gives_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(DiffshotError) as exc:
         safe_torch_load(path)
     assert "truncated or corrupt" in one_line_error(exc, path)
+
+
+DTYPES = ["<f4", ">f4", "<f8", ">f8", "<f2", "?", "i1", "<i8", ">i4", "u1", "<u2", ">u8", "<c8", ">c16", "S3", ">U2"]
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_numeric_and_text_dtypes_round_trip_in_both_byte_orders(tmp_path: Path, protocol: int, dtype: str) -> None:
+    values = np.arange(12).reshape(3, 4)
+    array = values.astype(dtype)
+    obj = {"c": array, "f": np.asfortranarray(array), "row": array[1], "scalar": array.reshape(-1)[5]}
+    loaded = safe_load(_dump(tmp_path / "x.pkl", obj, protocol))
+    for key in ("c", "f", "row"):
+        np.testing.assert_array_equal(loaded[key], obj[key])
+        assert loaded[key].dtype == obj[key].dtype
+        assert loaded[key].flags.writeable
+    assert loaded["f"].flags.f_contiguous
+    assert loaded["scalar"] == obj["scalar"] and loaded["scalar"].dtype == obj["scalar"].dtype
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.zeros(2, dtype=[("a", "<f4"), ("b", "<i4")]),
+        np.zeros(2, dtype="V8"),
+        np.zeros(2, dtype="M8[s]"),
+        np.zeros(2, dtype=[("a", "<f4", (2,))]),
+    ],
+    ids=["structured", "void", "datetime", "subarray"],
+)
+def test_structured_void_and_datetime_arrays_are_refused(tmp_path: Path, array: np.ndarray) -> None:
+    path = _dump(tmp_path / "x.pkl", {"features": array}, 2)
+    with pytest.raises(DiffshotError) as exc:
+        safe_load(path)
+    assert "refused numpy dtype" in one_line_error(exc, path)
+
+
+class _Dtype:
+    """Pickles as numpy.dtype(code) with numpy's usual state: lets a test ask for any dtype code string."""
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (np.dtype, (self.code, False, True), (3, "<", None, None, None, -1, -1, 0))
+
+
+class _Array:
+    """Pickles as numpy's ``_reconstruct`` with a hand-made state (shape, dtype, data)."""
+
+    def __init__(self, shape: object, dtype: object, data: object) -> None:
+        self.state = (1, shape, dtype, False, data)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (np.zeros(1).__reduce__()[0], (np.ndarray, (0,), b"b"), self.state)
+
+
+@pytest.mark.parametrize(
+    ("obj", "reason"),
+    [
+        (_Array((2,), _Dtype("O8"), b"A" * 16), "object array"),
+        (_Array((2,), _Dtype("f4,i4"), b"A" * 16), "refused numpy dtype"),
+        (_Array((2,), _Dtype("(2,)f4"), b"A" * 16), "refused numpy dtype"),
+        (_Array((2,), _Dtype("f4"), b"A" * 7), "needs 8 bytes"),
+        (_Array((2**40, 2**40), _Dtype("f4"), b""), "needs"),
+        (_Array((-1,), _Dtype("f4"), b""), "shape"),
+        (_Array((2,), "f4", b"A" * 8), "not a numpy dtype"),
+    ],
+    ids=["object-from-bytes", "structured-code", "subarray-code", "short-data", "huge-shape", "negative", "str-dtype"],
+)
+def test_hand_made_array_states_are_refused(tmp_path: Path, obj: object, reason: str) -> None:
+    path = _dump(tmp_path / "x.pkl", {"labels": obj}, 2)
+    with pytest.raises(DiffshotError) as exc:
+        safe_load(path)
+    assert reason in one_line_error(exc, path)
+
+
+def test_object_arrays_from_pickled_objects_still_load(tmp_path: Path) -> None:
+    names = np.array(["cat", "dog", np.arange(2, dtype=np.float32)], dtype=object)
+    loaded = safe_load(_dump(tmp_path / "x.pkl", names, 2))
+    assert loaded.dtype == object and list(loaded[:2]) == ["cat", "dog"]
+    np.testing.assert_array_equal(loaded[2], np.arange(2, dtype=np.float32))
+
+
+def test_shared_references_are_bounded_but_shared_arrays_stay_shared(tmp_path: Path) -> None:
+    block = np.ones(1000, np.float32)
+    loaded = safe_load(_dump(tmp_path / "ok.pkl", [block] * 10))
+    assert all(item is loaded[0] for item in loaded)
+    bomb = _dump(tmp_path / "bomb.pkl", [[block] * 1000] * 100)  # 400 MB when stacked, from a 40 kB pickle
+    with pytest.raises(DiffshotError) as exc:
+        safe_load(bomb)
+    assert "expands to more than 256 MiB" in one_line_error(exc, bomb)
+
+
+def test_deep_nesting_is_refused_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "deep.pkl"
+    path.write_bytes(b"\x80\x02" + b"]" * 500 + b"a" * 499 + b".")  # 500 empty lists, each appended into the last
+    with pytest.raises(DiffshotError) as exc:
+        safe_load(path)
+    assert "nests containers" in one_line_error(exc, path)
+
+
+def test_build_cannot_set_attributes_on_loader_functions(tmp_path: Path) -> None:
+    path = tmp_path / "x.pkl"
+    # BUILD with slot state (None, {'__defaults__': ...}) on the allowlisted _codecs.encode: setattr on a function
+    path.write_bytes(b"c_codecs\nencode\n(N(S'__defaults__'\n(S'latin1'\nS'strict'\ntdtb.")
+    with pytest.raises(DiffshotError) as exc:
+        safe_load(path)
+    assert "tried to set attributes on a loader function" in one_line_error(exc, path)
+    assert safe_load(_dump(tmp_path / "ok.pkl", b"\xff", 2)) == b"\xff"
+
+
+def test_torch_files_get_the_same_checked_numpy_rebuild(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.pt"
+    arrays = {"be": np.arange(6, dtype=">f8").reshape(2, 3), "f": np.asfortranarray(np.ones((2, 3), np.int16))}
+    torch.save({**arrays, "s": np.int64(7), "names": np.array(["a", "bc"])}, path)
+    loaded = safe_torch_load(path)
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(loaded[key], value)
+        assert loaded[key].dtype == value.dtype
+    assert loaded["s"] == 7 and list(loaded["names"]) == ["a", "bc"]
+
+
+def test_rebuild_tensor_v3_in_a_plain_pickle_is_read(tmp_path: Path) -> None:
+    obj = {"u16": torch.tensor([1, 2, 65535], dtype=torch.uint16), "u64": torch.tensor([2**40], dtype=torch.uint64)}
+    path = _dump(tmp_path / "v3.pkl", obj)
+    assert b"_rebuild_tensor_v3" in path.read_bytes()
+    loaded = safe_load(path)
+    for key, value in obj.items():
+        assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], value)

@@ -13,13 +13,21 @@ from diffshot.features import read_features, write_canonical
 
 @user_errors
 def convert(
-    src: Annotated[Path, typer.Argument(help="Features in any supported format.")],
+    src: Annotated[Path, typer.Argument(readable=False, help="Features in any supported format.")],
     dst: Annotated[Path, typer.Argument(help="Canonical HDF5 file to write (atomically).")],
-    base_mean: Annotated[Path | None, typer.Option(help="Base-mean file (e.g. Diff-ResNet's *_base_mean.plk).")] = None,
+    base_mean: Annotated[
+        Path | None, typer.Option(readable=False, help="Base-mean file (e.g. Diff-ResNet's *_base_mean.plk).")
+    ] = None,
+    allow_external_data: Annotated[
+        bool,
+        typer.Option(
+            "--allow-external-data", help="Follow HDF5 external links, external storage and virtual datasets."
+        ),
+    ] = False,
     force: Force = False,
 ) -> None:
     """Convert a field format (PT-MAP/S2M2/Diff-ResNet pickles, TIM, CloserLook, EASY, .npz) to canonical HDF5."""
     claim_outputs([], [src, base_mean], binary=[dst], force=force)
-    fs = read_features(src, base_mean)
+    fs = read_features(src, base_mean, allow_external=allow_external_data)
     write_canonical(fs, dst, {"converted_from": str(src)})
     stdout.print(f"wrote {dst}: {fs.num_rows:,} rows, {fs.dim}-d, {fs.num_classes} classes")

@@ -15,11 +15,17 @@ from diffshot.features import SPLITS, read_features
 
 @user_errors
 def info(
-    features: Annotated[Path, typer.Argument(help="Features file (canonical HDF5 or a field format).")],
-    base_mean: Annotated[Path | None, typer.Option(help="Base-mean file for pickled features.")] = None,
+    features: Annotated[Path, typer.Argument(readable=False, help="Features file (canonical HDF5 or a field format).")],
+    base_mean: Annotated[Path | None, typer.Option(readable=False, help="Base-mean file for pickled features.")] = None,
+    allow_external_data: Annotated[
+        bool,
+        typer.Option(
+            "--allow-external-data", help="Follow HDF5 external links, external storage and virtual datasets."
+        ),
+    ] = False,
 ) -> None:
     """Rows, dimension, classes per split, rows per class, base mean, non-finite rows and provenance."""
-    fs = read_features(features, base_mean)
+    fs = read_features(features, base_mean, allow_external=allow_external_data)
     counts = fs.rows_per_class()
     table = Table(title=str(features), show_header=False)
     table.add_column("field", style="bold")

@@ -149,10 +149,13 @@ def make_featureset(
         if not np.all(np.isfinite(raw_labels)) or not np.all(raw_labels == np.round(raw_labels)):
             raise DiffshotError(f"{source}: labels must be integers or strings")
         raw_labels = raw_labels.astype(np.int64)
-    if raw_labels.dtype.kind == "S":
-        raw_labels = np.char.decode(raw_labels, "utf-8")
-    if raw_labels.dtype.kind == "O":
-        raw_labels = np.array([_as_text(v) if isinstance(v, bytes | str) else v for v in raw_labels])
+    if raw_labels.dtype.kind in "SO":
+        items = [_label(v, source) for v in raw_labels.tolist()]
+        if len({isinstance(v, str) for v in items}) > 1:
+            raise DiffshotError(f"{source}: labels mix integers and strings, which cannot be sorted into classes")
+        raw_labels = np.array(items)
+    if raw_labels.dtype.kind not in "biuU":
+        raise DiffshotError(f"{source}: labels must be integers or strings, got {_kinds(raw_labels)}")
     uniques, dense = np.unique(raw_labels, return_inverse=True)
     dense = dense.reshape(-1).astype(np.int64)
     names = _class_names(uniques, class_names, source)
@@ -169,7 +172,10 @@ def make_featureset(
         split = tuple(split_list)
     mean = None
     if base_mean is not None:
-        mean = np.asarray(base_mean, dtype=np.float32).reshape(-1)
+        mean = np.asarray(base_mean)
+        if mean.dtype.kind not in "fiu":
+            raise DiffshotError(f"{source}: base_mean must be a numeric vector, got dtype {mean.dtype}")
+        mean = mean.astype(np.float32).reshape(-1)
         if mean.shape[0] != feats.shape[1]:
             raise DiffshotError(f"{source}: base_mean has dimension {mean.shape[0]}, features have {feats.shape[1]}")
         if not np.all(np.isfinite(mean)):
@@ -199,6 +205,25 @@ def _as_text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return str(value)
+
+
+def _label(value: object, source: str) -> object:
+    """One label from an object or bytes array: text must be valid UTF-8 (two bad labels must not merge)."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DiffshotError(f"{source}: labels hold bytes that are not valid UTF-8 ({value[:20]!r})") from None
+    if isinstance(value, str | int | np.integer) and not isinstance(value, bool):
+        return value
+    raise DiffshotError(f"{source}: labels must be integers or strings, found a {type(value).__name__}")
+
+
+def _kinds(values: np.ndarray) -> str:
+    """The Python types found in a label array, for an error message."""
+    if values.dtype.kind != "O":
+        return f"dtype {values.dtype}"
+    return "a mix of " + ", ".join(sorted({type(v).__name__ for v in values.tolist()}))
 
 
 def _max_int(values: np.ndarray) -> int:

@@ -7,6 +7,7 @@ import sys
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import h5py
 import numpy as np
@@ -14,6 +15,8 @@ import numpy as np
 from diffshot.errors import DiffshotError
 from diffshot.features.canonical import is_canonical, read_canonical
 from diffshot.features.featureset import FeatureSet, make_featureset
+from diffshot.features.hdf5_guard import open_hdf5, read_dataset
+from diffshot.features.limits import COMPRESSED_RATIO, Budget, human
 from diffshot.features.safe_pickle import safe_load, safe_torch_load
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -43,24 +46,24 @@ class Imported:
     note: str | None = None
 
 
-def read_foreign(path: Path, base_mean_path: Path | None) -> FeatureSet:
+def read_foreign(path: Path, base_mean_path: Path | None, allow_external: bool = False) -> FeatureSet:
     """Read a features file in any supported format; the base mean from ``base_mean_path`` or a sibling file."""
     path = Path(path)
     container = sniff(path)
     if container == "hdf5":
-        fs = _read_hdf5(path)
+        fs = _read_hdf5(path, allow_external)
     else:
         fs = _to_featureset(parse(load_object(path, container), path, container), path, container)
     mean_path = Path(base_mean_path) if base_mean_path is not None else sibling_base_mean(path)
-    return fs if mean_path is None else _with_base_mean(fs, mean_path)
+    return fs if mean_path is None else _with_base_mean(fs, mean_path, allow_external)
 
 
-def read_base_mean(path: Path) -> np.ndarray:
+def read_base_mean(path: Path, allow_external: bool = False) -> np.ndarray:
     """The base-class mean [d] held by ``path``: a 1-D array, SimpleShot's list, or a file with a 'base_mean' entry."""
     path = Path(path)
     container = sniff(path)
     if container == "hdf5":
-        return _vector(_hdf5_base_mean(path), path, "base mean")
+        return _vector(_hdf5_base_mean(path, allow_external), path, "base mean")
     return _vector(_mean_in(load_object(path, container), path), path, "base mean")
 
 
@@ -137,12 +140,60 @@ def _unknown(path: Path, what: str) -> DiffshotError:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of an .npz, loaded with allow_pickle=False."""
+    """Every array of an .npz, loaded with allow_pickle=False once the declared shapes fit what the archive holds."""
     try:
+        _check_npz_sizes(path)
         with np.load(path, allow_pickle=False) as archive:
             return {key: _npz_member(archive, key, path) for key in archive.files}
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, MemoryError) as exc:
         raise DiffshotError(f"{path}: corrupt or truncated .npz ({exc})") from None
+
+
+def _npy_header(handle: BinaryIO, path: Path, what: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """The shape, dtype and header length an .npy stream declares, read without reading its data."""
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f"format version {version} is not read")
+    except (ValueError, EOFError, OSError, SyntaxError, zipfile.BadZipFile) as exc:
+        raise DiffshotError(f"{path}: {what} has a corrupt .npy header ({str(exc).splitlines()[0]})") from None
+    return tuple(shape), dtype, handle.tell()
+
+
+def _declared_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """Bytes an array of ``shape`` and ``dtype`` takes, in exact integer arithmetic."""
+    count = 1
+    for size in shape:
+        count *= int(size)
+    return count * dtype.itemsize
+
+
+def _check_npy_size(path: Path, what: str, shape: tuple[int, ...], dtype: np.dtype, held: int) -> int:
+    """The declared data size, or a one-line error when it is more than the ``held`` bytes that follow the header."""
+    need = _declared_bytes(shape, dtype)
+    if need > held and not dtype.hasobject:
+        raise DiffshotError(
+            f"{path}: {what} declares shape {shape} of {dtype} ({human(need)}) but holds only {human(held)} of data; "
+            f"refused before allocating"
+        )
+    return need
+
+
+def _check_npz_sizes(path: Path) -> None:
+    """Refuse an .npz whose members declare more data than they hold, or more than memory, before reading any."""
+    budget = Budget(path)
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            what = f"array {info.filename.removesuffix('.npy')!r}"
+            with archive.open(info) as member:
+                shape, dtype, header = _npy_header(member, path, what)
+            need = _check_npy_size(path, what, shape, dtype, info.file_size - header)
+            compressed = info.compress_type != zipfile.ZIP_STORED
+            budget.take(need, info.compress_size, COMPRESSED_RATIO if compressed else 1, what)
 
 
 def _npz_member(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
@@ -159,22 +210,22 @@ def _npz_member(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarr
 
 
 def _read_npy(path: Path) -> np.ndarray:
-    """A single .npy array, loaded with allow_pickle=False."""
+    """A single .npy array, loaded with allow_pickle=False once its declared shape fits the file."""
+    with open(path, "rb") as handle:
+        shape, dtype, header = _npy_header(handle, path, "the array")
+    need = _check_npy_size(path, "the array", shape, dtype, path.stat().st_size - header)
+    Budget(path).take(need, need, 1, "the array")
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as exc:
         raise DiffshotError(f"{path}: not a readable .npy without pickle ({str(exc).splitlines()[0]})") from None
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, MemoryError) as exc:
         raise DiffshotError(f"{path}: corrupt or truncated .npy ({exc})") from None
 
 
-def _read_hdf5(path: Path) -> FeatureSet:
+def _read_hdf5(path: Path, allow_external: bool = False) -> FeatureSet:
     """A CloserLookFewShot or canonical HDF5 file; otherwise an error naming the missing datasets."""
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as exc:
-        raise DiffshotError(f"{path}: unreadable HDF5 file ({exc})") from None
-    with handle:
+    with open_hdf5(path, allow_external) as handle:
         if "all_feats" in handle or "all_labels" in handle:
             return _to_featureset(_closer_look(handle, path), path, "hdf5")
         if is_canonical(handle):
@@ -195,18 +246,26 @@ def _closer_look(handle: h5py.File, path: Path) -> Imported:
                 f"{path}: missing dataset {key!r} (CloserLookFewShot layout: all_feats, all_labels, count)"
             )
     feats, labels = handle["all_feats"], handle["all_labels"]
-    rows = feats.shape[0] if feats.ndim else 0
+    if feats.ndim != 2:
+        raise DiffshotError(f"{path}: all_feats must be a 2-D array [rows, dim], got shape {feats.shape}")
+    rows = feats.shape[0]
     if labels.shape[:1] != (rows,):
         raise DiffshotError(f"{path}: all_feats has {rows} rows but all_labels has shape {labels.shape}")
     count = _closer_look_count(handle, path, rows)
     note = f"dropped {rows - count} zero-padding rows past count" if count < rows else None
-    return Imported(feats[:count], labels[:count], "closer-look-hdf5", note=note)
+    budget = Budget(path)
+    return Imported(
+        read_dataset(feats, budget, "all_feats", count),
+        read_dataset(labels, budget, "all_labels", count),
+        "closer-look-hdf5",
+        note=note,
+    )
 
 
 def _closer_look_count(handle: h5py.File, path: Path, rows: int) -> int:
     """The number of real rows: the ``count`` dataset (or attribute); every row when neither is there."""
-    if "count" in handle:
-        raw = handle["count"][()]
+    if isinstance(handle.get("count"), h5py.Dataset):
+        raw = read_dataset(handle["count"], Budget(path), "count")
     elif "count" in handle.attrs:
         raw = handle.attrs["count"]
     else:
@@ -214,21 +273,20 @@ def _closer_look_count(handle: h5py.File, path: Path, rows: int) -> int:
     values = np.asarray(raw).reshape(-1)
     if values.size != 1 or values.dtype.kind not in "iuf":
         raise DiffshotError(f"{path}: 'count' must be a single integer, got {values.size} values of {values.dtype}")
+    if not np.isfinite(values[0]) or values[0] != np.round(values[0]):
+        raise DiffshotError(f"{path}: 'count' must be a whole number of rows, got {values[0]}")
     count = int(values[0])
     if not 0 < count <= rows:
         raise DiffshotError(f"{path}: 'count' is {count} but all_feats has {rows} rows")
     return count
 
 
-def _hdf5_base_mean(path: Path) -> np.ndarray:
+def _hdf5_base_mean(path: Path, allow_external: bool = False) -> np.ndarray:
     """The ``base_mean`` dataset of an HDF5 file."""
-    try:
-        with h5py.File(path, "r") as handle:
-            if not isinstance(handle.get("base_mean"), h5py.Dataset):
-                raise DiffshotError(f"{path}: missing dataset 'base_mean'")
-            return handle["base_mean"][()]
-    except OSError as exc:
-        raise DiffshotError(f"{path}: unreadable HDF5 file ({exc})") from None
+    with open_hdf5(path, allow_external) as handle:
+        if not isinstance(handle.get("base_mean"), h5py.Dataset):
+            raise DiffshotError(f"{path}: missing dataset 'base_mean'")
+        return read_dataset(handle["base_mean"], Budget(path), "base_mean")
 
 
 def parse(obj: object, path: Path, container: str) -> Imported:
@@ -393,7 +451,12 @@ def _numeric(array: np.ndarray, path: Path, what: str) -> np.ndarray:
 
 
 def _labels(value: object, path: Path, what: str) -> np.ndarray:
-    """Labels as a 1-D array; a [N, 1] column is flattened."""
+    """Labels as a 1-D array; a [N, 1] column is flattened; a list mixing numbers and text is refused.
+
+    (numpy would turn ``[1, "1"]`` into two equal strings and silently merge the classes.)
+    """
+    if isinstance(value, list | tuple) and len({isinstance(v, str | bytes) for v in value}) > 1:
+        raise DiffshotError(f"{path}: {what} mix integers and strings, which cannot be sorted into classes")
     array = _array(value, path, what)
     return array.reshape(-1) if array.ndim == 2 and array.shape[1] == 1 else array
 
@@ -467,9 +530,9 @@ def _to_featureset(imported: Imported, path: Path, container: str) -> FeatureSet
     )
 
 
-def _with_base_mean(fs: FeatureSet, mean_path: Path) -> FeatureSet:
+def _with_base_mean(fs: FeatureSet, mean_path: Path, allow_external: bool = False) -> FeatureSet:
     """``fs`` with its base mean taken from ``mean_path`` (which wins over one stored in the file)."""
-    mean = read_base_mean(mean_path)
+    mean = read_base_mean(mean_path, allow_external)
     if mean.shape[0] != fs.dim:
         raise DiffshotError(f"{mean_path}: base mean has dimension {mean.shape[0]}, but {fs.source} has {fs.dim}")
     return make_featureset(
