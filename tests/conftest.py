@@ -46,6 +46,23 @@ class OpenFile:
         return (open, (str(self.target), "w"))
 
 
+SLOW_FILES = {
+    "test_acceptance_banking77.py",
+    "test_methods_banking77.py",
+    "test_auto_graph.py",
+    "test_extract_omniglot.py",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the long statistical checks and every hostile-input probe as ``slow`` (run by .ci/run, not by default)."""
+    for item in items:
+        path = Path(str(item.fspath))
+        if path.name in SLOW_FILES or "hostile" in path.parts:
+            item.add_marker(pytest.mark.slow)
+
+
 def one_line_error(exc: pytest.ExceptionInfo[DiffshotError], path: Path) -> str:
     """The error message, checked to be one line that starts with the file path."""
     message = str(exc.value)
