@@ -25,7 +25,22 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
+EXAMPLES = {
+    "evaluate": "diffshot evaluate features.h5 --ways 5 --shots 1,5 -m simpleshot,diffusion --baseline simpleshot",
+    "info": "diffshot info features.h5",
+    "methods": "diffshot methods",
+    "compare": "diffshot compare a.json b.json",
+    "convert": "diffshot convert features.plk features.h5 --base-mean base_mean.plk",
+    "synth": "diffshot synth demo.h5 --seed 0",
+    "extract": "diffshot extract model.pth images.zip --arch conv4 --preset omniglot-protonet -o features.h5",
+    "predict": "diffshot predict --support labelled.h5 --query unlabelled.h5 -o predictions.csv",
+    "tune": "diffshot tune features.h5 --split val --shots 1 -o tuned.toml",
+    "batch": "diffshot batch suites/banking77.toml --output-dir results/",
+    "plot": "diffshot plot results.json -o accuracy.png",
+    "separability": "diffshot separability features.h5 --episodes 500 --layers 0..20 --plot ratio.png",
+}
 for command in (
     evaluate.evaluate,
     info.info,
@@ -40,6 +55,6 @@ for command in (
     plot.plot,
     separability.separability,
 ):
-    app.command()(command)
+    app.command(epilog=f"Example: {EXAMPLES.get(command.__name__, '')}")(command)
 
 __all__ = ["app"]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from diffshot.cli.common import Force, Threads, claim_outputs, fail, stderr, stdout, user_errors
+from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, fail, stderr, stdout, user_errors
 from diffshot.device import resolve_device, set_threads
 from diffshot.run.batch import SuiteError, output_paths, parse_suite, run_suite, write_outputs
 
@@ -21,7 +21,11 @@ def batch(
     skip_missing: Annotated[bool, typer.Option(help="Skip (not fail) entries whose features file is absent.")] = False,
     device: Annotated[str, typer.Option(help="auto|cpu|cuda.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-entry lines.")] = False,
+    plots: Annotated[
+        Path | None, typer.Option(help="Draw one figure per entry (and a summary) into this folder; diffshot[plot].")
+    ] = None,
     force: Force = False,
+    allow_external_data: AllowExternal = False,
     threads: Threads = None,
 ) -> None:
     """Run every entry of a suite; write JSON per entry, results.csv, summary.md and JUnit XML."""
@@ -35,10 +39,11 @@ def batch(
             str(resolve_device(device)),
             skip_missing,
             on_entry=None if quiet else lambda e: stderr.print(f"running {e.name}", highlight=False),
+            allow_external=allow_external_data,
         )
     except SuiteError as exc:
         raise fail(str(exc).replace("\n", " "), 2) from None
-    write_outputs(paths, outcomes)
+    figures = write_outputs(paths, outcomes, plots)
     failures = [(o.entry.name, m, acc, limit) for o in outcomes for m, (acc, limit) in o.failures().items()]
     if not quiet:
         for outcome in outcomes:
@@ -46,7 +51,9 @@ def batch(
                 stdout.print(f"{outcome.entry.name} {method}: {mean:.2f} ± {ci:.2f}", highlight=False)
             if outcome.skipped:
                 stdout.print(f"{outcome.entry.name}: skipped ({outcome.skipped})", highlight=False)
-        stdout.print(f"results in {output_dir}", highlight=False)
+        stdout.print(
+            f"results in {output_dir}" + (f", {len(figures)} figures in {plots}" if figures else ""), highlight=False
+        )
     if failures:
         name, method, acc, limit = failures[0]
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""

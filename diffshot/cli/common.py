@@ -28,6 +28,13 @@ Threads = Annotated[
     int | None,
     typer.Option(help="CPU threads for torch and FAISS (default: all cores; OpenMP waits passively either way)."),
 ]
+AllowExternal = Annotated[
+    bool,
+    typer.Option(
+        "--allow-external-data",
+        help="Follow HDF5 external links, external storage and virtual datasets (trusted files).",
+    ),
+]
 Force = Annotated[bool, typer.Option("--force", help="Replace output files even when they are read-only.")]
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from diffshot.cli.common import Force, claim_outputs, stdout, user_errors
+from diffshot.cli.common import AllowExternal, Force, claim_outputs, stdout, user_errors
 from diffshot.features import read_features, write_canonical
 
 
@@ -18,12 +18,7 @@ def convert(
     base_mean: Annotated[
         Path | None, typer.Option(readable=False, help="Base-mean file (e.g. Diff-ResNet's *_base_mean.plk).")
     ] = None,
-    allow_external_data: Annotated[
-        bool,
-        typer.Option(
-            "--allow-external-data", help="Follow HDF5 external links, external storage and virtual datasets."
-        ),
-    ] = False,
+    allow_external_data: AllowExternal = False,
     force: Force = False,
 ) -> None:
     """Convert a field format (PT-MAP/S2M2/Diff-ResNet pickles, TIM, CloserLook, EASY, .npz) to canonical HDF5."""

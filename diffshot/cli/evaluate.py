@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from diffshot.atomic import write_text_atomic
-from diffshot.cli.common import Force, Threads, claim_outputs, comma_list, progress, stdout, user_errors
+from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, comma_list, progress, stdout, user_errors
 from diffshot.cli.demo import default_features
 from diffshot.device import resolve_device, set_threads
 from diffshot.errors import UsageError
@@ -120,7 +120,7 @@ def evaluate(
     fmt: Annotated[
         str | None, typer.Option("--format", help="table|json|csv (default: from --output, else table).")
     ] = None,
-    output: Annotated[Path | None, typer.Option(help="Write the results here (atomically).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the results here (atomically).")] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or notices; results still print.")
     ] = False,
@@ -149,13 +149,21 @@ def evaluate(
         Path | None, typer.Option(help="TOML of method parameters (e.g. from `diffshot tune`); flags override it.")
     ] = None,
     force: Force = False,
+    plot: Annotated[
+        Path | None, typer.Option(help="Also draw accuracy ± 95% interval per method (png/svg/pdf; diffshot[plot]).")
+    ] = None,
+    allow_external_data: AllowExternal = False,
     threads: Threads = None,
 ) -> None:
     """Evaluate few-shot methods on seeded episodes: accuracy ± 95% interval (1.96·std/√n), in percent."""
     set_threads(threads)
     fmt = output_format(fmt, output)
     path = features if features is not None else default_features()
-    claim_outputs([output], [path, base_mean, config], binary=[save_episodes], force=force)
+    claim_outputs([output], [path, base_mean, config], binary=[save_episodes, plot], force=force)
+    if plot is not None:
+        from diffshot.plot.backend import figure_format
+
+        figure_format(plot)
     shared = {"knn": knn, "step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
     shared |= {"rectify": rectify, "shift": shift, "assign": assign}
     request = EvaluationRequest(
@@ -176,6 +184,7 @@ def evaluate(
         base_mean=base_mean,
         drop_nonfinite=drop_nonfinite,
         drop_zero=drop_zero,
+        allow_external=allow_external_data,
     )
     prepare_runs(request)
     request = _on_device(request, device)
@@ -185,6 +194,10 @@ def evaluate(
     if save_episodes is not None:
         save_episode_accuracies(save_episodes, run)
         document["episodes_file"] = episodes_reference(save_episodes, output)
+    if plot is not None:
+        from diffshot.plot import draw_for_results
+
+        draw_for_results(document, plot)
     rendered = {"json": lambda: json.dumps(document, indent=2) + "\n", "csv": lambda: to_csv(run)}
     if output is not None:
         write_text_atomic(output, rendered[fmt]())

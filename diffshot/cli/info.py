@@ -7,27 +7,27 @@ from typing import Annotated
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from diffshot.cli.common import stdout, user_errors
+from diffshot.cli.common import AllowExternal, stdout, user_errors
+from diffshot.cli.demo import default_features
 from diffshot.features import SPLITS, read_features
 
 
 @user_errors
 def info(
-    features: Annotated[Path, typer.Argument(readable=False, help="Features file (canonical HDF5 or a field format).")],
+    features: Annotated[
+        Path | None, typer.Argument(readable=False, help="Features file (HDF5 or a field format); default: the demo.")
+    ] = None,
     base_mean: Annotated[Path | None, typer.Option(readable=False, help="Base-mean file for pickled features.")] = None,
-    allow_external_data: Annotated[
-        bool,
-        typer.Option(
-            "--allow-external-data", help="Follow HDF5 external links, external storage and virtual datasets."
-        ),
-    ] = False,
+    allow_external_data: AllowExternal = False,
 ) -> None:
     """Rows, dimension, classes per split, rows per class, base mean, non-finite rows and provenance."""
+    features = features if features is not None else default_features()
     fs = read_features(features, base_mean, allow_external=allow_external_data)
     counts = fs.rows_per_class()
-    table = Table(title=str(features), show_header=False)
+    table = Table(title=escape(str(features)), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     table.add_row("rows", f"{fs.num_rows:,}")
@@ -46,7 +46,7 @@ def info(
     table.add_row("base mean", "present" if fs.base_mean is not None else "absent (centring falls back)")
     table.add_row("non-finite rows", str(int(fs.nonfinite_rows().sum())))
     table.add_row("all-zero rows", str(int(fs.zero_rows().sum())))
-    table.add_row("per-row metadata", ", ".join(fs.metadata) or "none")
+    table.add_row("per-row metadata", escape(", ".join(fs.metadata)) or "none")
     for key, value in fs.attrs.items():
-        table.add_row(f"attr {key}", value)
+        table.add_row(f"attr {escape(str(key))}", escape(str(value)))
     stdout.print(table)

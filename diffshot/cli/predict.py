@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from diffshot.cli.common import Force, Threads, claim_outputs, stderr, stdout, user_errors
+from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, stderr, stdout, user_errors
 from diffshot.device import resolve_device, set_threads
 from diffshot.errors import DiffshotError
 from diffshot.ops.knn import EXACT_LIMIT, faiss_has_gpu
@@ -42,7 +42,7 @@ def _format(fmt: str | None, output: Path) -> str:
 def predict(
     support: Annotated[Path, typer.Option(help="Labelled features file (any classes, unequal shots allowed).")],
     query: Annotated[Path, typer.Option(help="Features file to label (its labels are ignored, except for accuracy).")],
-    output: Annotated[Path, typer.Option(help="Where to write the predictions (atomically).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the predictions (atomically).")],
     method: Annotated[
         str, typer.Option("--method", "-m", help="diffusion, simpleshot or labelprop (NAME:PARAM=VALUE for a variant).")
     ] = DEFAULT_METHOD,
@@ -67,6 +67,7 @@ def predict(
     ] = "auto",
     exact_limit: Annotated[int, typer.Option(help="Largest point count for the exact index under auto.")] = EXACT_LIMIT,
     device: Annotated[str, typer.Option(help="auto|cpu|cuda (cuda without a GPU is an error).")] = "auto",
+    allow_external_data: AllowExternal = False,
     threads: Threads = None,
     drop_nonfinite: Annotated[bool, typer.Option(help="Drop rows with NaN/Inf instead of failing.")] = False,
     drop_zero: Annotated[bool, typer.Option(help="Drop all-zero rows instead of failing.")] = False,
@@ -84,8 +85,10 @@ def predict(
     flags |= {"rectify": rectify, "shift": shift}
     run = predict_run(method_runs([method], tuned, flags, parse_assignments(set_params or []))[0])
     torch_device = resolve_device(device)
-    support_fs, _ = load_rows(support, support_split, drop_nonfinite, drop_zero)
-    query_fs, rows = load_rows(query, query_split, drop_nonfinite, drop_zero, require_labels=False)
+    support_fs, _ = load_rows(support, support_split, drop_nonfinite, drop_zero, allow_external=allow_external_data)
+    query_fs, rows = load_rows(
+        query, query_split, drop_nonfinite, drop_zero, require_labels=False, allow_external=allow_external_data
+    )
     loaded = time.perf_counter() - start
     prediction = run_predict(support_fs, query_fs, run, options, torch_device)
     if torch_device.type == "cuda" and not faiss_has_gpu() and not quiet:

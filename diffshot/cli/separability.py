@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from diffshot.atomic import check_writable, write_text_atomic
-from diffshot.cli.common import Threads, stdout, user_errors
+from diffshot.cli.common import AllowExternal, Threads, stdout, user_errors
 from diffshot.device import resolve_device, set_threads
 from diffshot.episodes import EpisodeSpec
 from diffshot.errors import DiffshotError
@@ -60,8 +60,9 @@ def separability(
     view_layer: Annotated[
         int | None, typer.Option(help="Layer of the --show-episode 'after' view (default 6, or the last layer).")
     ] = None,
-    output: Annotated[Path | None, typer.Option(help="Write the JSON here (atomically).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON here (atomically).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table|json (what is printed).")] = "table",
+    allow_external_data: AllowExternal = False,
     threads: Threads = None,
 ) -> None:
     """Per layer t: min inter-class distance, max class diameter, mean intra-class distance, their ratio, accuracy.
@@ -87,7 +88,7 @@ def separability(
     overrides = {"step_size": step_size, "n_top": n_top, "sigma": sigma, "shift": shift, "knn": knn}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     spec = EpisodeSpec(ways, shots, queries)
-    fs = load_features(features)
+    fs = load_features(features, allow_external=allow_external_data)
     result = measure(fs, spec, wanted, episodes, seed, split, overrides, resolve_device(device))
     document = to_document(result, features, fs)
     if output is not None:

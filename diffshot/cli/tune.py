@@ -10,9 +10,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from diffshot.cli.common import Force, Threads, claim_outputs, stdout, user_errors
+from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, progress, stdout, user_errors
 from diffshot.device import resolve_device, set_threads
 from diffshot.episodes import EpisodeSpec
+from diffshot.errors import UsageError
 from diffshot.features import load_features
 from diffshot.report.tune import write_tune_json
 from diffshot.run.config import write_config
@@ -35,7 +36,9 @@ def tune(
     split: Annotated[str, typer.Option(help="Classes to tune on (val; novel needs --allow-novel).")] = "val",
     allow_novel: Annotated[bool, typer.Option(help="Allow tuning on novel (test) classes; inflates results.")] = False,
     ways: Annotated[int, typer.Option(help="Classes per episode.")] = 5,
-    shots: Annotated[int, typer.Option(help="Labelled rows per class.")] = 1,
+    shots: Annotated[
+        list[int] | None, typer.Option(help="Labelled rows per class (one count: tune once per shot count).")
+    ] = None,
     queries: Annotated[int, typer.Option(help="Query rows per class.")] = 15,
     episodes: Annotated[int, typer.Option(help="Episodes, the same for every configuration.")] = 2000,
     seed: Annotated[int, typer.Option(help="Episode seed.")] = 0,
@@ -45,24 +48,38 @@ def tune(
     sigma: Annotated[str | None, typer.Option(help=f"{AXIS_HELP} for sigma (default auto).")] = None,
     rectify: Annotated[str | None, typer.Option(help=f"{AXIS_HELP} for rectify (default false).")] = None,
     shift: Annotated[str | None, typer.Option(help=f"{AXIS_HELP} for shift (default true).")] = None,
-    output: Annotated[Path, typer.Option(help="Write the best configuration here (TOML).")] = Path("tuned.toml"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Write the best configuration here (TOML).")] = Path(
+        "tuned.toml"
+    ),
     top: Annotated[int, typer.Option(help="Rows of the ranked table to show.")] = 10,
     device: Annotated[str, typer.Option(help="auto|cpu|cuda.")] = "auto",
     grid_json: Annotated[
         Path | None, typer.Option(help="Also write every grid point as JSON (for `diffshot plot`'s heat map).")
     ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     force: Force = False,
+    allow_external_data: AllowExternal = False,
     threads: Threads = None,
 ) -> None:
     """Rank a grid of diffusion settings on the same episodes of the val classes; write the best to TOML."""
     set_threads(threads)
+    counts = list(dict.fromkeys(shots or [1]))
+    if len(counts) > 1:
+        raise UsageError(
+            f"--shots {', '.join(map(str, counts))}: tune ranks one shot count at a time; run it once per count"
+        )
+    shots = counts[0]
+    replacing = output.exists() and str(output) != "-"
     claim_outputs([output, grid_json], [features], force=force)
     axes = {"step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
     axes |= {"rectify": rectify, "shift": shift}
     grid = {k: v for k, v in ((k, _axis(t)) for k, t in axes.items()) if v is not None}
     spec = EpisodeSpec(ways, shots, queries)
-    fs = load_features(features)
-    result = run_tune(fs, spec, grid, episodes, seed, split, allow_novel, str(resolve_device(device)))
+    fs = load_features(features, allow_external=allow_external_data)
+    with progress(quiet, episodes, f"tuning {ways}-way {shots}-shot") as advance:
+        result = run_tune(
+            fs, spec, grid, episodes, seed, split, allow_novel, str(resolve_device(device)), on_chunk=advance
+        )
     best = result.best
     summary = best.result.summary
     comments = [
@@ -75,7 +92,9 @@ def tune(
         write_tune_json(grid_json, result, features, fs)
     stdout.print(_ranked_table(result, top))
     stdout.print(_view_table(result))
-    stdout.print(f"best configuration written to {output}")
+    stdout.print(
+        f"best configuration written to {output}" + (" (replacing the file that was there)" if replacing else "")
+    )
     if result.edges:
         warnings.warn(
             f"the best value of {', '.join(result.edges)} is at the edge of the grid; widen it and tune again",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -230,6 +231,7 @@ def run_suite(
     device: str = "cpu",
     skip_missing: bool = False,
     on_entry: Callable[[Entry], None] | None = None,
+    allow_external: bool = False,
 ) -> list[Outcome]:
     """Run every entry (features files are read once each); missing files fail, or are skipped when asked."""
     for entry in entries:
@@ -244,7 +246,7 @@ def run_suite(
             outcomes.append(Outcome(entry, None, f"features file {entry.features} not found"))
             continue
         if entry.features not in cache:
-            cache[entry.features] = load_features(entry.features)
+            cache[entry.features] = load_features(entry.features, allow_external=allow_external)
         request = dataclasses.replace(entry.request, device=device)
         outcomes.append(Outcome(entry, run_evaluation(request, features=cache[entry.features])))
     return outcomes
@@ -300,8 +302,11 @@ def junit_xml(outcomes: list[Outcome]) -> str:
     return '<?xml version="1.0" encoding="utf-8"?>\n' + xml_safe(ET.tostring(suite, encoding="unicode")) + "\n"
 
 
-def markdown_summary(outcomes: list[Outcome]) -> str:
-    """A Markdown table fit for a CI job summary: entry, method, protocol, accuracy, threshold, status."""
+def markdown_summary(outcomes: list[Outcome], figures: Mapping[str, str] | None = None) -> str:
+    """A Markdown table fit for a CI job summary: entry, method, protocol, accuracy, threshold, status.
+
+    ``figures`` (name → path relative to the summary) are linked below the table, so an artifact reads by looking.
+    """
     lines = [
         "| entry | method | ways | shots | episodes | accuracy (%) | fail_under | status |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
@@ -317,6 +322,8 @@ def markdown_summary(outcomes: list[Outcome]) -> str:
             threshold = "-" if limit is None else f"{limit:.2f}"
             row = [entry.name, method, str(request.ways), str(request.shots[0]), str(request.episodes)]
             lines.append("| " + " | ".join([*row, accuracy, threshold, status]) + " |")
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{name}]({path})" for name, path in figures.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -334,12 +341,27 @@ def output_paths(output_dir: Path, entries: list[Entry], junit: Path | None) -> 
     return paths
 
 
-def write_outputs(paths: Mapping[str, Path], outcomes: list[Outcome]) -> None:
-    """Write every output file atomically, after all entries have run."""
+def write_outputs(paths: Mapping[str, Path], outcomes: list[Outcome], plots: Path | None = None) -> list[Path]:
+    """Write every output file atomically, after all entries have run; with ``plots``, draw the figures there too.
+
+    Returns the figures drawn (``<entry>.png`` per entry, ``summary.png`` for several), linked from summary.md.
+    """
+    written = []
     for outcome in outcomes:
         if outcome.run is not None:
             document = to_json_document(outcome.run)
-            write_text_atomic(paths[f"json:{outcome.entry.name}"], json.dumps(document, indent=2) + "\n")
+            path = paths[f"json:{outcome.entry.name}"]
+            write_text_atomic(path, json.dumps(document, indent=2) + "\n")
+            written.append(path)
+    figures: list[Path] = []
+    if plots is not None and written:
+        from diffshot.plot import draw_batch
+
+        plots.mkdir(parents=True, exist_ok=True)
+        figures = draw_batch(written, plots)
+    summary = paths["markdown"]
+    links = {figure.stem: os.path.relpath(figure.resolve(), summary.resolve().parent) for figure in figures}
     write_text_atomic(paths["csv"], combined_csv(outcomes))
     write_text_atomic(paths["junit"], junit_xml(outcomes))
-    write_text_atomic(paths["markdown"], markdown_summary(outcomes))
+    write_text_atomic(summary, markdown_summary(outcomes, links))
+    return figures

@@ -26,7 +26,7 @@ from diffshot.episodes import (
     sample_episodes,
     small_classes,
 )
-from diffshot.errors import UsageError
+from diffshot.errors import DiffshotError, UsageError
 from diffshot.features import FeatureSet, file_sha256, load_features
 from diffshot.lazy import torch
 from diffshot.run.config import MethodRun, method_runs
@@ -123,12 +123,25 @@ def episode_source(
     centre_np, centring = fs.centring_mean()
     pool_fs = fs.select_split(split)
     small = small_classes(pool_fs.labels, spec)
-    pool = build_pool(pool_fs.labels, spec)
+    if pool_fs.num_classes < spec.ways:
+        raise UsageError(
+            f"{fs.source}: split {split!r} has {pool_fs.num_classes} classes; {spec.ways}-way episodes need {spec.ways}"
+        )
+    try:
+        pool = build_pool(pool_fs.labels, spec)
+    except DiffshotError as exc:
+        raise DiffshotError(f"{fs.source}: {exc} ({small.size} classes have fewer rows than that)") from None
     if small.size:
         names = ", ".join(pool_fs.class_names[c] for c in small[:10]) + (" …" if small.size > 10 else "")
         warnings.warn(
             f"{fs.source}: left out {small.size} classes with fewer than shots + queries = "
             f"{spec.rows_needed} rows: {names}",
+            stacklevel=stacklevel + 1,
+        )
+    if centring != "base_mean":
+        warnings.warn(
+            f"{fs.source}: no base mean stored; features are centred by the {centring} "
+            "(give the backbone's base-class mean with --base-mean FILE)",
             stacklevel=stacklevel + 1,
         )
     device = torch.device(device)
@@ -241,6 +254,7 @@ class EvaluationRequest:
     base_mean: Path | None = None
     drop_nonfinite: bool = False
     drop_zero: bool = False
+    allow_external: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,6 +309,7 @@ def run_evaluation(
         base_mean_path=request.base_mean,
         drop_nonfinite=request.drop_nonfinite,
         drop_zero=request.drop_zero,
+        allow_external=request.allow_external,
     )
     device = torch.device(request.device)
     evaluations: list[Evaluation] = []
