@@ -53,9 +53,9 @@ class RateColumn(ProgressColumn):
 
 
 @contextmanager
-def progress_hook(total: int) -> Iterator[ProgressHook | None]:
-    """A Rich progress bar (images/s, ETA) on an interactive stderr; nothing otherwise."""
-    if not interactive():
+def progress_hook(total: int, quiet: bool = False) -> Iterator[ProgressHook | None]:
+    """A Rich progress bar (images/s, ETA) on an interactive stderr unless quiet; nothing otherwise."""
+    if quiet or not interactive():
         yield None
         return
     columns = (TextColumn("extract"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn())
@@ -153,6 +153,7 @@ def _encode_all(
     workers: int,
     resume: bool,
     skip_bad: bool,
+    quiet: bool = False,
 ) -> tuple[Rows, RunStats]:
     """Run the extraction with a progress bar; on Ctrl-C, say where the finished rows are kept."""
     identity = {
@@ -162,7 +163,7 @@ def _encode_all(
         "preprocessing": prep.describe(),
     }
     try:
-        with progress_hook(len(images.items)) as hook:
+        with progress_hook(len(images.items), quiet) as hook:
             return extract_rows(
                 images,
                 prep,
@@ -223,6 +224,7 @@ def extract(
     skip_bad_images: Annotated[
         bool, typer.Option("--skip-bad-images", help="Skip (and count) images that cannot be decoded.")
     ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar (the summary still prints).")] = False,
     force: Force = False,
     threads: Threads = None,
 ) -> None:
@@ -265,6 +267,7 @@ def extract(
             workers=workers,
             resume=resume,
             skip_bad=skip_bad_images,
+            quiet=quiet,
         )
     finally:
         image_list.close()

@@ -35,7 +35,7 @@ from diffshot.stats import Summary, episode_accuracy, paired_difference, summari
 CHUNK_BYTES = 64 * 2**20
 MAX_CHUNK = 2000
 MAX_EPISODES = 10_000_000
-Progress = Callable[[int], None]
+Progress = Callable[..., None]  # (episodes done, label of the setting running)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,7 +325,13 @@ def run_evaluation(
                 request.split,
                 device,
                 request.chunk_size,
-                None if on_progress is None else (lambda finished, done=done: on_progress(done + finished)),
+                None
+                if on_progress is None
+                else (
+                    lambda finished, done=done, spec=spec: on_progress(
+                        done + finished, f"{spec.ways}-way {spec.shots}-shot · {len(runs)} methods"
+                    )
+                ),
             )
         )
     first = evaluations[0]
