@@ -462,7 +462,7 @@ def interrupting_after(batches: int) -> object:
     """A stand-in for the progress bar that presses Ctrl-C after ``batches`` batches."""
 
     @contextlib.contextmanager
-    def hook(total: int) -> Iterator[object]:
+    def hook(total: int, quiet: bool = False) -> Iterator[object]:
         calls = {"n": 0}
 
         def on_batch(done: int, of: int) -> None:

@@ -63,7 +63,7 @@ def test_square_brackets_in_data_and_help_are_shown(tmp_path: Path, synthetic: F
         handle.attrs["backbone"] = "Conv4 ProtoNet (4 x [conv3x3 64, BN, ReLU, maxpool2])"
     shown = invoke("info", path)
     assert shown.exit_code == 0 and "[conv3x3 64, BN, ReLU, maxpool2]" in shown.stdout
-    assert "table of the chosen method" in invoke("predict", "--help").stdout
+    assert "[METHOD]" in invoke("predict", "--help").stdout
 
 
 def test_missing_base_mean_is_said_once(tmp_path: Path, synthetic: FeatureSet) -> None:

@@ -49,9 +49,7 @@ def predict(
     fmt: Annotated[str | None, typer.Option("--format", help="csv|json (default: from --output's extension).")] = None,
     support_split: Annotated[str | None, typer.Option(help="Use only this class split of the support file.")] = None,
     query_split: Annotated[str | None, typer.Option(help="Use only this class split of the query file.")] = None,
-    config: Annotated[
-        Path | None, typer.Option(help="Tuned TOML config; the table of the chosen method is used.")
-    ] = None,
+    config: Annotated[Path | None, typer.Option(help="Tuned TOML config; its [METHOD] table is used.")] = None,
     step_size: Annotated[float | None, typer.Option(help="Diffusion step τ (default 0.5).")] = None,
     layers: Annotated[int | None, typer.Option(help="Diffusion steps T; 0 turns diffusion off (default 6).")] = None,
     n_top: Annotated[str | None, typer.Option(help="Graph size n_top, or auto (the rule of evaluate).")] = None,

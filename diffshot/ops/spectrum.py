@@ -28,7 +28,7 @@ from collections.abc import Callable
 from diffshot.errors import DiffshotError
 from diffshot.lazy import torch
 
-MatVec = Callable[[torch.Tensor], torch.Tensor]
+MatVec = Callable[["torch.Tensor"], "torch.Tensor"]
 
 POWER_ITERATIONS = 40
 POWER_TOL = 0.0
