@@ -77,7 +77,8 @@ def evaluate(
     ] = None,
     ways: Annotated[int, typer.Option(help="Classes per episode (N).")] = 5,
     shots: Annotated[
-        list[str] | None, typer.Option(help="Labelled rows per class (K); repeat or comma-separate for several.")
+        list[str] | None,
+        typer.Option(metavar="K[,K...]", help="Labelled rows per class (K); repeat or comma-separate for several."),
     ] = None,
     queries: Annotated[int, typer.Option(help="Unlabelled query rows per class (Q).")] = 15,
     episodes: Annotated[int, typer.Option(help="Episodes per setting (the field reports 10,000).")] = 10_000,
@@ -86,6 +87,7 @@ def evaluate(
         typer.Option(
             "--method",
             "-m",
+            metavar="NAME[:PARAM=VALUE,...]",
             help="Method to run; repeat or comma-separate for several; NAME:PARAM=VALUE is a named variant.",
         ),
     ] = None,
@@ -115,7 +117,7 @@ def evaluate(
         ),
     ] = None,
     set_params: Annotated[
-        list[str] | None, typer.Option("--set", help="Any method parameter: METHOD.PARAM=VALUE (repeatable).")
+        list[str] | None, typer.Option("--set", metavar="METHOD.PARAM=VALUE", help="Any method parameter (repeatable).")
     ] = None,
     fmt: Annotated[
         str | None, typer.Option("--format", help="table|json|csv (default: from --output, else table).")

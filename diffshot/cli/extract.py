@@ -186,13 +186,19 @@ def _encode_all(
 def extract(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.pth/.pt state dict) or TorchScript file.")],
     images: Annotated[
-        list[Path], typer.Argument(help="Image folders (class/image.ext), .zip files of that layout, or split CSVs.")
+        list[Path],
+        typer.Argument(
+            metavar="IMAGES...", help="Image folders (class/image.ext), .zip files of that layout, or split CSVs."
+        ),
     ],
     arch: Annotated[str, typer.Option(help=f"Backbone: {', '.join(ARCHS)}.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Canonical HDF5 features file to write.")],
     preset: Annotated[str | None, typer.Option(help=f"Preprocessing recipe: {', '.join(PRESETS)}.")] = None,
     split_csv: Annotated[
-        list[str] | None, typer.Option(help="FILE=base|val|novel: a filename,label CSV whose classes take that split.")
+        list[str] | None,
+        typer.Option(
+            metavar="FILE=SPLIT", help="FILE=base|val|novel: a filename,label CSV whose classes take that split."
+        ),
     ] = None,
     class_split: Annotated[Path | None, typer.Option(help="A class,split CSV giving each class its split.")] = None,
     root: Annotated[Path | None, typer.Option(help="Folder (or .zip) holding the files of CSV IMAGES.")] = None,

@@ -18,8 +18,9 @@ def plot(
     inputs: Annotated[
         list[Path],
         typer.Argument(
+            metavar="INPUT...",
             help="evaluate/batch JSON (one or several), a --save-episodes .npz, a tune --grid-json JSON, "
-            "a predict CSV/JSON (with --labels), or a separability JSON."
+            "a predict CSV/JSON (with --labels), or a separability JSON.",
         ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Figure file: .png, .svg or .pdf.")],

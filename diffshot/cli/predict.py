@@ -57,7 +57,8 @@ def predict(
     rectify: Annotated[bool | None, typer.Option("--rectify/--no-rectify", help="BD-CSPN rectification.")] = None,
     shift: Annotated[bool | None, typer.Option("--shift/--no-shift", help="Cross-domain shift (default on).")] = None,
     set_params: Annotated[
-        list[str] | None, typer.Option("--set", help="Any parameter of the method: METHOD.PARAM=VALUE.")
+        list[str] | None,
+        typer.Option("--set", metavar="METHOD.PARAM=VALUE", help="Any parameter of the method: METHOD.PARAM=VALUE."),
     ] = None,
     temperature: Annotated[float, typer.Option(help="Softmax temperature of the confidence.")] = 0.1,
     index: Annotated[

@@ -37,7 +37,8 @@ def tune(
     allow_novel: Annotated[bool, typer.Option(help="Allow tuning on novel (test) classes; inflates results.")] = False,
     ways: Annotated[int, typer.Option(help="Classes per episode.")] = 5,
     shots: Annotated[
-        list[int] | None, typer.Option(help="Labelled rows per class (one count: tune once per shot count).")
+        list[int] | None,
+        typer.Option(metavar="K", help="Labelled rows per class (one count: tune once per shot count)."),
     ] = None,
     queries: Annotated[int, typer.Option(help="Query rows per class.")] = 15,
     episodes: Annotated[int, typer.Option(help="Episodes, the same for every configuration.")] = 2000,
