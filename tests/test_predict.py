@@ -236,3 +236,28 @@ def test_predict_is_the_diffusion_method_on_one_task(novel_task) -> None:
     differ = dense != prediction.labels
     assert not (differ & ~ties).any(), f"{int((differ & ~ties).sum())} queries differ without a tie"
     assert differ.sum() <= max(1, ties.sum())
+
+
+@pytest.mark.parametrize("name", ["simpleshot", "labelprop"])
+def test_other_methods_label_one_task_as_their_episode_code_path(synthetic: FeatureSet, name: str) -> None:
+    """simpleshot and labelprop (conjugate gradients on the sparse graph) agree with their dense episode path."""
+    from diffshot.episodes import Episodes
+    from diffshot.methods import get_method
+
+    novel, _ = select_rows(synthetic, "novel")
+    rng = np.random.default_rng(1)
+    chosen = np.zeros(novel.num_rows, dtype=bool)
+    for c in range(novel.num_classes):
+        chosen[rng.choice(np.flatnonzero(novel.labels == c), 3, replace=False)] = True
+    support, query = novel.take_rows(chosen), novel.take_rows(~chosen)
+    prediction = predict(support, query, name)
+    points = torch.from_numpy(np.concatenate([support.features, query.features])).double()
+    centre = torch.from_numpy(support.centring_mean()[0]).double()
+    task = Episodes(points[None], torch.from_numpy(support.labels)[None], support.num_classes, centre)
+    method = get_method(name)
+    scores = method.score(task, method.parse())[0]
+    top2 = scores.topk(2, dim=-1).values
+    ties = ((top2[:, 0] - top2[:, 1]).abs() <= 1e-4 * top2[:, 0].abs().clamp_min(1e-6)).numpy()
+    differ = scores.argmax(-1).numpy() != prediction.labels
+    assert not (differ & ~ties).any(), f"{int((differ & ~ties).sum())} of {differ.size} queries differ"
+    assert float(np.mean(prediction.labels == query.labels)) > 0.5
