@@ -9,6 +9,7 @@ import typer
 
 from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, fail, stderr, stdout, user_errors
 from diffshot.device import resolve_device, set_threads
+from diffshot.errors import UsageError
 from diffshot.run.batch import SuiteError, output_paths, parse_suite, run_suite, write_outputs
 
 
@@ -30,6 +31,8 @@ def batch(
 ) -> None:
     """Run every entry of a suite; write JSON per entry, results.csv, summary.md and JUnit XML."""
     set_threads(threads)
+    if plots is not None and plots.exists() and not plots.is_dir():
+        raise UsageError(f"--plots {plots}: is a file; give a folder for the figures")
     try:
         entries = parse_suite(suite, config)
         paths = output_paths(output_dir, entries, junit)

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from tests.conftest import OpenFile
-from tests.hostile.loader_probe import NOBODY, can_drop_to, probe, run_cli
+from tests.hostile.probe import NOBODY, can_drop_to, probe, run_cli
 
 FEATURES = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
 LABELS = np.array([0, 0, 0, 1, 1, 1])
@@ -101,7 +101,7 @@ def test_object_dtype_from_bytes_is_refused_not_a_segfault(here: Path, save: str
     obj = {"features": FEATURES, "labels": _PointerArray()}
     path = _pickle(here / "evil.pkl", obj, 2) if save == "pickle" else _torch(here / "evil.pt", obj)
     result = probe(["info", path.name], cwd=here, inputs=[path], contains=[path.name, "refused numpy object array"])
-    assert result.code != 139
+    assert result.returncode != 139
 
 
 def test_convert_of_the_type_confusion_pickle_writes_nothing(here: Path) -> None:
@@ -181,8 +181,8 @@ def test_external_storage_is_refused_by_info_and_convert(here: Path, secret: Pat
     inputs = [path, secret]
     probe(["info", path.name], cwd=here, inputs=inputs, contains=[path.name, "/features", str(secret)])
     probe(["convert", path.name, "out.h5"], cwd=here, inputs=inputs, canaries=[here / "out.h5"], contains=["external"])
-    opted = run_cli(["convert", path.name, "out.h5", "--allow-external-data"], cwd=here)
-    assert opted.code == 0, opted.stderr
+    opted = run_cli("convert", path.name, "out.h5", "--allow-external-data", cwd=here)
+    assert opted.returncode == 0, opted.stderr
     with h5py.File(here / "out.h5", "r") as handle:
         assert handle["features"][()].tobytes() == secret.read_bytes()[: 8 * 4 * 4]
 

@@ -114,6 +114,18 @@ def test_malformed_suite_values_exit_2_before_anything_runs(tmp_path: Path, body
     assert not (out / "a.json").exists()
 
 
+def test_new_output_options_refuse_bad_paths_before_running(demo: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "figures"
+    blocker.write_text("a file, not a folder\n")
+    body = '[[entry]]\nname = "a"\n'
+    result = run_cli("batch", suite(tmp_path, body), "--output-dir", tmp_path / "out", "--plots", blocker)
+    assert_refused(result, "is a file; give a folder", code=2, unchanged=snapshot(blocker))
+    assert not (tmp_path / "out" / "a.json").exists()
+    figure = tmp_path / "fig.gif"
+    assert_refused(run_cli("evaluate", demo, "--episodes", "5", "--plot", figure), "fig.gif")
+    assert not figure.exists()
+
+
 def test_non_utf8_and_deeply_nested_toml_are_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_bytes(b'[defaults]\nfeatures = "\xff\xfe"\n')
