@@ -10,7 +10,7 @@ import difflib
 import importlib
 
 from diffshot.errors import DiffshotError, UsageError
-from diffshot.methods.base import Method, NoParams, Param, ParamValue, TaskScores, param
+from diffshot.methods.base import Method, NoParams, OpenSetScores, Param, ParamValue, TaskScores, param
 
 MODULES = ("simpleshot", "diffusion", "diffresnet", "bdcspn", "laplacianshot", "ptmap", "tim", "labelprop")
 
@@ -44,6 +44,7 @@ __all__ = [
     "REGISTRY",
     "Method",
     "NoParams",
+    "OpenSetScores",
     "Param",
     "ParamValue",
     "TaskScores",

@@ -173,6 +173,8 @@ class Method(Generic[P]):
     ``resolve_auto(episodes, params)`` says what ``auto`` parameters become on those episodes.
     ``transductive``: uses the unlabelled queries; ``assumes_balance``: assumes equal query counts per
     class (a bool, or a function of the parameters when only some settings do).
+    ``open_set(episodes, params)`` scores episodes whose queries may come from no support class
+    (``evaluate --open-set``); methods without it are refused there.
     """
 
     name: str
@@ -183,6 +185,7 @@ class Method(Generic[P]):
     assumes_balance: bool | Callable[[P], bool] = False
     label: Callable[[Task, P], TaskScores] | None = None
     resolve_auto: Callable[[Episodes, P], dict[str, object]] | None = None
+    open_set: Callable[[Episodes, P], OpenSetScores] | None = None
 
     @property
     def declared(self) -> tuple[Param, ...]:
@@ -227,6 +230,31 @@ class TaskScores:
 
     block: Callable[[int, int], torch.Tensor]  # (start, stop) -> scores [stop - start, ways]
     details: dict[str, object]
+    unknown: Callable[[int, int], torch.Tensor] | None = None  # (start, stop) -> unknown score [stop - start]
 
 
-__all__ = ["AUTO", "Method", "NoParams", "Param", "ParamValue", "Scores", "TaskScores", "declared_params", "param"]
+@dataclasses.dataclass(frozen=True)
+class OpenSetScores:
+    """A method's answer on episodes whose queries may belong to no support class.
+
+    ``unknown`` is higher for queries more likely from no support class (AUROC is computed on it);
+    ``rejected`` is the method's own decision, taken without query labels.
+    """
+
+    scores: torch.Tensor  # [E, nq, ways], higher means more likely
+    unknown: torch.Tensor  # [E, nq]
+    rejected: torch.Tensor  # [E, nq] bool
+
+
+__all__ = [
+    "AUTO",
+    "Method",
+    "NoParams",
+    "OpenSetScores",
+    "Param",
+    "ParamValue",
+    "Scores",
+    "TaskScores",
+    "declared_params",
+    "param",
+]
