@@ -157,3 +157,32 @@ def test_evaluate_plot_and_batch_plots(tmp_path: Path) -> None:
     summary = (out / "summary.md").read_text()
     assert "![one](figures/one.png)" in summary and "![summary](figures/summary.png)" in summary
     assert np.all([(out / "figures" / n).stat().st_size > 1000 for n in names])
+
+
+def test_npz_query_rows_without_labels_are_predicted(tmp_path: Path, synthetic: FeatureSet) -> None:
+    support, query = tmp_path / "support.npz", tmp_path / "query.npz"
+    np.savez(support, features=synthetic.features[:40], labels=synthetic.labels[:40])
+    np.savez(query, features=synthetic.features[40:70])
+    out = tmp_path / "p.csv"
+    result = invoke("predict", "--support", support, "--query", query, "--method", "simpleshot", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert len(out.read_text().splitlines()) == 31
+    refused = invoke("evaluate", query, "--episodes", 5)
+    assert refused.exit_code == 1 and "missing array 'labels'" in refused.stderr
+
+
+def test_progress_names_the_setting_and_the_method_running() -> None:
+    from diffshot.run.evaluate import EvaluationRequest, run_evaluation
+
+    seen: list[tuple[int, str]] = []
+    request = EvaluationRequest(DEMO, methods=("simpleshot", "diffusion"), shots=(1, 2), episodes=30)
+    run_evaluation(request, lambda done, label: seen.append((done, label)))
+    labels = {label for _, label in seen}
+    assert {"5-way 1-shot · simpleshot", "5-way 1-shot · diffusion", "5-way 2-shot · diffusion"} <= labels
+    assert seen[-1][0] == 60 and [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+@pytest.mark.parametrize("command", ["plot", "extract", "batch", "compare", "evaluate"])
+def test_help_shows_no_python_type_names(command: str) -> None:
+    shown = invoke(command, "--help").stdout
+    assert "<list[" not in shown and "<bool>" not in shown and "Example:" in shown

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from typer.core import TyperArgument
 
 from diffshot.cli import (
     batch,
@@ -18,6 +19,14 @@ from diffshot.cli import (
     synth,
     tune,
 )
+
+
+def _argument_type(self: TyperArgument, ctx: object) -> str | None:
+    """An argument whose metavar already says what it takes (``INPUT...``) gets no ``<list[Path]>`` after it."""
+    return None if self.metavar else self.display_type(ctx)
+
+
+TyperArgument.display_type_rich = _argument_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="diffshot",

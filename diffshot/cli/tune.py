@@ -77,9 +77,18 @@ def tune(
     grid = {k: v for k, v in ((k, _axis(t)) for k, t in axes.items()) if v is not None}
     spec = EpisodeSpec(ways, shots, queries)
     fs = load_features(features, allow_external=allow_external_data)
-    with progress(quiet, episodes, f"tuning {ways}-way {shots}-shot") as advance:
+    setting = f"tuning {ways}-way {shots}-shot"
+    with progress(quiet, episodes, setting) as advance:
         result = run_tune(
-            fs, spec, grid, episodes, seed, split, allow_novel, str(resolve_device(device)), on_chunk=advance
+            fs,
+            spec,
+            grid,
+            episodes,
+            seed,
+            split,
+            allow_novel,
+            str(resolve_device(device)),
+            on_chunk=lambda done, point: advance(done, f"{setting} · {point}"),
         )
     best = result.best
     summary = best.result.summary

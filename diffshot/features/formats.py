@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from diffshot.errors import DiffshotError
-from diffshot.features.canonical import is_canonical, read_canonical
+from diffshot.features.canonical import UNLABELLED, is_canonical, read_canonical
 from diffshot.features.featureset import FeatureSet, make_featureset
 from diffshot.features.hdf5_guard import open_hdf5, read_dataset
 from diffshot.features.limits import COMPRESSED_RATIO, Budget, human
@@ -46,14 +46,20 @@ class Imported:
     note: str | None = None
 
 
-def read_foreign(path: Path, base_mean_path: Path | None, allow_external: bool = False) -> FeatureSet:
-    """Read a features file in any supported format; the base mean from ``base_mean_path`` or a sibling file."""
+def read_foreign(
+    path: Path, base_mean_path: Path | None, allow_external: bool = False, require_labels: bool = True
+) -> FeatureSet:
+    """Read a features file in any supported format; the base mean from ``base_mean_path`` or a sibling file.
+
+    With ``require_labels=False`` a ``{'features'}`` dict or .npz without labels (rows to predict) is
+    one unlabelled class, as a canonical HDF5 file without ``labels`` is.
+    """
     path = Path(path)
     container = sniff(path)
     if container == "hdf5":
         fs = _read_hdf5(path, allow_external)
     else:
-        fs = _to_featureset(parse(load_object(path, container), path, container), path, container)
+        fs = _to_featureset(parse(load_object(path, container), path, container, require_labels), path, container)
     mean_path = Path(base_mean_path) if base_mean_path is not None else sibling_base_mean(path)
     return fs if mean_path is None else _with_base_mean(fs, mean_path, allow_external)
 
@@ -289,9 +295,13 @@ def _hdf5_base_mean(path: Path, allow_external: bool = False) -> np.ndarray:
         return read_dataset(handle["base_mean"], Budget(path), "base_mean")
 
 
-def parse(obj: object, path: Path, container: str) -> Imported:
+def parse(obj: object, path: Path, container: str, require_labels: bool = True) -> Imported:
     """Recognise the layout of a loaded object (dict, list, tuple, array or tensor) and pull out features and labels."""
     if isinstance(obj, Mapping):
+        if not require_labels and "features" in obj and "labels" not in obj:
+            features = _array(obj["features"], path, "features")
+            labels = np.zeros(features.shape[0] if features.ndim else 0, dtype=np.int64)
+            return Imported(features, labels, "unlabelled-" + container, class_names=[UNLABELLED])
         return _parse_mapping(obj, path, container)
     if isinstance(obj, list | tuple):
         return _parse_sequence(obj, path)

@@ -70,7 +70,7 @@ def read_features(
 ) -> FeatureSet:
     """Read a features file of any supported format, without cleaning it.
 
-    With ``require_labels=False`` a canonical file without ``labels`` (rows to predict) is accepted.
+    With ``require_labels=False`` a canonical file, .npz or dict without ``labels`` (rows to predict) is accepted.
     HDF5 external links, external storage and virtual datasets are refused unless ``allow_external``.
     """
     p = check_readable(path)
@@ -84,7 +84,7 @@ def read_features(
                     fs, base_mean=_checked_mean(fs, read_base_mean(check_readable(base_mean_path), allow_external))
                 )
     mean_path = None if base_mean_path is None else check_readable(base_mean_path)
-    return read_foreign(p, mean_path, allow_external)
+    return read_foreign(p, mean_path, allow_external, require_labels)
 
 
 def _checked_mean(fs: FeatureSet, mean: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ from diffshot.stats import Summary, episode_accuracy, paired_difference, summari
 CHUNK_BYTES = 64 * 2**20
 MAX_CHUNK = 2000
 MAX_EPISODES = 10_000_000
-Progress = Callable[..., None]  # (episodes done, label of the setting running)
+Progress = Callable[[int, str], None]  # (episodes done, label of the setting and method running)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +181,7 @@ def evaluate(
     Every argument is checked before an episode is drawn. Features are centred by the file's base
     mean (or the fallback of :meth:`FeatureSet.centring_mean`); the sampled classes are those of
     ``split`` with at least shots + queries rows (others are left out with a warning). ``on_chunk``
-    is called with the number of episodes finished after each chunk.
+    is called with the number of episodes finished and the label of the method about to run.
     """
     episodes, seed = check_episodes(episodes), check_seed(seed)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0):
@@ -200,6 +200,8 @@ def evaluate(
         query_labels = torch.from_numpy(indices.query_labels).to(source.features.device)
         sampling += time.perf_counter() - tick
         for i, run in enumerate(runs):
+            if on_chunk is not None:
+                on_chunk(start, run.label)
             tick = time.perf_counter()
             predictions = run.method.score(batch, run.params).argmax(dim=-1)
             accuracies[i][start : start + count] = episode_accuracy(predictions, query_labels)
@@ -207,7 +209,7 @@ def evaluate(
             if start == 0:
                 resolved[i] = run.resolved(batch)
         if on_chunk is not None:
-            on_chunk(start + count)
+            on_chunk(start + count, runs[-1].label)
     results = tuple(
         MethodResult(run.label, run.as_dict(), accuracies[i], seconds[i], resolved[i]) for i, run in enumerate(runs)
     )
@@ -328,8 +330,8 @@ def run_evaluation(
                 None
                 if on_progress is None
                 else (
-                    lambda finished, done=done, spec=spec: on_progress(
-                        done + finished, f"{spec.ways}-way {spec.shots}-shot · {len(runs)} methods"
+                    lambda finished, method, done=done, spec=spec: on_progress(
+                        done + finished, f"{spec.ways}-way {spec.shots}-shot · {method}"
                     )
                 ),
             )

@@ -109,7 +109,7 @@ def tune(
     split: str = "val",
     allow_novel: bool = False,
     device: str = "cpu",
-    on_chunk: Callable[[int], None] | None = None,
+    on_chunk: Callable[[int, str], None] | None = None,
 ) -> TuneResult:
     """Evaluate every grid point on the same episodes of ``split`` and rank them by mean accuracy."""
     check_split(fs, split, allow_novel)
