@@ -61,3 +61,25 @@ def test_graph_size_is_clamped_to_the_episode() -> None:
     lap = episode_laplacian(tiny, 8, 4)
     assert lap.shape == (2, 4, 4)
     assert torch.isfinite(lap).all()
+
+
+@pytest.mark.parametrize("shift", [True, False])
+@pytest.mark.parametrize("offset", [0.0, 10.0])
+def test_gram_space_preprocessing_is_the_gram_of_the_prepared_points(shift: bool, offset: float) -> None:
+    """L2N and the shift done in Gram space give the Gram matrix of the CL2N, shifted points (float32 precision),
+    also when the base mean is as long as the features (offset 10)."""
+    from diffshot.ops.preprocess import transductive_gram, transductive_points
+
+    generator = torch.Generator().manual_seed(3)
+    mean = torch.randn(48, generator=generator) + offset
+    points = torch.randn(7, 30, 48, generator=generator) + mean
+    expected = gram(transductive_points(points.double(), mean.double(), 10, shift))
+    assert torch.allclose(transductive_gram(points, mean, 10, shift).double(), expected, atol=2e-6)
+    assert torch.allclose(transductive_gram(points[0], mean, 10, shift).double(), expected[0], atol=2e-6)
+
+
+def test_torch_graph_needs_only_the_gram_matrix(points: torch.Tensor) -> None:
+    inner = gram(points)
+    assert torch.equal(episode_laplacian(None, 8, 4, "torch", inner), episode_laplacian(points, 8, 4, "torch", inner))
+    with pytest.raises(Exception, match="needs the points"):
+        episode_laplacian(None, 8, 4, "faiss", inner)

@@ -14,8 +14,7 @@ from diffshot.episodes import Episodes
 from diffshot.lazy import torch
 from diffshot.methods.base import Method, param
 from diffshot.ops.classify import gram_cosine, rectified_mix
-from diffshot.ops.knn import gram
-from diffshot.ops.preprocess import transductive_points
+from diffshot.ops.preprocess import transductive_gram
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,8 +26,7 @@ class BdcspnParams:
 
 def score(episodes: Episodes, params: BdcspnParams) -> torch.Tensor:
     """Cosine similarity of each (shifted) CL2N query to each rectified prototype."""
-    points = transductive_points(episodes.points, episodes.centre, episodes.num_support, params.shift)
-    inner = gram(points)
+    inner = transductive_gram(episodes.points, episodes.centre, episodes.num_support, params.shift)
     mix = rectified_mix(inner, episodes.support_labels, episodes.ways)
     return gram_cosine(inner, mix, slice(episodes.num_support, None))
 

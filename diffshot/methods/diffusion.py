@@ -29,7 +29,7 @@ from diffshot.ops.classify import (
 from diffshot.ops.diffusion import diffuse_, diffuse_gram, diffusion_operator
 from diffshot.ops.graph import episode_laplacian, sparse_graph, sparse_laplacian_of
 from diffshot.ops.knn import EPISODE_BACKENDS, gram
-from diffshot.ops.preprocess import transductive_points
+from diffshot.ops.preprocess import transductive_gram, transductive_points
 from diffshot.ops.sinkhorn import PTMAP_ALPHA, PTMAP_STEPS, balanced_assignment
 from diffshot.ops.spectrum import stable_step_batched, stable_step_sparse
 
@@ -135,10 +135,17 @@ class DiffusionParams:
     lam: float = param(10.0, "Sinkhorn sharpness λ of assign = balanced (PT-MAP: 10)", minimum=0.0)
 
 
+def graph_inputs(episodes: Episodes, shift: bool, knn: str) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The prepared points (only FAISS needs them; None for torch) and their Gram matrix [E, n, n]."""
+    if knn == "torch":
+        return None, transductive_gram(episodes.points, episodes.centre, episodes.num_support, shift)
+    points = transductive_points(episodes.points, episodes.centre, episodes.num_support, shift)
+    return points, gram(points)
+
+
 def diffused_gram(episodes: Episodes, params: DiffusionParams) -> torch.Tensor:
     """Gram matrix [E, n, n] of the diffused support + query points of every episode."""
-    points = transductive_points(episodes.points, episodes.centre, episodes.num_support, params.shift)
-    inner = gram(points)
+    points, inner = graph_inputs(episodes, params.shift, params.knn)
     n_top, sigma = episode_graph_size(episodes, params.n_top, params.sigma)
     lap = episode_laplacian(points, n_top, sigma, params.knn, inner)
     steps, _ = stable_step_batched(lap, params.step_size)

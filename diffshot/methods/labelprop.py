@@ -16,6 +16,7 @@ from diffshot.lazy import torch
 from diffshot.methods.base import Method, TaskScores, param
 from diffshot.methods.diffusion import (
     episode_graph_size,
+    graph_inputs,
     knn_param,
     n_top_param,
     resolved_graph,
@@ -23,8 +24,6 @@ from diffshot.methods.diffusion import (
     task_graph,
 )
 from diffshot.ops.graph import degree_normalised, episode_graph, to_csr
-from diffshot.ops.knn import gram
-from diffshot.ops.preprocess import transductive_points
 
 CG_TOLERANCE = 1e-6
 CG_MAX_ITERATIONS = 1000
@@ -43,9 +42,9 @@ class LabelpropParams:
 
 def score(episodes: Episodes, params: LabelpropParams) -> torch.Tensor:
     """Propagated label mass F = (I − αS)⁻¹Y of each query (Zhou et al. 2004, Eq. 4's closed form)."""
-    points = transductive_points(episodes.points, episodes.centre, episodes.num_support, params.shift)
+    points, inner = graph_inputs(episodes, params.shift, params.knn)
     n_top, sigma = episode_graph_size(episodes, params.n_top, params.sigma)
-    s = degree_normalised(episode_graph(points, n_top, sigma, params.knn, gram(points)))
+    s = degree_normalised(episode_graph(points, n_top, sigma, params.knn, inner))
     n, ns = s.shape[-1], episodes.num_support
     y = F.pad(F.one_hot(episodes.support_labels, episodes.ways).to(s.dtype), (0, 0, 0, n - ns))
     system = torch.eye(n, dtype=s.dtype, device=s.device) - params.alpha * s

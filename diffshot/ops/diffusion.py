@@ -23,10 +23,10 @@ def diffusion_operator(lap: torch.Tensor, step_size: float | torch.Tensor, layer
     ``step_size`` is one τ or one per episode [E]. For an episode of n points and d ≥ n dimensions
     this is far cheaper than T products with x.
     """
-    eye = torch.eye(lap.shape[-1], dtype=lap.dtype, device=lap.device)
     if isinstance(step_size, torch.Tensor):
         step_size = step_size.to(lap.dtype)[..., None, None]
-    step = eye - step_size * lap
+    step = lap * -step_size
+    step.diagonal(dim1=-2, dim2=-1).add_(1.0)
     result: torch.Tensor | None = None
     power = layers
     while power:
@@ -35,7 +35,10 @@ def diffusion_operator(lap: torch.Tensor, step_size: float | torch.Tensor, layer
         power >>= 1
         if power:
             step = step @ step
-    return eye.expand_as(lap).clone() if result is None else result
+    if result is None:
+        result = torch.zeros_like(lap)
+        result.diagonal(dim1=-2, dim2=-1).fill_(1.0)
+    return result
 
 
 def diffuse_gram(g: torch.Tensor, operator: torch.Tensor) -> torch.Tensor:

@@ -37,28 +37,32 @@ def gaussian_weights(dist: torch.Tensor, idx: torch.Tensor, n: int, n_top: int, 
 def normalise_weights(w: torch.Tensor) -> torch.Tensor:
     """W̃ = D^-1/2 W D^-1/2 with D the row sums of W, then symmetrised (W̃ + W̃ᵀ)/2."""
     inv_sqrt = w.sum(dim=-1).clamp_min(torch.finfo(w.dtype).tiny).rsqrt()
-    scaled = inv_sqrt[..., :, None] * w * inv_sqrt[..., None, :]
-    return 0.5 * (scaled + scaled.transpose(-1, -2))
+    scaled = inv_sqrt[..., :, None] * w
+    scaled.mul_(inv_sqrt[..., None, :])
+    return (scaled + scaled.transpose(-1, -2)).mul_(0.5)
 
 
 def laplacian(w: torch.Tensor) -> torch.Tensor:
     """Graph Laplacian L = diag(W·1) − W (rows sum to zero; positive semi-definite for symmetric W ≥ 0)."""
-    return torch.diag_embed(w.sum(dim=-1)) - w
+    lap = -w
+    lap.diagonal(dim1=-2, dim2=-1).add_(w.sum(dim=-1))
+    return lap
 
 
 def episode_graph(
-    x: torch.Tensor, n_top: int, sigma: int, backend: str = "torch", inner: torch.Tensor | None = None
+    x: torch.Tensor | None, n_top: int, sigma: int, backend: str = "torch", inner: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The normalised Gaussian kNN graph W̃ [E, n, n] of each episode's points."""
-    k = min(max(n_top, sigma), x.shape[-2])
+    """The normalised Gaussian kNN graph W̃ [E, n, n] of each episode's points (or of their Gram ``inner``)."""
+    n = inner.shape[-1] if inner is not None else x.shape[-2]  # type: ignore[union-attr]
+    k = min(max(n_top, sigma), n)
     dist, idx = episode_neighbours(x, k, backend, inner)
-    return normalise_weights(gaussian_weights(dist, idx, x.shape[-2], min(n_top, k), min(sigma, k)))
+    return normalise_weights(gaussian_weights(dist, idx, n, min(n_top, k), min(sigma, k)))
 
 
 def episode_laplacian(
-    x: torch.Tensor, n_top: int, sigma: int, backend: str = "torch", inner: torch.Tensor | None = None
+    x: torch.Tensor | None, n_top: int, sigma: int, backend: str = "torch", inner: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The Laplacian [E, n, n] of the normalised Gaussian kNN graph of each episode's points."""
+    """The Laplacian [E, n, n] of the normalised Gaussian kNN graph of each episode's points (or Gram ``inner``)."""
     return laplacian(episode_graph(x, n_top, sigma, backend, inner))
 
 

@@ -32,7 +32,8 @@ def gram(x: torch.Tensor) -> torch.Tensor:
 def squared_distances_from_gram(g: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances [E, n, n] from a Gram matrix, with an exact zero diagonal."""
     sq_norms = torch.diagonal(g, dim1=-2, dim2=-1)
-    sq = (sq_norms[..., :, None] + sq_norms[..., None, :] - 2.0 * g).clamp_min(0.0)
+    sq = g * -2.0
+    sq.add_(sq_norms[..., :, None]).add_(sq_norms[..., None, :]).clamp_min_(0.0)
     sq.diagonal(dim1=-2, dim2=-1).zero_()
     return sq
 
@@ -79,15 +80,22 @@ def knn_faiss(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def episode_neighbours(
-    x: torch.Tensor, k: int, backend: str = "torch", inner: torch.Tensor | None = None
+    x: torch.Tensor | None, k: int, backend: str = "torch", inner: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted distances and indices [E, n, k] of each point's ``k`` nearest points (itself first).
 
-    ``inner`` is the episode Gram matrix when the caller already has it (the torch backend reuses it).
+    ``inner`` is the episode Gram matrix when the caller already has it: the torch backend then
+    needs no points (``x`` may be None); FAISS searches the points.
     """
     if backend == "faiss":
+        if x is None:
+            raise DiffshotError("the FAISS episode search needs the points, not only their Gram matrix")
         return knn_faiss(x, k)
-    return knn_torch(squared_distances_from_gram(gram(x) if inner is None else inner), k)
+    if inner is None:
+        if x is None:
+            raise DiffshotError("episode_neighbours needs the points or their Gram matrix")
+        inner = gram(x)
+    return knn_torch(squared_distances_from_gram(inner), k)
 
 
 def choose_index(kind: str, n: int, exact_limit: int = EXACT_LIMIT) -> str:

@@ -38,6 +38,31 @@ def transductive_points(points: torch.Tensor, mean: torch.Tensor, num_support: i
     return shift_queries_(prepared, num_support) if shift else prepared
 
 
+def transductive_gram(points: torch.Tensor, mean: torch.Tensor, num_support: int, shift: bool) -> torch.Tensor:
+    """The Gram matrix [..., n, n] of :func:`transductive_points`, with L2N and the shift done in Gram space.
+
+    Only the centred copy of the d-dimensional points is made (centring before the product keeps
+    float32 precision when the base mean is as long as the features); normalising is
+    G_ij / (‖x_i‖·‖x_j‖), and the shift x_q ← x_q + δ, δ = mean(support) − mean(query), adds
+    u_j = x_j·δ to query rows and columns and δ·δ to the query block.
+    """
+    centred = centre(points, mean)
+    g = centred @ centred.transpose(-1, -2)
+    inv_norm = torch.diagonal(g, dim1=-2, dim2=-1).clamp_min(_EPS * _EPS).rsqrt()
+    g.mul_(inv_norm[..., :, None]).mul_(inv_norm[..., None, :])
+    if not shift:
+        return g
+    n = g.shape[-1]
+    weights = torch.full((n,), -1.0 / (n - num_support), dtype=g.dtype, device=g.device)
+    weights[:num_support] = 1.0 / num_support
+    along_shift = g @ weights
+    shift_norm = along_shift @ weights
+    g[..., num_support:, :] += along_shift[..., None, :]
+    g[..., :, num_support:] += along_shift[..., :, None]
+    g[..., num_support:, num_support:] += shift_norm[..., None, None]
+    return g
+
+
 def power_transform(x: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
     """Element-wise x ↦ (x + ε)^β on non-negative features (PT-MAP, Hu et al. 2021)."""
     return (x.clamp_min(0) + 1e-6).pow(beta)
