@@ -103,6 +103,7 @@ def study(data: Path, name: str, shots: int, count: int, seed: int) -> None:
     variants = {
         "oslo": {},
         "oslo centring=base": {"centring": "base"},
+        "oslo steps=10": {"steps": 10},
     }
     print(f"\n## {name} novel, {WAYS}-way {shots}-shot, {WAYS}×{QUERIES} known + {WAYS}×{QUERIES} unknown, {count} ep")
     print(
