@@ -17,8 +17,9 @@ from typing import Any
 from diffshot.episodes import Episodes, Task
 from diffshot.errors import DiffshotError
 from diffshot.lazy import torch
-from diffshot.methods.base import AUTO, Method, TaskScores, param
+from diffshot.methods.base import AUTO, Method, OpenSetScores, TaskScores, param
 from diffshot.ops.classify import (
+    gram_cosine,
     gram_squared_distances,
     prototypes,
     rectified_mix,
@@ -29,6 +30,7 @@ from diffshot.ops.classify import (
 from diffshot.ops.diffusion import diffuse_, diffuse_gram, diffusion_operator
 from diffshot.ops.graph import episode_laplacian, sparse_graph, sparse_laplacian_of
 from diffshot.ops.knn import EPISODE_BACKENDS, gram
+from diffshot.ops.openset import otsu_rejection
 from diffshot.ops.preprocess import transductive_points
 from diffshot.ops.sinkhorn import PTMAP_ALPHA, PTMAP_STEPS, balanced_assignment
 from diffshot.ops.spectrum import stable_step_batched, stable_step_sparse
@@ -149,14 +151,33 @@ def diffused_gram(episodes: Episodes, params: DiffusionParams) -> torch.Tensor:
 
 def score(episodes: Episodes, params: DiffusionParams) -> torch.Tensor:
     """Negative squared distance to each diffused (rectified) prototype, or PT-MAP's balanced soft assignment."""
-    inner = diffused_gram(episodes, params)
-    if params.assign == "balanced":
-        return balanced_assignment(inner, episodes.support_labels, episodes.ways, params.lam, PTMAP_ALPHA, PTMAP_STEPS)
+    return scores_from_gram(episodes, params, diffused_gram(episodes, params))[0]
+
+
+def scores_from_gram(
+    episodes: Episodes, params: DiffusionParams, inner: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The query scores from the diffused Gram matrix, and the prototypes (as mixing rows) they were measured to."""
     if params.rectify:
         mix = rectified_mix(inner, episodes.support_labels, episodes.ways)
     else:
         mix = support_averaging(episodes.support_labels, episodes.ways, inner.shape[-1], inner.dtype)
-    return -gram_squared_distances(inner, mix, slice(episodes.num_support, None))
+    if params.assign == "balanced":
+        scores = balanced_assignment(inner, episodes.support_labels, episodes.ways, params.lam, PTMAP_ALPHA, PTMAP_STEPS)
+        return scores, mix
+    return -gram_squared_distances(inner, mix, slice(episodes.num_support, None)), mix
+
+
+def open_set(episodes: Episodes, params: DiffusionParams) -> OpenSetScores:
+    """The same scores; unknown = −max cosine after diffusion of the query to the prototypes; reject above the Otsu split.
+
+    Diffusion pulls each query towards its graph neighbours: known queries towards their class's
+    support, unknown ones towards each other, away from every prototype; all of it in Gram space.
+    """
+    inner = diffused_gram(episodes, params)
+    scores, mix = scores_from_gram(episodes, params, inner)
+    unknown = -gram_cosine(inner, mix, slice(episodes.num_support, None)).max(dim=-1).values
+    return OpenSetScores(scores, unknown, otsu_rejection(unknown))
 
 
 def task_graph(
@@ -212,4 +233,5 @@ METHOD = Method(
     resolve_auto=resolved_graph,
     assumes_balance=lambda params: params.assign == "balanced",
     label=label,
+    open_set=open_set,
 )
