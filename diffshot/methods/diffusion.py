@@ -163,13 +163,13 @@ def scores_from_gram(
     else:
         mix = support_averaging(episodes.support_labels, episodes.ways, inner.shape[-1], inner.dtype)
     if params.assign == "balanced":
-        scores = balanced_assignment(inner, episodes.support_labels, episodes.ways, params.lam, PTMAP_ALPHA, PTMAP_STEPS)
-        return scores, mix
+        labels, ways = episodes.support_labels, episodes.ways
+        return balanced_assignment(inner, labels, ways, params.lam, PTMAP_ALPHA, PTMAP_STEPS), mix
     return -gram_squared_distances(inner, mix, slice(episodes.num_support, None)), mix
 
 
 def open_set(episodes: Episodes, params: DiffusionParams) -> OpenSetScores:
-    """The same scores; unknown = −max cosine after diffusion of the query to the prototypes; reject above the Otsu split.
+    """The same scores; unknown = −max cosine of the diffused query to the prototypes; reject above the Otsu split.
 
     Diffusion pulls each query towards its graph neighbours: known queries towards their class's
     support, unknown ones towards each other, away from every prototype; all of it in Gram space.

@@ -6,7 +6,7 @@ from diffshot.lazy import torch
 
 
 def otsu_threshold(values: torch.Tensor) -> torch.Tensor:
-    """The threshold [...] that splits each row of ``values`` [..., n] into two groups of largest between-group variance.
+    """The threshold [...] splitting each row of ``values`` [..., n] into two groups of largest between-group variance.
 
     Otsu's criterion (1979) on the sorted values: for every cut k, w₀·w₁·(m₀ − m₁)², w the group
     shares and m their means; the threshold is the midpoint of the two values around the best cut.
