@@ -87,8 +87,8 @@ def open_set_metrics(
     with np.errstate(invalid="ignore", divide="ignore"):
         n_known, n_unknown = known.sum(axis=1), (~known).sum(axis=1)
         return OpenSetMetrics(
-            closed_accuracy=correct.sum(axis=1) * 100.0 / n_known,
+            closed_accuracy=correct.sum(axis=1) * (100.0 / n_known),  # episode_accuracy's bits
             auroc=episode_auroc(unknown.double().cpu().numpy(), ~known),
-            known_accuracy=(correct & ~rejected_np).sum(axis=1) * 100.0 / n_known,
-            unknown_recall=(rejected_np & ~known).sum(axis=1) * 100.0 / n_unknown,
+            known_accuracy=(correct & ~rejected_np).sum(axis=1) * (100.0 / n_known),
+            unknown_recall=(rejected_np & ~known).sum(axis=1) * (100.0 / n_unknown),
         )
