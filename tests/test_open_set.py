@@ -202,3 +202,24 @@ def test_banking77_open_set_reproduces_the_independent_figures_and_meets_the_bar
     assert abs(simple["auroc"].mean - auroc) <= simple["auroc"].ci95
     assert diffusion["auroc"].mean >= (0.91 if shots == 1 else 0.96)
     assert diffusion["auroc"].mean > simple["auroc"].mean + 5 * diffusion["auroc"].ci95
+
+
+def test_diffusion_query_score_in_gram_space_matches_the_features(synthetic: FeatureSet) -> None:
+    from diffshot.methods.diffusion import DiffusionParams, diffusion_parts, query_to_diffused_cosine
+    from diffshot.ops.classify import cosine, support_averaging
+    from diffshot.ops.preprocess import transductive_points
+    from diffshot.run.evaluate import episode_source
+
+    spec = EpisodeSpec(5, 1, 5, unknown_queries=3)
+    batch, _ = episode_source(synthetic, spec, None, "cpu").batch(2, 0, 4)
+    inner, operator = diffusion_parts(batch, DiffusionParams())
+    x = transductive_points(batch.points, batch.centre, batch.num_support, True)
+    mix = support_averaging(batch.support_labels, 5, x.shape[1], x.dtype)
+    rows = slice(batch.num_support, None)
+    expected = cosine(x[:, rows], mix @ operator @ x)
+    torch.testing.assert_close(query_to_diffused_cosine(inner, operator, mix, rows), expected, atol=1e-5, rtol=1e-5)
+    method = get_method("diffusion")
+    a = method.open_set(batch, method.parse({"open_score": "diffused"}))
+    b = method.open_set(batch, method.parse({"open_score": "query"}))
+    torch.testing.assert_close(a.scores, b.scores)
+    assert not torch.allclose(a.unknown, b.unknown)

@@ -135,18 +135,29 @@ class DiffusionParams:
         choices=("nearest", "balanced"),
     )
     lam: float = param(10.0, "Sinkhorn sharpness λ of assign = balanced (PT-MAP: 10)", minimum=0.0)
+    open_score: str = param(
+        "diffused",
+        "unknown score under evaluate --open-set: −max cosine to the diffused prototypes of the diffused query "
+        "(diffused) or of the query before diffusion (query: steadier when unknown queries are few)",
+        choices=("diffused", "query"),
+    )
 
 
 def diffused_gram(episodes: Episodes, params: DiffusionParams) -> torch.Tensor:
     """Gram matrix [E, n, n] of the diffused support + query points of every episode."""
+    return diffuse_gram(*diffusion_parts(episodes, params))
+
+
+def diffusion_parts(episodes: Episodes, params: DiffusionParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Gram matrix [E, n, n] of the points before diffusion and the diffusion operator P [E, n, n]."""
     points = transductive_points(episodes.points, episodes.centre, episodes.num_support, params.shift)
     inner = gram(points)
     n_top, sigma = episode_graph_size(episodes, params.n_top, params.sigma)
     lap = episode_laplacian(points, n_top, sigma, params.knn, inner)
     steps, _ = stable_step_batched(lap, params.step_size)
     if bool((steps < params.step_size).any()):
-        warnings.warn(STEP_NOTICE.format(tau=params.step_size, where="some episodes"), stacklevel=2)
-    return diffuse_gram(inner, diffusion_operator(lap, steps, params.layers))
+        warnings.warn(STEP_NOTICE.format(tau=params.step_size, where="some episodes"), stacklevel=3)
+    return inner, diffusion_operator(lap, steps, params.layers)
 
 
 def score(episodes: Episodes, params: DiffusionParams) -> torch.Tensor:
@@ -169,15 +180,34 @@ def scores_from_gram(
 
 
 def open_set(episodes: Episodes, params: DiffusionParams) -> OpenSetScores:
-    """The same scores; unknown = −max cosine of the diffused query to the prototypes; reject above the Otsu split.
+    """The same scores; unknown = −max cosine to the diffused prototypes; reject above the episode's Otsu split.
 
-    Diffusion pulls each query towards its graph neighbours: known queries towards their class's
-    support, unknown ones towards each other, away from every prototype; all of it in Gram space.
+    ``open_score = diffused`` measures the diffused query: diffusion pulls known queries towards their
+    class's support and unknown ones towards each other, away from every prototype (best when unknown
+    classes bring many queries, which then have each other as graph neighbours). ``query`` measures
+    the query before diffusion (after CL2N and the shift) against the same diffused prototypes, so a
+    lone unknown query pulled into a known class by the graph still scores as far. All in Gram space.
     """
-    inner = diffused_gram(episodes, params)
-    scores, mix = scores_from_gram(episodes, params, inner)
-    unknown = -gram_cosine(inner, mix, slice(episodes.num_support, None)).max(dim=-1).values
+    inner, operator = diffusion_parts(episodes, params)
+    diffused = diffuse_gram(inner, operator)
+    scores, mix = scores_from_gram(episodes, params, diffused)
+    queries = slice(episodes.num_support, None)
+    if params.open_score == "diffused":
+        unknown = -gram_cosine(diffused, mix, queries).max(dim=-1).values
+    else:
+        unknown = -query_to_diffused_cosine(inner, operator, mix, queries).max(dim=-1).values
     return OpenSetScores(scores, unknown, otsu_rejection(unknown))
+
+
+def query_to_diffused_cosine(
+    inner: torch.Tensor, operator: torch.Tensor, mix: torch.Tensor, rows: slice
+) -> torch.Tensor:
+    """Cosine [E, |rows|, ways] of points ``rows`` before diffusion to the diffused prototypes mix·P·x, from G and P."""
+    towards = mix @ operator  # prototypes as mixing rows over the undiffused points
+    dots = inner @ towards.transpose(-1, -2)
+    proto_norms = torch.diagonal(towards @ dots, dim1=-2, dim2=-1).clamp_min(1e-24).sqrt()
+    norms = torch.diagonal(inner, dim1=-2, dim2=-1)[..., rows].clamp_min(1e-24).sqrt()
+    return dots[..., rows, :] / (norms[..., None] * proto_norms[..., None, :])
 
 
 def task_graph(
