@@ -45,21 +45,24 @@ def paired_difference(values: np.ndarray, baseline: np.ndarray) -> Summary:
     return summarise(values - baseline)
 
 
-def episode_auroc(unknown: np.ndarray, is_unknown: np.ndarray, block: int = 256) -> np.ndarray:
+def episode_auroc(unknown: np.ndarray, is_unknown: np.ndarray) -> np.ndarray:
     """AUROC of each episode [E] of an unknown score [E, n] against the truth [E, n] (the Mann–Whitney form).
 
-    AUROC = P(score of an unknown query > score of a known one) + ½·P(equal), over all pairs of the
-    episode, so ties count one half; NaN for an episode without both kinds of query.
+    AUROC = P(score of an unknown query > score of a known one) + ½·P(equal) over all pairs of the
+    episode, computed from mid-ranks (U = rank sum of the unknowns − n₁(n₁+1)/2, ties share their
+    mean rank, so they count one half) in O(n log n); NaN for an episode without both kinds of query.
     """
-    unknown, is_unknown = np.asarray(unknown, dtype=np.float64), np.asarray(is_unknown, dtype=bool)
-    out = np.empty(unknown.shape[0])
-    for start in range(0, unknown.shape[0], block):
-        s, pos = unknown[start : start + block], is_unknown[start : start + block]
-        pairs = pos[:, :, None] & ~pos[:, None, :]
-        wins = np.where(pairs, (s[:, :, None] > s[:, None, :]) + 0.5 * (s[:, :, None] == s[:, None, :]), 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[start : start + block] = wins.sum(axis=(1, 2)) / pairs.sum(axis=(1, 2))
-    return out
+    scores = torch.as_tensor(np.asarray(unknown, dtype=np.float64))
+    positive = torch.as_tensor(np.asarray(is_unknown, dtype=bool))
+    ordered = scores.sort(dim=-1).values
+    below = torch.searchsorted(ordered, scores, side="left")
+    through = torch.searchsorted(ordered, scores, side="right")
+    mid_rank = 0.5 * (below + through + 1).to(torch.float64)
+    n_pos = positive.sum(dim=-1).to(torch.float64)
+    n_neg = positive.shape[-1] - n_pos
+    u = (mid_rank * positive).sum(dim=-1) - n_pos * (n_pos + 1) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return u.numpy() / (n_pos * n_neg).numpy()
 
 
 @dataclasses.dataclass(frozen=True)

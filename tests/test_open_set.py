@@ -110,7 +110,7 @@ def direct_auroc(scores: list[float], unknown: list[bool]) -> float:
 def test_auroc_matches_the_pairwise_formula_with_ties() -> None:
     scores = np.array([[0.3, 0.1, 0.3, 0.9, 0.3, 0.0], [1, 1, 1, 1, 1, 1], [5, 4, 3, 2, 1, 0]], dtype=float)
     unknown = np.array([[1, 0, 0, 1, 1, 0], [1, 0, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]], dtype=bool)
-    got = episode_auroc(scores, unknown, block=2)
+    got = episode_auroc(scores, unknown)
     expected = [direct_auroc(s.tolist(), u.tolist()) for s, u in zip(scores, unknown, strict=True)]
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-15)
     # by hand: unknowns 0.3, 0.9, 0.3 against knowns 0.1, 0.3, 0.0 win 2.5 + 3 + 2.5 of 9 pairs
