@@ -19,6 +19,7 @@ from diffshot.lazy import torch
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _STREAM_CLASSES, _STREAM_ROWS, _STREAM_IMBALANCE = 1, 2, 3
+_STREAM_UNKNOWN_CLASSES, _STREAM_UNKNOWN_ROWS = 4, 5  # open-set streams: the closed-set draws never see them
 _GAMMA_TRIES = 16
 MAX_EPISODE_SIZE = 100_000
 MIN_CONCENTRATION = 1e-3  # below it Gamma draws underflow to zero and every query falls to one class
@@ -43,16 +44,21 @@ class EpisodeSpec:
     ``imbalance`` is the Dirichlet concentration of the α-TIM protocol (Veilleux et al., NeurIPS
     2021): per-class query counts are drawn from Dirichlet(α), total kept at ways × queries,
     each class keeping at least one; ``None`` means balanced queries.
+    ``unknown_queries`` (open set): U queries from each of ``ways`` further classes of the split that
+    are not in the episode's support, appended after the known queries; ``None`` means closed set.
     """
 
     ways: int
     shots: int
     queries: int
     imbalance: float | None = None
+    unknown_queries: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("ways", "shots", "queries"):
+        for name in ("ways", "shots", "queries", "unknown_queries"):
             value = getattr(self, name)
+            if name == "unknown_queries" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise UsageError(f"{name} must be a positive integer, got {value!r}")
             if value > MAX_EPISODE_SIZE:
@@ -74,9 +80,18 @@ class EpisodeSpec:
         return self.ways * self.queries
 
     @property
+    def num_unknown(self) -> int:
+        """Unknown-class queries per episode (0 in a closed-set protocol)."""
+        return self.ways * (self.unknown_queries or 0)
+
+    @property
     def rows_needed(self) -> int:
         """Rows a class needs to take part in an episode."""
         return self.shots + self.queries
+
+
+class OpenSetPoolError(DiffshotError):
+    """Too few classes for the unknown queries of an open-set protocol."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +101,7 @@ class ClassPool:
     rows: np.ndarray  # [C, max_count] int64, padded with -1
     counts: np.ndarray  # [C]
     labels: np.ndarray  # [C] the dataset label of each pool class
+    unknown: ClassPool | None = None  # open set: the classes with at least U rows, unknown-query candidates
 
     @property
     def num_classes(self) -> int:
@@ -94,12 +110,13 @@ class ClassPool:
 
 @dataclasses.dataclass(frozen=True)
 class EpisodeIndices:
-    """A chunk of episodes as row indices: support first (class-major), then queries."""
+    """A chunk of episodes as row indices: support first (class-major), then queries (known, then unknown)."""
 
     rows: np.ndarray  # [E, ns + nq] indices into the feature matrix
     support_labels: np.ndarray  # [E, ns] in 0..ways-1
-    query_labels: np.ndarray  # [E, nq] in 0..ways-1
+    query_labels: np.ndarray  # [E, nq] in 0..ways-1, -1 for an unknown-class query
     classes: np.ndarray  # [E, ways] dataset labels of the episode's classes
+    unknown_classes: np.ndarray | None = None  # [E, ways] open set: dataset labels of the unknown classes
 
     @property
     def num_episodes(self) -> int:
@@ -107,18 +124,38 @@ class EpisodeIndices:
 
 
 def build_pool(labels: np.ndarray, spec: EpisodeSpec, class_names: tuple[str, ...] | None = None) -> ClassPool:
-    """Group rows by class, leaving out (with the returned list) classes too small for ``spec``."""
+    """Group rows by class, leaving out (with the returned list) classes too small for ``spec``.
+
+    An open-set spec also gets the pool of unknown-class candidates: every class with at least U rows
+    (U = ``unknown_queries``), of which there must be 2 × ways, so that ``ways`` of them lie outside
+    any episode's support.
+    """
     labels = np.asarray(labels, dtype=np.int64)
+    pool = _padded_pool(labels, spec.rows_needed)
+    if pool.num_classes < spec.ways:
+        raise DiffshotError(
+            f"only {pool.num_classes} classes have at least shots + queries = {spec.rows_needed} rows; "
+            f"{spec.ways}-way episodes need {spec.ways}"
+        )
+    if spec.unknown_queries is None:
+        return pool
+    unknown = _padded_pool(labels, spec.unknown_queries)
+    if unknown.num_classes < 2 * spec.ways:
+        raise OpenSetPoolError(
+            f"only {unknown.num_classes} classes have at least {spec.unknown_queries} rows (the unknown queries "
+            f"per class); open-set {spec.ways}-way episodes need 2 × {spec.ways} = {2 * spec.ways} "
+            f"({spec.ways} known + {spec.ways} unknown)"
+        )
+    return dataclasses.replace(pool, unknown=unknown)
+
+
+def _padded_pool(labels: np.ndarray, rows_needed: int) -> ClassPool:
+    """The classes with at least ``rows_needed`` rows, their row indices padded with -1 into a matrix."""
     counts = np.bincount(labels)
     order = np.argsort(labels, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    eligible = np.flatnonzero(counts >= spec.rows_needed)
-    if eligible.size < spec.ways:
-        raise DiffshotError(
-            f"only {eligible.size} classes have at least shots + queries = {spec.rows_needed} rows; "
-            f"{spec.ways}-way episodes need {spec.ways}"
-        )
-    width = int(counts[eligible].max())
+    eligible = np.flatnonzero(counts >= rows_needed)
+    width = int(counts[eligible].max()) if eligible.size else 0
     offsets = np.arange(width)
     within = offsets[None, :] < counts[eligible, None]
     positions = np.where(within, starts[eligible, None] + offsets[None, :], 0)
@@ -155,11 +192,40 @@ def sample_episodes(pool: ClassPool, spec: EpisodeSpec, seed: int, start: int, c
     way_ids = np.broadcast_to(np.arange(spec.ways)[None, :, None], query_mask.shape)
     query_labels = way_ids[query_mask].reshape(count, spec.num_query)
     support_labels = np.broadcast_to(np.repeat(np.arange(spec.ways), spec.shots), (count, spec.num_support))
-    return EpisodeIndices(
+    indices = EpisodeIndices(
         rows=np.concatenate([support, queries], axis=1),
         support_labels=support_labels.copy(),
         query_labels=query_labels,
         classes=pool.labels[chosen],
+    )
+    if spec.unknown_queries is None:
+        return indices
+    if pool.unknown is None:
+        raise ValueError("an open-set spec needs a pool built for it (build_pool with the same spec)")
+    return _with_unknown(indices, pool.unknown, spec, seed, episode_ids)
+
+
+def _with_unknown(
+    indices: EpisodeIndices, pool: ClassPool, spec: EpisodeSpec, seed: int, episode_ids: np.ndarray
+) -> EpisodeIndices:
+    """``indices`` with U queries from each of ``ways`` classes not in the support appended, drawn on their own streams.
+
+    The known part is untouched, so it stays bit-identical to the closed-set episode of the same seed.
+    """
+    count, ways, u = len(episode_ids), spec.ways, int(spec.unknown_queries or 0)
+    class_keys = _uniform(seed, _STREAM_UNKNOWN_CLASSES, episode_ids, pool.num_classes)
+    taken = (pool.labels[None, :, None] == indices.classes[:, None, :]).any(axis=2)
+    class_keys = np.where(taken, 2.0, class_keys)
+    chosen = np.argsort(class_keys, axis=1, kind="stable")[:, :ways]
+    row_keys = _uniform(seed, _STREAM_UNKNOWN_ROWS, episode_ids, ways * pool.rows.shape[1])
+    row_keys = np.where(pool.rows[chosen] >= 0, row_keys.reshape(count, ways, -1), 2.0)
+    picked = np.argsort(row_keys, axis=2, kind="stable")[..., :u]
+    unknown_rows = np.take_along_axis(pool.rows[chosen], picked, 2).reshape(count, ways * u)
+    return dataclasses.replace(
+        indices,
+        rows=np.concatenate([indices.rows, unknown_rows], axis=1),
+        query_labels=np.concatenate([indices.query_labels, np.full((count, ways * u), -1, np.int64)], axis=1),
+        unknown_classes=pool.labels[chosen],
     )
 
 

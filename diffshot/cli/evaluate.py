@@ -23,6 +23,7 @@ from diffshot.run.evaluate import EvaluationRequest, prepare_runs, run_evaluatio
 
 DEFAULT_METHODS = ("simpleshot", "diffusion")
 FORMATS = ("table", "json", "csv")
+DEFAULT_UNKNOWN_QUERIES = 15
 
 
 def parse_imbalance(text: str | None) -> float | None:
@@ -57,6 +58,13 @@ def output_format(fmt: str | None, output: Path | None) -> str:
     if output is not None and output.suffix.lower() in (".json", ".csv"):
         return output.suffix.lower()[1:]
     return "json" if output is not None else "table"
+
+
+def open_set_queries(open_set: bool, unknown_queries: int | None) -> int | None:
+    """U per unknown class: 15 under a bare ``--open-set``, else ``--unknown-queries U``; None: closed set."""
+    if unknown_queries is not None:
+        return unknown_queries
+    return DEFAULT_UNKNOWN_QUERIES if open_set else None
 
 
 def shot_counts(values: list[str] | None) -> tuple[int, ...]:
@@ -143,6 +151,18 @@ def evaluate(
             "(α-TIM protocol; α = 2 in its tables). PT-MAP and --assign balanced assume balance."
         ),
     ] = None,
+    open_set: Annotated[
+        bool,
+        typer.Option(
+            "--open-set",
+            help="Open-set episodes: add U queries from each of ways further classes not in the support "
+            "(U = 15, or --unknown-queries); reports AUROC, known-class accuracy and unknown recall.",
+        ),
+    ] = False,
+    unknown_queries: Annotated[
+        int | None,
+        typer.Option(metavar="U", help="Queries per unknown class under --open-set (default 15; implies --open-set)."),
+    ] = None,
     save_episodes: Annotated[
         Path | None,
         typer.Option(help="Save per-episode accuracies (with seed, protocol, features sha256) to this .npz."),
@@ -178,6 +198,7 @@ def evaluate(
         seed=seed,
         split=split,
         imbalance=parse_imbalance(imbalance),
+        unknown_queries=open_set_queries(open_set, unknown_queries),
         chunk_size=chunk_size,
         baseline=baseline,
         config=read_config(config) if config is not None else None,

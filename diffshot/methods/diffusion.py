@@ -17,8 +17,9 @@ from typing import Any
 from diffshot.episodes import Episodes, Task
 from diffshot.errors import DiffshotError
 from diffshot.lazy import torch
-from diffshot.methods.base import AUTO, Method, TaskScores, param
+from diffshot.methods.base import AUTO, Method, OpenSetScores, TaskScores, param
 from diffshot.ops.classify import (
+    gram_cosine,
     gram_squared_distances,
     prototypes,
     rectified_mix,
@@ -29,6 +30,7 @@ from diffshot.ops.classify import (
 from diffshot.ops.diffusion import diffuse_, diffuse_gram, diffusion_operator
 from diffshot.ops.graph import episode_laplacian, sparse_graph, sparse_laplacian_of
 from diffshot.ops.knn import EPISODE_BACKENDS, gram
+from diffshot.ops.openset import otsu_rejection
 from diffshot.ops.preprocess import transductive_gram, transductive_points
 from diffshot.ops.sinkhorn import PTMAP_ALPHA, PTMAP_STEPS, balanced_assignment
 from diffshot.ops.spectrum import stable_step_batched, stable_step_sparse
@@ -133,6 +135,12 @@ class DiffusionParams:
         choices=("nearest", "balanced"),
     )
     lam: float = param(10.0, "Sinkhorn sharpness λ of assign = balanced (PT-MAP: 10)", minimum=0.0)
+    open_score: str = param(
+        "diffused",
+        "unknown score under evaluate --open-set: −max cosine to the diffused prototypes of the diffused query "
+        "(diffused) or of the query before diffusion (query: steadier when unknown queries are few)",
+        choices=("diffused", "query"),
+    )
 
 
 def graph_inputs(episodes: Episodes, shift: bool, knn: str) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -145,25 +153,68 @@ def graph_inputs(episodes: Episodes, shift: bool, knn: str) -> tuple[torch.Tenso
 
 def diffused_gram(episodes: Episodes, params: DiffusionParams) -> torch.Tensor:
     """Gram matrix [E, n, n] of the diffused support + query points of every episode."""
+    return diffuse_gram(*diffusion_parts(episodes, params))
+
+
+def diffusion_parts(episodes: Episodes, params: DiffusionParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Gram matrix [E, n, n] of the points before diffusion and the diffusion operator P [E, n, n]."""
     points, inner = graph_inputs(episodes, params.shift, params.knn)
     n_top, sigma = episode_graph_size(episodes, params.n_top, params.sigma)
     lap = episode_laplacian(points, n_top, sigma, params.knn, inner)
     steps, _ = stable_step_batched(lap, params.step_size)
     if bool((steps < params.step_size).any()):
-        warnings.warn(STEP_NOTICE.format(tau=params.step_size, where="some episodes"), stacklevel=2)
-    return diffuse_gram(inner, diffusion_operator(lap, steps, params.layers))
+        warnings.warn(STEP_NOTICE.format(tau=params.step_size, where="some episodes"), stacklevel=3)
+    return inner, diffusion_operator(lap, steps, params.layers)
 
 
 def score(episodes: Episodes, params: DiffusionParams) -> torch.Tensor:
     """Negative squared distance to each diffused (rectified) prototype, or PT-MAP's balanced soft assignment."""
-    inner = diffused_gram(episodes, params)
-    if params.assign == "balanced":
-        return balanced_assignment(inner, episodes.support_labels, episodes.ways, params.lam, PTMAP_ALPHA, PTMAP_STEPS)
+    return scores_from_gram(episodes, params, diffused_gram(episodes, params))[0]
+
+
+def scores_from_gram(
+    episodes: Episodes, params: DiffusionParams, inner: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The query scores from the diffused Gram matrix, and the prototypes (as mixing rows) they were measured to."""
     if params.rectify:
         mix = rectified_mix(inner, episodes.support_labels, episodes.ways)
     else:
         mix = support_averaging(episodes.support_labels, episodes.ways, inner.shape[-1], inner.dtype)
-    return -gram_squared_distances(inner, mix, slice(episodes.num_support, None))
+    if params.assign == "balanced":
+        labels, ways = episodes.support_labels, episodes.ways
+        return balanced_assignment(inner, labels, ways, params.lam, PTMAP_ALPHA, PTMAP_STEPS), mix
+    return -gram_squared_distances(inner, mix, slice(episodes.num_support, None)), mix
+
+
+def open_set(episodes: Episodes, params: DiffusionParams) -> OpenSetScores:
+    """The same scores; unknown = −max cosine to the diffused prototypes; reject above the episode's Otsu split.
+
+    ``open_score = diffused`` measures the diffused query: diffusion pulls known queries towards their
+    class's support and unknown ones towards each other, away from every prototype (best when unknown
+    classes bring many queries, which then have each other as graph neighbours). ``query`` measures
+    the query before diffusion (after CL2N and the shift) against the same diffused prototypes, so a
+    lone unknown query pulled into a known class by the graph still scores as far. All in Gram space.
+    """
+    inner, operator = diffusion_parts(episodes, params)
+    diffused = diffuse_gram(inner, operator)
+    scores, mix = scores_from_gram(episodes, params, diffused)
+    queries = slice(episodes.num_support, None)
+    if params.open_score == "diffused":
+        unknown = -gram_cosine(diffused, mix, queries).max(dim=-1).values
+    else:
+        unknown = -query_to_diffused_cosine(inner, operator, mix, queries).max(dim=-1).values
+    return OpenSetScores(scores, unknown, otsu_rejection(unknown))
+
+
+def query_to_diffused_cosine(
+    inner: torch.Tensor, operator: torch.Tensor, mix: torch.Tensor, rows: slice
+) -> torch.Tensor:
+    """Cosine [E, |rows|, ways] of points ``rows`` before diffusion to the diffused prototypes mix·P·x, from G and P."""
+    towards = mix @ operator  # prototypes as mixing rows over the undiffused points
+    dots = inner @ towards.transpose(-1, -2)
+    proto_norms = torch.diagonal(towards @ dots, dim1=-2, dim2=-1).clamp_min(1e-24).sqrt()
+    norms = torch.diagonal(inner, dim1=-2, dim2=-1)[..., rows].clamp_min(1e-24).sqrt()
+    return dots[..., rows, :] / (norms[..., None] * proto_norms[..., None, :])
 
 
 def task_graph(
@@ -219,4 +270,5 @@ METHOD = Method(
     resolve_auto=resolved_graph,
     assumes_balance=lambda params: params.assign == "balanced",
     label=label,
+    open_set=open_set,
 )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from diffshot.episodes import Episodes, Task
 from diffshot.lazy import torch
-from diffshot.methods.base import Method, NoParams, TaskScores
-from diffshot.ops.classify import prototypes, squared_distances
+from diffshot.methods.base import Method, NoParams, OpenSetScores, TaskScores
+from diffshot.ops.classify import cosine, prototypes, squared_distances
+from diffshot.ops.openset import otsu_rejection
 from diffshot.ops.preprocess import cl2n
 
 
@@ -14,6 +15,15 @@ def score(episodes: Episodes, params: NoParams) -> torch.Tensor:
     points = cl2n(episodes.points, episodes.centre)
     support, query = points[:, : episodes.num_support], points[:, episodes.num_support :]
     return -squared_distances(query, prototypes(support, episodes.support_labels, episodes.ways))
+
+
+def open_set(episodes: Episodes, params: NoParams) -> OpenSetScores:
+    """The same scores; unknown = −max cosine of the CL2N query to the class means; reject above the Otsu split."""
+    points = cl2n(episodes.points, episodes.centre)
+    support, query = points[:, : episodes.num_support], points[:, episodes.num_support :]
+    protos = prototypes(support, episodes.support_labels, episodes.ways)
+    unknown = -cosine(query, protos).max(dim=-1).values
+    return OpenSetScores(-squared_distances(query, protos), unknown, otsu_rejection(unknown))
 
 
 def label(task: Task, params: NoParams) -> TaskScores:
@@ -33,4 +43,5 @@ METHOD = Method(
     score=score,
     transductive=False,
     label=label,
+    open_set=open_set,
 )

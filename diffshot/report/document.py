@@ -82,6 +82,12 @@ def result_record(run: EvaluationRun, evaluation: Evaluation, result: MethodResu
         "params": dict(result.params),
         "resolved": {**result.params, **result.resolved},
     }
+    open_set = result.open_set
+    if open_set is not None:
+        record["unknown_queries"] = evaluation.spec.unknown_queries
+        record["open_set"] = {
+            key: {"mean": rounded(value.mean), "ci95": rounded(value.ci95)} for key, value in open_set.items()
+        }
     diff = run.paired(evaluation, result)
     if diff is not None:
         record["paired"] = {"baseline": run.baseline, "difference": rounded(diff.mean), "ci95": rounded(diff.ci95)}

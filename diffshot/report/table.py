@@ -15,6 +15,8 @@ def protocol_title(run: EvaluationRun) -> str:
     queries = f"{first.spec.queries} queries per class" + (
         f" on average ({imbalance_text(first)})" if first.spec.imbalance is not None else ""
     )
+    if first.spec.unknown_queries is not None:
+        queries += f" + {first.spec.ways} unknown classes × {first.spec.unknown_queries} queries"
     return (
         f"{run.source.path} · {first.split} classes · seed {first.seed} · {first.spec.ways}-way, "
         f"{queries}, {first.episodes:,} episodes"
@@ -30,14 +32,33 @@ def resolved_settings(result: MethodResult) -> str:
     )
 
 
+OPEN_SET_COLUMNS = {"auroc": "AUROC", "known_accuracy": "known acc. (%)", "unknown_recall": "unknown recall (%)"}
+
+
+def open_set_cells(result: MethodResult) -> list[str]:
+    """AUROC, known-class accuracy and unknown recall ± 95% interval (accuracy is already the closed-set one)."""
+    summaries = result.open_set or {}
+    cells = []
+    for key in OPEN_SET_COLUMNS:
+        value = summaries.get(key)
+        digits = 3 if key == "auroc" else 2
+        cells.append("—" if value is None else f"{value.mean:.{digits}f} ± {value.ci95:.{digits}f}")
+    return cells
+
+
 def results_table(run: EvaluationRun) -> Table:
     """Method, shots, accuracy ± 95% interval, paired difference to the baseline, resolved settings, episodes/s."""
     table = Table(title=escape(protocol_title(run)), title_justify="left")
     table.add_column("method", no_wrap=True, min_width=max(len(r.method) for e in run.evaluations for r in e.results))
     table.add_column("shots", justify="right")
-    table.add_column("accuracy (%)", justify="right", no_wrap=True)
+    closed = " on known queries" if run.evaluations[0].spec.unknown_queries is not None else ""
+    table.add_column(f"accuracy{closed} (%)", justify="right", no_wrap=True)
     if run.baseline is not None:
         table.add_column(f"Δ vs {escape(run.baseline)}", justify="right", no_wrap=True)
+    open_set = run.evaluations[0].spec.unknown_queries is not None
+    if open_set:
+        for column in OPEN_SET_COLUMNS.values():
+            table.add_column(column, justify="right", no_wrap=True)
     settings = any(resolved_settings(r) for e in run.evaluations for r in e.results)
     if settings:
         table.add_column("auto settings")
@@ -50,6 +71,8 @@ def results_table(run: EvaluationRun) -> Table:
                 diff = run.paired(evaluation, result)
                 own = result.method == run.baseline
                 cells.append("—" if own or diff is None else f"{diff.mean:+.2f} ± {diff.ci95:.2f}")
+            if open_set:
+                cells.extend(open_set_cells(result))
             if settings:
                 cells.append(resolved_settings(result))
             cells.append(f"{result.episodes_per_second:,.0f}")

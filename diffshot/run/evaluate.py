@@ -20,6 +20,7 @@ from diffshot.episodes import (
     EpisodeIndices,
     Episodes,
     EpisodeSpec,
+    OpenSetPoolError,
     build_pool,
     check_seed,
     gather,
@@ -29,8 +30,9 @@ from diffshot.episodes import (
 from diffshot.errors import DiffshotError, UsageError
 from diffshot.features import FeatureSet, file_sha256, load_features
 from diffshot.lazy import torch
+from diffshot.methods import REGISTRY
 from diffshot.run.config import MethodRun, method_runs
-from diffshot.stats import Summary, episode_accuracy, paired_difference, summarise
+from diffshot.stats import Summary, episode_accuracy, open_set_metrics, paired_difference, summarise
 
 CHUNK_BYTES = 64 * 2**20
 MAX_CHUNK = 2000
@@ -40,13 +42,32 @@ Progress = Callable[[int, str], None]  # (episodes done, label of the setting an
 
 @dataclasses.dataclass(frozen=True)
 class MethodResult:
-    """One method's per-episode accuracies (percent) and its compute time; ``method`` is the run's label."""
+    """One method's per-episode accuracies (percent) and its compute time; ``method`` is the run's label.
+
+    Under an open-set protocol ``accuracies`` are on the known queries (closed-set accuracy) and the
+    per-episode AUROC (fraction), known-class accuracy and unknown recall (percent) are kept too.
+    """
 
     method: str
     params: dict[str, object]
     accuracies: np.ndarray
     seconds: float
     resolved: dict[str, object] = dataclasses.field(default_factory=dict)
+    auroc: np.ndarray | None = None
+    known_accuracy: np.ndarray | None = None
+    unknown_recall: np.ndarray | None = None
+
+    @property
+    def open_set(self) -> dict[str, Summary] | None:
+        """Closed-set accuracy, AUROC, known-class accuracy and unknown recall as summaries; None when closed set."""
+        if self.auroc is None or self.known_accuracy is None or self.unknown_recall is None:
+            return None
+        return {
+            "closed_accuracy": self.summary,
+            "auroc": summarise(self.auroc),
+            "known_accuracy": summarise(self.known_accuracy),
+            "unknown_recall": summarise(self.unknown_recall),
+        }
 
     @property
     def summary(self) -> Summary:
@@ -86,7 +107,7 @@ def default_split(fs: FeatureSet) -> str:
 
 def chunk_size_for(spec: EpisodeSpec, dim: int) -> int:
     """Episodes per chunk so that one chunk's tensors stay within a fixed memory budget."""
-    n = spec.num_support + spec.num_query
+    n = spec.num_support + spec.num_query + spec.num_unknown
     per_episode = 4 * (3 * n * dim + 12 * n * n)
     return max(1, min(MAX_CHUNK, CHUNK_BYTES // per_episode))
 
@@ -127,8 +148,15 @@ def episode_source(
         raise UsageError(
             f"{fs.source}: split {split!r} has {pool_fs.num_classes} classes; {spec.ways}-way episodes need {spec.ways}"
         )
+    if spec.unknown_queries is not None and pool_fs.num_classes < 2 * spec.ways:
+        raise UsageError(
+            f"{fs.source}: split {split!r} has {pool_fs.num_classes} classes; open-set {spec.ways}-way episodes "
+            f"need 2 × {spec.ways} = {2 * spec.ways} ({spec.ways} known + {spec.ways} unknown)"
+        )
     try:
         pool = build_pool(pool_fs.labels, spec)
+    except OpenSetPoolError as exc:
+        raise DiffshotError(f"{fs.source}: split {split!r}: {exc}") from None
     except DiffshotError as exc:
         raise DiffshotError(f"{fs.source}: {exc} ({small.size} classes have fewer rows than that)") from None
     if small.size:
@@ -190,6 +218,7 @@ def evaluate(
     source = episode_source(fs, spec, split, device, stacklevel=3)
     chunk = chunk_size or chunk_size_for(spec, fs.dim)
     accuracies = [np.empty(episodes) for _ in runs]
+    opens = [np.empty((3, episodes)) for _ in runs] if spec.unknown_queries is not None else None
     seconds = [0.0 for _ in runs]
     resolved: list[dict[str, object]] = [{} for _ in runs]
     sampling = 0.0
@@ -203,17 +232,43 @@ def evaluate(
             if on_chunk is not None:
                 on_chunk(start, run.label)
             tick = time.perf_counter()
-            predictions = run.method.score(batch, run.params).argmax(dim=-1)
-            accuracies[i][start : start + count] = episode_accuracy(predictions, query_labels)
+            if opens is not None:
+                metrics = _open_set_chunk(run, batch, query_labels)
+                accuracies[i][start : start + count] = metrics[0]
+                opens[i][:, start : start + count] = metrics[1:]
+            else:
+                predictions = run.method.score(batch, run.params).argmax(dim=-1)
+                accuracies[i][start : start + count] = episode_accuracy(predictions, query_labels)
             seconds[i] += time.perf_counter() - tick
             if start == 0:
                 resolved[i] = run.resolved(batch)
         if on_chunk is not None:
             on_chunk(start + count, runs[-1].label)
     results = tuple(
-        MethodResult(run.label, run.as_dict(), accuracies[i], seconds[i], resolved[i]) for i, run in enumerate(runs)
+        MethodResult(
+            run.label, run.as_dict(), accuracies[i], seconds[i], resolved[i], *(() if opens is None else opens[i])
+        )
+        for i, run in enumerate(runs)
     )
     return Evaluation(spec, seed, episodes, source.split, source.classes, source.centring, results, sampling)
+
+
+def _open_set_chunk(run: MethodRun, batch: Episodes, query_labels: torch.Tensor) -> tuple[np.ndarray, ...]:
+    """Closed-set accuracy, AUROC, known-class accuracy and unknown recall [E] of one method on one open-set chunk."""
+    answer = run.method.open_set(batch, run.params)  # type: ignore[misc]
+    metrics = open_set_metrics(answer.scores, answer.unknown, answer.rejected, query_labels)
+    return metrics.closed_accuracy, metrics.auroc, metrics.known_accuracy, metrics.unknown_recall
+
+
+def check_open_set(runs: Sequence[MethodRun]) -> None:
+    """Refuse, naming it, a method that declares no unknown score (``Method.open_set``)."""
+    for run in runs:
+        if run.method.open_set is None:
+            able = ", ".join(sorted(m.name for m in REGISTRY.values() if m.open_set is not None))
+            raise UsageError(
+                f"method {run.method.name} has no unknown score, so it cannot run under --open-set "
+                f"(methods with one: {able})"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,6 +302,7 @@ class EvaluationRequest:
     seed: int = 0
     split: str | None = None
     imbalance: float | None = None
+    unknown_queries: int | None = None
     device: str | torch.device = "cpu"
     chunk_size: int | None = None
     baseline: str | None = None
@@ -280,8 +336,13 @@ def prepare_runs(request: EvaluationRequest) -> tuple[list[EpisodeSpec], list[Me
     check_seed(request.seed)
     if not request.shots:
         raise UsageError("shots: give at least one shot count")
-    specs = [EpisodeSpec(request.ways, k, request.queries, request.imbalance) for k in dict.fromkeys(request.shots)]
+    specs = [
+        EpisodeSpec(request.ways, k, request.queries, request.imbalance, request.unknown_queries)
+        for k in dict.fromkeys(request.shots)
+    ]
     runs = method_runs(request.methods, request.config, request.shared, request.assignments)
+    if request.unknown_queries is not None:
+        check_open_set(runs)
     labels = [run.label for run in runs]
     if request.baseline is not None and request.baseline not in labels:
         raise UsageError(
