@@ -143,6 +143,13 @@ def evaluate(
             "(α-TIM protocol; α = 2 in its tables). PT-MAP and --assign balanced assume balance."
         ),
     ] = None,
+    query_classes: Annotated[
+        int | None,
+        typer.Option(
+            help="Queries from only M of the N support classes (1 ≤ M ≤ N), chosen by the seed (PADDLE's setting); "
+            "the total stays N × queries, spread over the M (by the Dirichlet draw under --imbalance)."
+        ),
+    ] = None,
     save_episodes: Annotated[
         Path | None,
         typer.Option(help="Save per-episode accuracies (with seed, protocol, features sha256) to this .npz."),
@@ -178,6 +185,7 @@ def evaluate(
         seed=seed,
         split=split,
         imbalance=parse_imbalance(imbalance),
+        query_classes=query_classes,
         chunk_size=chunk_size,
         baseline=baseline,
         config=read_config(config) if config is not None else None,

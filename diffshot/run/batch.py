@@ -9,6 +9,7 @@ Suite format (paths — ``features``, ``config`` — resolve relative to the sui
     [[entry]]
     name = "set-5w1s"               # required; letters, digits, . _ -
     shots = 1
+    query_classes = 3               # optional: queries from 3 of the ways classes (evaluate --query-classes)
     methods = ["simpleshot", "diffusion"]
     config = "tuned.toml"           # optional tuned parameters
     params.diffusion = { layers = 6 }
@@ -43,6 +44,7 @@ ENTRY_TYPES: dict[str, tuple[type, ...]] = {
     "ways": (int,),
     "shots": (int,),
     "queries": (int,),
+    "query_classes": (int,),
     "episodes": (int,),
     "seed": (int,),
     "split": (str,),
@@ -171,6 +173,7 @@ def _parse_entry(
         ways=int(merged["ways"]),
         shots=(int(merged["shots"]),),
         queries=int(merged["queries"]),
+        query_classes=merged.get("query_classes"),
         episodes=int(merged["episodes"]),
         seed=int(merged["seed"]),
         split=split,

@@ -134,7 +134,7 @@ def episode_source(
     if small.size:
         names = ", ".join(pool_fs.class_names[c] for c in small[:10]) + (" …" if small.size > 10 else "")
         warnings.warn(
-            f"{fs.source}: left out {small.size} classes with fewer than shots + queries = "
+            f"{fs.source}: left out {small.size} classes with fewer than {spec.rows_rule} = "
             f"{spec.rows_needed} rows: {names}",
             stacklevel=stacklevel + 1,
         )
@@ -245,6 +245,7 @@ class EvaluationRequest:
     seed: int = 0
     split: str | None = None
     imbalance: float | None = None
+    query_classes: int | None = None
     device: str | torch.device = "cpu"
     chunk_size: int | None = None
     baseline: str | None = None
@@ -278,14 +279,17 @@ def prepare_runs(request: EvaluationRequest) -> tuple[list[EpisodeSpec], list[Me
     check_seed(request.seed)
     if not request.shots:
         raise UsageError("shots: give at least one shot count")
-    specs = [EpisodeSpec(request.ways, k, request.queries, request.imbalance) for k in dict.fromkeys(request.shots)]
+    specs = [
+        EpisodeSpec(request.ways, k, request.queries, request.imbalance, request.query_classes)
+        for k in dict.fromkeys(request.shots)
+    ]
     runs = method_runs(request.methods, request.config, request.shared, request.assignments)
     labels = [run.label for run in runs]
     if request.baseline is not None and request.baseline not in labels:
         raise UsageError(
             f"baseline {request.baseline}: not among the methods run ({', '.join(labels)}); add it to the methods"
         )
-    if request.imbalance is not None:
+    if request.imbalance is not None or specs[0].query_classes not in (None, specs[0].ways):
         for run in runs:
             if run.method.balance_assumed(run.params):
                 warnings.warn(
