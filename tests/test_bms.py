@@ -104,4 +104,6 @@ def test_bms_on_banking77_within_the_direct_figure(banking77: FeatureSet) -> Non
     result = evaluate(banking77, ["bms"], EpisodeSpec(5, 1, 15), episodes=2000, seed=0, split="novel")
     ours = result.results[0].summary
     mean, ci = DIRECT_1SHOT
+    if mean is None:
+        pytest.skip("the direct figure on 2,000 episodes is not measured yet (run direct_bms on them; see the report)")
     assert abs(ours.mean - mean) <= ours.ci95 + ci, (ours, DIRECT_1SHOT)
