@@ -20,6 +20,7 @@ from diffshot.lazy import torch
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _STREAM_CLASSES, _STREAM_ROWS, _STREAM_IMBALANCE = 1, 2, 3
 _STREAM_UNKNOWN_CLASSES, _STREAM_UNKNOWN_ROWS = 4, 5  # open-set streams: the closed-set draws never see them
+_STREAM_QUERY_CLASSES = 6  # which classes have queries (--query-classes); a stream of its own
 _GAMMA_TRIES = 16
 MAX_EPISODE_SIZE = 100_000
 MIN_CONCENTRATION = 1e-3  # below it Gamma draws underflow to zero and every query falls to one class
@@ -46,6 +47,12 @@ class EpisodeSpec:
     each class keeping at least one; ``None`` means balanced queries.
     ``unknown_queries`` (open set): U queries from each of ``ways`` further classes of the split that
     are not in the episode's support, appended after the known queries; ``None`` means closed set.
+
+    ``query_classes`` M (PADDLE's realistic setting, Martin et al., NeurIPS 2022): the queries come
+    from only M of the ``ways`` support classes, chosen by the seed; the total stays ways × queries,
+    spread over the M classes by the Dirichlet draw (over those M) under ``imbalance``, else as
+    evenly as possible (⌊total / M⌋ each, one more for the first total mod M in the seed's order).
+    A class then takes part only with at least shots + ⌈total / M⌉ rows. ``None`` means all classes.
     """
 
     ways: int
@@ -53,6 +60,7 @@ class EpisodeSpec:
     queries: int
     imbalance: float | None = None
     unknown_queries: int | None = None
+    query_classes: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("ways", "shots", "queries", "unknown_queries"):
@@ -70,6 +78,9 @@ class EpisodeSpec:
                 f"the Dirichlet concentration must be a finite number of at least {MIN_CONCENTRATION:g}, "
                 f"got {self.imbalance}"
             )
+        m = self.query_classes
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= self.ways):
+            raise UsageError(f"query_classes must be an integer from 1 to ways ({self.ways}), got {m!r}")
 
     @property
     def num_support(self) -> int:
@@ -86,8 +97,15 @@ class EpisodeSpec:
 
     @property
     def rows_needed(self) -> int:
-        """Rows a class needs to take part in an episode."""
-        return self.shots + self.queries
+        """Rows a class needs to take part in an episode (enough for its even share of the queries)."""
+        if self.query_classes is None:
+            return self.shots + self.queries
+        return self.shots + -(-self.num_query // self.query_classes)
+
+    @property
+    def rows_rule(self) -> str:
+        """How :attr:`rows_needed` is counted, as written in messages."""
+        return "shots + queries" if self.query_classes is None else "shots + ⌈ways × queries / query_classes⌉"
 
 
 class OpenSetPoolError(DiffshotError):
@@ -134,7 +152,7 @@ def build_pool(labels: np.ndarray, spec: EpisodeSpec, class_names: tuple[str, ..
     pool = _padded_pool(labels, spec.rows_needed)
     if pool.num_classes < spec.ways:
         raise DiffshotError(
-            f"only {pool.num_classes} classes have at least shots + queries = {spec.rows_needed} rows; "
+            f"only {pool.num_classes} classes have at least {spec.rows_rule} = {spec.rows_needed} rows; "
             f"{spec.ways}-way episodes need {spec.ways}"
         )
     if spec.unknown_queries is None:
@@ -266,20 +284,31 @@ def _gamma(seed: int, episode_ids: np.ndarray, ways: int, alpha: float) -> np.nd
 
 
 def _query_counts(seed: int, episode_ids: np.ndarray, spec: EpisodeSpec, class_sizes: np.ndarray) -> np.ndarray:
-    """Per-class query counts [E, ways]: ``queries`` each, or a Dirichlet draw summing to ways × queries."""
+    """Per-class query counts [E, ways]: ``queries`` each, or a Dirichlet draw summing to ways × queries.
+
+    Under ``query_classes`` M only M classes (the seed's choice) get queries, the same total spread over them.
+    """
     count = len(episode_ids)
-    if spec.imbalance is None:
+    present = np.ones((count, spec.ways), dtype=bool)
+    if spec.query_classes is not None:
+        keys = _uniform(seed, _STREAM_QUERY_CLASSES, episode_ids, spec.ways)
+        rank = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1, kind="stable")
+        present = rank < spec.query_classes
+        if spec.imbalance is None:
+            share, extra = divmod(spec.num_query, spec.query_classes)
+            return np.where(present, share + (rank < extra), 0).astype(np.int64)
+    elif spec.imbalance is None:
         return np.full((count, spec.ways), spec.queries, dtype=np.int64)
-    weights = _gamma(seed, episode_ids, spec.ways, spec.imbalance)
+    weights = np.where(present, _gamma(seed, episode_ids, spec.ways, spec.imbalance), 0.0)
     share = weights / weights.sum(axis=1, keepdims=True)
-    spare = spec.num_query - spec.ways
+    spare = spec.num_query - present.sum(axis=1, keepdims=True)
     raw = share * spare
-    counts = 1 + np.floor(raw).astype(np.int64)
+    counts = np.where(present, 1 + np.floor(raw).astype(np.int64), 0)
     remainder = spec.num_query - counts.sum(axis=1)
-    order = np.argsort(-(raw - np.floor(raw)), axis=1, kind="stable")
+    order = np.argsort(-np.where(present, raw - np.floor(raw), -1.0), axis=1, kind="stable")
     bonus = (np.arange(spec.ways)[None, :] < remainder[:, None]).astype(np.int64)
     np.put_along_axis(counts, order, np.take_along_axis(counts, order, 1) + bonus, 1)
-    capacity = class_sizes - spec.shots
+    capacity = np.where(present, class_sizes - spec.shots, 0)
     while np.any(counts > capacity):
         excess = np.maximum(counts - capacity, 0)
         counts -= excess

@@ -163,6 +163,13 @@ def evaluate(
         int | None,
         typer.Option(metavar="U", help="Queries per unknown class under --open-set (default 15; implies --open-set)."),
     ] = None,
+    query_classes: Annotated[
+        int | None,
+        typer.Option(
+            help="Queries from only M of the N support classes (1 ≤ M ≤ N), chosen by the seed (PADDLE's setting); "
+            "the total stays N × queries, spread over the M (by the Dirichlet draw under --imbalance)."
+        ),
+    ] = None,
     save_episodes: Annotated[
         Path | None,
         typer.Option(help="Save per-episode accuracies (with seed, protocol, features sha256) to this .npz."),
@@ -199,6 +206,7 @@ def evaluate(
         split=split,
         imbalance=parse_imbalance(imbalance),
         unknown_queries=open_set_queries(open_set, unknown_queries),
+        query_classes=query_classes,
         chunk_size=chunk_size,
         baseline=baseline,
         config=read_config(config) if config is not None else None,

@@ -12,7 +12,18 @@ import importlib
 from diffshot.errors import DiffshotError, UsageError
 from diffshot.methods.base import Method, NoParams, OpenSetScores, Param, ParamValue, TaskScores, param
 
-MODULES = ("simpleshot", "diffusion", "diffresnet", "bdcspn", "laplacianshot", "ptmap", "tim", "labelprop", "oslo")
+MODULES = (
+    "simpleshot",
+    "diffusion",
+    "diffresnet",
+    "bdcspn",
+    "laplacianshot",
+    "ptmap",
+    "tim",
+    "labelprop",
+    "oslo",
+    "bms",
+)
 
 REGISTRY: dict[str, Method] = {}
 

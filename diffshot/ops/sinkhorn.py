@@ -51,3 +51,41 @@ def balanced_assignment(
         target = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-30)
         mix = mix + alpha * (target - mix)
     return sinkhorn(gram_squared_distances(g, mix, queries), lam, nq / ways)
+
+
+def min_size_sinkhorn(probs: torch.Tensor, min_size: torch.Tensor, iterations: int) -> torch.Tensor:
+    """BMS's min-size Sinkhorn (Hu, Pateux, Gripon 2022) on query probabilities [E, nq, ways].
+
+    ``iterations`` times: rows are normalised to 1, then every class whose total mass is below
+    ``min_size`` [E] is scaled up to it; classes above it are left alone, so class shares are only
+    lower-bounded (imbalance tolerated). Ends on the column step, as the official code does. Kept as
+    row and column scalings (plan = r·probs·c): two matrix-vector products per iteration.
+    """
+    bound = min_size.to(probs.dtype)[:, None]
+    cols = torch.ones(probs.shape[0], probs.shape[-1], dtype=probs.dtype, device=probs.device)
+    rows = torch.ones(probs.shape[:-1], dtype=probs.dtype, device=probs.device)
+    transposed = probs.transpose(-1, -2)
+    tiny = probs.shape[-2] * 1e-20  # the official code adds 1e-20 to every entry of a short column
+    for _ in range(iterations):
+        rows = 1.0 / torch.bmm(probs, cols[..., None])[..., 0]
+        mass = cols * torch.bmm(transposed, rows[..., None])[..., 0]
+        cols = torch.where(mass < bound, cols * (bound / (mass + tiny)), cols)
+    return probs * rows[..., None] * cols[..., None, :]
+
+
+def fixed_balanced_sinkhorn(probs: torch.Tensor, column_total: float, iterations: int) -> torch.Tensor:
+    """BMS_ (the balanced variant): ``iterations`` rounds of columns scaled to ``column_total``, then rows to 1."""
+    cols = torch.ones(probs.shape[0], probs.shape[-1], dtype=probs.dtype, device=probs.device)
+    rows = torch.ones(probs.shape[:-1], dtype=probs.dtype, device=probs.device)
+    transposed = probs.transpose(-1, -2)
+    for _ in range(iterations):
+        cols = cols * (column_total / (cols * torch.bmm(transposed, rows[..., None])[..., 0]))
+        rows = 1.0 / torch.bmm(probs, cols[..., None])[..., 0]
+    return probs * rows[..., None] * cols[..., None, :]
+
+
+def hard_class_counts(support_labels: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
+    """Points per class [E, ways] when the support keeps its labels and each query takes its best class."""
+    ways = plan.shape[-1]
+    support = F.one_hot(support_labels, ways).sum(dim=-2)
+    return support + F.one_hot(plan.argmax(dim=-1), ways).sum(dim=-2)

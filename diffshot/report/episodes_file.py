@@ -14,14 +14,14 @@ from diffshot.errors import DiffshotError
 from diffshot.run.evaluate import EvaluationRun
 
 EPISODES_FORMAT = "diffshot-episodes/1"
-PROTOCOL_KEYS = ("features_sha256", "seed", "ways", "queries", "imbalance", "episodes", "split")
+PROTOCOL_KEYS = ("features_sha256", "seed", "ways", "queries", "imbalance", "query_classes", "episodes", "split")
 
 
 def save_episode_accuracies(path: Path | str, run: EvaluationRun) -> Path:
     """Write per-episode accuracies (percent) of every (method, shots) run to an .npz, atomically.
 
     Arrays ``run0``, ``run1``, …; the JSON string ``meta`` holds the protocol (seed, ways, queries,
-    imbalance, episodes, split, features sha256 and path) and, per run, its method, shots and params.
+    imbalance, query_classes, episodes, split, features sha256 and path) and, per run, its method, shots and params.
     """
     first = run.evaluations[0]
     runs, arrays = [], {}
@@ -39,6 +39,7 @@ def save_episode_accuracies(path: Path | str, run: EvaluationRun) -> Path:
         "ways": first.spec.ways,
         "queries": first.spec.queries,
         "imbalance": first.spec.imbalance,
+        "query_classes": first.spec.query_classes,
         "episodes": first.episodes,
         "split": first.split,
         "runs": runs,

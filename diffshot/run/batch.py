@@ -9,6 +9,7 @@ Suite format (paths — ``features``, ``config`` — resolve relative to the sui
     [[entry]]
     name = "set-5w1s"               # required; letters, digits, . _ -
     shots = 1
+    query_classes = 3               # optional: queries from 3 of the ways classes (evaluate --query-classes)
     methods = ["simpleshot", "diffusion"]
     config = "tuned.toml"           # optional tuned parameters
     params.diffusion = { layers = 6 }
@@ -44,6 +45,7 @@ ENTRY_TYPES: dict[str, tuple[type, ...]] = {
     "shots": (int,),
     "queries": (int,),
     "unknown_queries": (int,),
+    "query_classes": (int,),
     "episodes": (int,),
     "seed": (int,),
     "split": (str,),
@@ -173,6 +175,7 @@ def _parse_entry(
         shots=(int(merged["shots"]),),
         queries=int(merged["queries"]),
         unknown_queries=None if merged.get("unknown_queries") is None else int(merged["unknown_queries"]),
+        query_classes=merged.get("query_classes"),
         episodes=int(merged["episodes"]),
         seed=int(merged["seed"]),
         split=split,

@@ -162,7 +162,7 @@ def episode_source(
     if small.size:
         names = ", ".join(pool_fs.class_names[c] for c in small[:10]) + (" …" if small.size > 10 else "")
         warnings.warn(
-            f"{fs.source}: left out {small.size} classes with fewer than shots + queries = "
+            f"{fs.source}: left out {small.size} classes with fewer than {spec.rows_rule} = "
             f"{spec.rows_needed} rows: {names}",
             stacklevel=stacklevel + 1,
         )
@@ -303,6 +303,7 @@ class EvaluationRequest:
     split: str | None = None
     imbalance: float | None = None
     unknown_queries: int | None = None
+    query_classes: int | None = None
     device: str | torch.device = "cpu"
     chunk_size: int | None = None
     baseline: str | None = None
@@ -337,7 +338,14 @@ def prepare_runs(request: EvaluationRequest) -> tuple[list[EpisodeSpec], list[Me
     if not request.shots:
         raise UsageError("shots: give at least one shot count")
     specs = [
-        EpisodeSpec(request.ways, k, request.queries, request.imbalance, request.unknown_queries)
+        EpisodeSpec(
+            request.ways,
+            k,
+            request.queries,
+            request.imbalance,
+            unknown_queries=request.unknown_queries,
+            query_classes=request.query_classes,
+        )
         for k in dict.fromkeys(request.shots)
     ]
     runs = method_runs(request.methods, request.config, request.shared, request.assignments)
@@ -348,7 +356,7 @@ def prepare_runs(request: EvaluationRequest) -> tuple[list[EpisodeSpec], list[Me
         raise UsageError(
             f"baseline {request.baseline}: not among the methods run ({', '.join(labels)}); add it to the methods"
         )
-    if request.imbalance is not None:
+    if request.imbalance is not None or specs[0].query_classes not in (None, specs[0].ways):
         for run in runs:
             if run.method.balance_assumed(run.params):
                 warnings.warn(
