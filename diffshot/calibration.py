@@ -74,7 +74,9 @@ def reliability(sums: np.ndarray) -> np.ndarray:
     """A reliability diagram's [3, bins]: query count, mean confidence and accuracy per bin (NaN where empty)."""
     count, conf, correct = np.asarray(sums, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.stack([count, np.where(count > 0, conf / count, np.nan), np.where(count > 0, correct / count, np.nan)])
+        return np.stack(
+            [count, np.where(count > 0, conf / count, np.nan), np.where(count > 0, correct / count, np.nan)]
+        )
 
 
 def mean_nll(scores: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffshot.calibration import DEFAULT_TEMPERATURE, ECE_BINS, ece, reliability_counts
 from diffshot.episodes import (
     ClassPool,
     EpisodeIndices,
@@ -47,10 +48,17 @@ class MethodResult:
     accuracies: np.ndarray
     seconds: float
     resolved: dict[str, object] = dataclasses.field(default_factory=dict)
+    reliability: np.ndarray | None = None  # [3, bins]: query count, confidence sum, correct count per bin
+    temperature: float = DEFAULT_TEMPERATURE  # of the confidence softmax(scores / T)
 
     @property
     def summary(self) -> Summary:
         return summarise(self.accuracies)
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error (percent points) over all queries of all episodes; NaN when not measured."""
+        return float("nan") if self.reliability is None else ece(self.reliability)
 
     @property
     def episodes_per_second(self) -> float:
@@ -175,13 +183,16 @@ def evaluate(
     device: str | torch.device = "cpu",
     chunk_size: int | None = None,
     on_chunk: Progress | None = None,
+    temperatures: Mapping[str, float] | None = None,
 ) -> Evaluation:
     """Evaluate ``methods`` on the same ``episodes`` seeded tasks drawn from the classes of ``split``.
 
     Every argument is checked before an episode is drawn. Features are centred by the file's base
     mean (or the fallback of :meth:`FeatureSet.centring_mean`); the sampled classes are those of
     ``split`` with at least shots + queries rows (others are left out with a warning). ``on_chunk``
-    is called with the number of episodes finished after each chunk.
+    is called with the number of episodes finished after each chunk. Each method's confidence is
+    softmax(scores / T) with T from ``temperatures`` (by label, then method name; default 0.1), and
+    its reliability bins (ECE) are accumulated chunk by chunk.
     """
     episodes, seed = check_episodes(episodes), check_seed(seed)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0):
@@ -192,6 +203,8 @@ def evaluate(
     accuracies = [np.empty(episodes) for _ in runs]
     seconds = [0.0 for _ in runs]
     resolved: list[dict[str, object]] = [{} for _ in runs]
+    temps = [confidence_temperature(run, temperatures) for run in runs]
+    bins = [np.zeros((3, ECE_BINS)) for _ in runs]
     sampling = 0.0
     for start in range(0, episodes, chunk):
         count = min(chunk, episodes - start)
@@ -201,17 +214,26 @@ def evaluate(
         sampling += time.perf_counter() - tick
         for i, run in enumerate(runs):
             tick = time.perf_counter()
-            predictions = run.method.score(batch, run.params).argmax(dim=-1)
+            scores = run.method.score(batch, run.params)
+            predictions = scores.argmax(dim=-1)
             accuracies[i][start : start + count] = episode_accuracy(predictions, query_labels)
             seconds[i] += time.perf_counter() - tick
+            bins[i] += reliability_counts(scores, query_labels, temps[i])
             if start == 0:
                 resolved[i] = run.resolved(batch)
         if on_chunk is not None:
             on_chunk(start + count)
     results = tuple(
-        MethodResult(run.label, run.as_dict(), accuracies[i], seconds[i], resolved[i]) for i, run in enumerate(runs)
+        MethodResult(run.label, run.as_dict(), accuracies[i], seconds[i], resolved[i], bins[i], temps[i])
+        for i, run in enumerate(runs)
     )
     return Evaluation(spec, seed, episodes, source.split, source.classes, source.centring, results, sampling)
+
+
+def confidence_temperature(run: MethodRun, temperatures: Mapping[str, float] | None) -> float:
+    """The confidence temperature of a run: by its label, else its method's name, else the default 0.1."""
+    table = temperatures or {}
+    return float(table.get(run.label, table.get(run.method.name, DEFAULT_TEMPERATURE)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,7 +255,8 @@ class EvaluationRequest:
 
     ``methods`` are names, ``name:key=value,…`` variants, (name, overrides) pairs or MethodRuns;
     ``config`` (a tuned TOML's tables), ``shared`` (flags given to every method that has the
-    parameter) and ``assignments`` (``--set``) override the defaults in that order.
+    parameter) and ``assignments`` (``--set``) override the defaults in that order; ``temperatures``
+    (a config's ``[calibration]`` table) sets each method's confidence temperature for its ECE.
     """
 
     features: Path
@@ -251,6 +274,7 @@ class EvaluationRequest:
     config: Mapping[str, Mapping[str, object]] | None = None
     shared: Mapping[str, object] = dataclasses.field(default_factory=dict)
     assignments: Mapping[str, Mapping[str, object]] = dataclasses.field(default_factory=dict)
+    temperatures: Mapping[str, float] = dataclasses.field(default_factory=dict)
     base_mean: Path | None = None
     drop_nonfinite: bool = False
     drop_zero: bool = False
@@ -332,6 +356,7 @@ def run_evaluation(
                         done + finished, f"{spec.ways}-way {spec.shots}-shot · {len(runs)} methods"
                     )
                 ),
+                request.temperatures,
             )
         )
     first = evaluations[0]

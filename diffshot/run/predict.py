@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from diffshot.atomic import atomic_path
+from diffshot.calibration import DEFAULT_TEMPERATURE
 from diffshot.episodes import Task
 from diffshot.errors import DiffshotError, UsageError
 from diffshot.features import FeatureSet, clean_features, read_features
@@ -33,7 +34,6 @@ from diffshot.report.document import spreadsheet_safe
 from diffshot.run.config import MethodRun, method_runs
 
 DEFAULT_METHOD = "diffusion"
-DEFAULT_TEMPERATURE = 0.1
 CHUNK_ROWS = 65_536
 OUTPUT_FORMATS = ("csv", "json")
 METADATA_COLUMNS = ("path", "text")
