@@ -145,5 +145,5 @@ def test_evaluate_uses_the_config_temperature(demo: Path, tmp_path: Path) -> Non
     plain = json.loads(runner.invoke(app, args).stdout)["results"][0]
     assert hot["confidence_temperature"] == 5.0 and plain["confidence_temperature"] == 0.1
     assert hot["accuracy"] == plain["accuracy"] and hot["ece"] != plain["ece"]
-    table = runner.invoke(app, args[:-4] + ["-m", "simpleshot"])
+    table = runner.invoke(app, [*args[:-4], "-m", "simpleshot"])
     assert "ECE (%)" in table.stdout

@@ -30,6 +30,7 @@ from diffshot.ops.diffusion import diffuse_, diffuse_gram, diffusion_operator
 from diffshot.ops.graph import episode_laplacian, sparse_graph, sparse_laplacian_of
 from diffshot.ops.knn import EPISODE_BACKENDS, gram
 from diffshot.ops.preprocess import transductive_points
+from diffshot.ops.reject import leave_one_out_unknown, max_cosine_unknown
 from diffshot.ops.sinkhorn import PTMAP_ALPHA, PTMAP_STEPS, balanced_assignment
 from diffshot.ops.spectrum import stable_step_batched, stable_step_sparse
 
@@ -172,7 +173,10 @@ def task_graph(
 
 
 def label(task: Task, params: DiffusionParams) -> TaskScores:
-    """The same recipe on one large task: a sparse FAISS graph, T sparse steps on the features, nearest prototype."""
+    """The same recipe on one large task: a sparse FAISS graph, T sparse steps on the features, nearest prototype.
+
+    Its unknown score is −max cosine of the diffused query to the diffused (rectified) prototypes.
+    """
     if params.assign == "balanced":
         raise DiffshotError("parameter diffusion.assign: balanced is for episodes; one large task uses nearest")
     ns = task.num_support
@@ -192,6 +196,8 @@ def label(task: Task, params: DiffusionParams) -> TaskScores:
         protos = rectified_prototypes(x, protos, task.support_labels, task.ways)
     return TaskScores(
         block=lambda start, stop: -squared_distances(x[ns + start : ns + stop], protos),
+        unknown=lambda start, stop: max_cosine_unknown(x[ns + start : ns + stop], protos),
+        support_unknown=lambda: leave_one_out_unknown(x[:ns], task.support_labels, task.ways),
         details={
             "n_top": n_top,
             "sigma": sigma,

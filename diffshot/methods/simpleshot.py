@@ -7,6 +7,7 @@ from diffshot.lazy import torch
 from diffshot.methods.base import Method, NoParams, TaskScores
 from diffshot.ops.classify import prototypes, squared_distances
 from diffshot.ops.preprocess import cl2n
+from diffshot.ops.reject import leave_one_out_unknown, max_cosine_unknown
 
 
 def score(episodes: Episodes, params: NoParams) -> torch.Tensor:
@@ -17,12 +18,15 @@ def score(episodes: Episodes, params: NoParams) -> torch.Tensor:
 
 
 def label(task: Task, params: NoParams) -> TaskScores:
-    """Nearest CL2N class mean for every query row of one large task."""
+    """Nearest CL2N class mean for every query row of one large task; unknown = −max cosine to those means."""
     ns = task.num_support
-    protos = prototypes(cl2n(task.points[:ns], task.centre), task.support_labels, task.ways)
+    support = cl2n(task.points[:ns], task.centre)
+    protos = prototypes(support, task.support_labels, task.ways)
     return TaskScores(
         block=lambda start, stop: -squared_distances(cl2n(task.points[ns + start : ns + stop], task.centre), protos),
         details={},
+        unknown=lambda start, stop: max_cosine_unknown(cl2n(task.points[ns + start : ns + stop], task.centre), protos),
+        support_unknown=lambda: leave_one_out_unknown(support, task.support_labels, task.ways),
     )
 
 
