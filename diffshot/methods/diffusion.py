@@ -30,7 +30,7 @@ from diffshot.ops.diffusion import diffuse_, diffuse_gram, diffusion_operator
 from diffshot.ops.graph import episode_laplacian, sparse_graph, sparse_laplacian_of
 from diffshot.ops.knn import EPISODE_BACKENDS, gram
 from diffshot.ops.preprocess import transductive_points
-from diffshot.ops.reject import leave_one_out_unknown, max_cosine_unknown
+from diffshot.ops.reject import max_cosine_unknown
 from diffshot.ops.sinkhorn import PTMAP_ALPHA, PTMAP_STEPS, balanced_assignment
 from diffshot.ops.spectrum import stable_step_batched, stable_step_sparse
 
@@ -197,7 +197,7 @@ def label(task: Task, params: DiffusionParams) -> TaskScores:
     return TaskScores(
         block=lambda start, stop: -squared_distances(x[ns + start : ns + stop], protos),
         unknown=lambda start, stop: max_cosine_unknown(x[ns + start : ns + stop], protos),
-        support_unknown=lambda: leave_one_out_unknown(x[:ns], task.support_labels, task.ways),
+        support=lambda: x[:ns],
         details={
             "n_top": n_top,
             "sigma": sigma,

@@ -7,7 +7,7 @@ from diffshot.lazy import torch
 from diffshot.methods.base import Method, NoParams, TaskScores
 from diffshot.ops.classify import prototypes, squared_distances
 from diffshot.ops.preprocess import cl2n
-from diffshot.ops.reject import leave_one_out_unknown, max_cosine_unknown
+from diffshot.ops.reject import max_cosine_unknown
 
 
 def score(episodes: Episodes, params: NoParams) -> torch.Tensor:
@@ -26,7 +26,7 @@ def label(task: Task, params: NoParams) -> TaskScores:
         block=lambda start, stop: -squared_distances(cl2n(task.points[ns + start : ns + stop], task.centre), protos),
         details={},
         unknown=lambda start, stop: max_cosine_unknown(cl2n(task.points[ns + start : ns + stop], task.centre), protos),
-        support_unknown=lambda: leave_one_out_unknown(support, task.support_labels, task.ways),
+        support=lambda: support,
     )
 
 

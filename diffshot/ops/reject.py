@@ -1,11 +1,16 @@
 """Unknown scores and a label-free rejection threshold for one large task (``predict --reject``).
 
 The unknown score of a point is −max cosine to the class means (higher = farther from every
-support class). The ``auto`` threshold comes from the support alone: each support row is scored
-against the class means with itself left out of its own class's mean (rows of one-row classes are
-skipped), and the threshold is a high quantile (0.9) of those scores, i.e. the score beyond which few
-known-class points fall. When no class has two support rows, the threshold splits the queries'
-scores in two by Otsu's criterion (largest between-group variance) instead.
+support class). The ``auto`` threshold comes from the support alone, which yields both kinds of
+query it must tell apart: a *known* reference — each support row scored against the class means
+with itself left out of its own class's mean (rows of one-row classes are skipped) — and an
+*unknown* reference — each support row scored against the means of the other classes only, as a
+query of a class absent from the support would be. The threshold is the cut that best separates
+the two (highest balanced accuracy), raised to at least the 0.9-quantile of the known reference so
+that it turns away no more than about a tenth of known-class queries (the leave-one-out means are
+pessimistic, so the cut alone rejects too many on BANKING77). ``auto:Q`` takes the Q-quantile
+alone. When no class has two support rows, the threshold splits the queries' scores in two by
+Otsu's criterion (largest between-group variance).
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from __future__ import annotations
 from diffshot.lazy import torch
 from diffshot.ops.classify import cosine, prototypes
 
-AUTO_QUANTILE = 0.9
+KNOWN_QUANTILE = 0.9
+
 OTSU_CANDIDATES = 97
 OTSU_SAMPLE = 1 << 20
 
@@ -38,11 +44,42 @@ def leave_one_out_unknown(support: torch.Tensor, labels: torch.Tensor, ways: int
     return -cos.max(dim=-1).values
 
 
-def support_threshold(support_scores: torch.Tensor, quantile: float = AUTO_QUANTILE) -> float | None:
-    """The ``quantile`` of the support's leave-one-out unknown scores, None when there are fewer than 2."""
-    if support_scores.numel() < 2:
+def leave_one_class_out_unknown(support: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+    """Unknown scores of support rows against the means of the other classes only (as an absent class's query)."""
+    cos = cosine(support, prototypes(support, labels, ways))
+    cos[torch.arange(support.shape[0], device=support.device), labels] = -float("inf")
+    return -cos.max(dim=-1).values
+
+
+def separating_threshold(known: torch.Tensor, unknown: torch.Tensor) -> float:
+    """The cut t (known ≤ t < unknown) of highest balanced accuracy between two score samples; ties: the lowest cut."""
+    known, unknown = known.double().sort().values, unknown.double().sort().values
+    values = torch.cat([known, unknown]).unique()
+    cuts = torch.cat([(values[:-1] + values[1:]) / 2, values[-1:]]) if values.numel() > 1 else values
+    kept = torch.searchsorted(known, cuts, right=True).double() / known.numel()
+    caught = 1.0 - torch.searchsorted(unknown, cuts, right=True).double() / unknown.numel()
+    return float(cuts[int(torch.argmax(kept + caught))])
+
+
+def support_threshold(
+    support: torch.Tensor, labels: torch.Tensor, ways: int, quantile: float | None = None
+) -> tuple[float, str] | None:
+    """The ``auto`` threshold from the support and how it was set; None when no class has two rows."""
+    known = leave_one_out_unknown(support, labels, ways)
+    if known.numel() < 2:
         return None
-    return float(torch.quantile(support_scores.double(), quantile))
+    if quantile is not None:
+        rule = f"the {quantile:g} quantile of the support rows' leave-one-out unknown scores ({known.numel()} rows)"
+        return float(torch.quantile(known.double(), quantile)), rule
+    absent = leave_one_class_out_unknown(support, labels, ways)
+    cut = separating_threshold(known, absent)
+    floor = float(torch.quantile(known.double(), KNOWN_QUANTILE))
+    rule = (
+        f"the best cut between the support rows' leave-one-out scores ({known.numel()} rows, as known queries) "
+        f"and their scores without their own class ({absent.numel()} rows, as unknown queries)"
+        + ("" if cut >= floor else f", raised to the {KNOWN_QUANTILE:g} quantile of the leave-one-out scores")
+    )
+    return max(cut, floor), rule
 
 
 def otsu_threshold(scores: torch.Tensor) -> float:

@@ -35,7 +35,7 @@ from diffshot.methods import REGISTRY
 from diffshot.methods.base import TaskScores
 from diffshot.ops.classify import confidence
 from diffshot.ops.knn import EXACT_LIMIT, INDEX_CHOICES, choose_index, faiss_has_gpu, knn_graph
-from diffshot.ops.reject import AUTO_QUANTILE, otsu_threshold, support_threshold
+from diffshot.ops.reject import otsu_threshold, support_threshold
 from diffshot.report.document import spreadsheet_safe
 from diffshot.run.config import MethodRun, method_runs
 
@@ -49,11 +49,11 @@ UNKNOWN_NAME = "unknown"
 
 @dataclasses.dataclass(frozen=True)
 class Rejection:
-    """Which query rows ``predict`` labels unknown: none, ``auto`` (a support quantile) or above a given threshold."""
+    """Which query rows ``predict`` labels unknown: none, ``auto`` (set from the support) or above a threshold."""
 
     mode: str = "none"  # none | auto | threshold
     threshold: float | None = None
-    quantile: float = AUTO_QUANTILE
+    quantile: float | None = None  # auto:Q — the support's leave-one-out quantile instead of the best cut
 
 
 def parse_reject(text: str) -> Rejection:
@@ -256,7 +256,9 @@ def predict(
         which, best = confidence(scores.block(start, stop), options.temperature)
         labels[start:stop], confidences[start:stop] = which.cpu().numpy(), best.cpu().numpy()
     timings["classify"] = time.perf_counter() - tick
-    rejection = reject_rows(scores, query.num_rows, options, run.label) if options.scores_unknown else {}
+    rejection: dict[str, object] = {}
+    if options.scores_unknown:
+        rejection = reject_rows(scores, query.num_rows, options, run.label, task.support_labels, task.ways)
     return Prediction(
         labels,
         confidences,
@@ -273,7 +275,9 @@ def predict(
     )
 
 
-def reject_rows(scores: TaskScores, rows: int, options: PredictOptions, label: str) -> dict[str, object]:
+def reject_rows(
+    scores: TaskScores, rows: int, options: PredictOptions, label: str, labels: torch.Tensor, ways: int
+) -> dict[str, object]:
     """The unknown score of every query row and, when rejecting, the threshold, its rule and the rejected rows."""
     if scores.unknown is None:
         able = ", ".join(name for name, m in REGISTRY.items() if m.labels_large_tasks and m.name != label)
@@ -289,14 +293,10 @@ def reject_rows(scores: TaskScores, rows: int, options: PredictOptions, label: s
     if rule.mode == "threshold":
         threshold, why = float(rule.threshold), "given"  # type: ignore[arg-type]
     else:
-        held_out = scores.support_unknown() if scores.support_unknown is not None else torch.empty(0)
-        found = support_threshold(held_out, rule.quantile)
+        support = scores.support() if scores.support is not None else None
+        found = None if support is None else support_threshold(support, labels, ways, rule.quantile)
         if found is not None:
-            threshold = found
-            why = (
-                f"auto: the {rule.quantile:g} quantile of the support rows' leave-one-out unknown scores "
-                f"({held_out.numel()} rows)"
-            )
+            threshold, why = found[0], "auto: " + found[1]
         else:
             threshold = otsu_threshold(torch.from_numpy(unknown))
             why = "auto: Otsu's split of the query rows' unknown scores (no support class has 2 rows)"
