@@ -215,6 +215,11 @@ def _toml_value(value: object) -> str:
     return f'"{text}"'
 
 
+def _toml_key(key: str) -> str:
+    """A TOML key: bare when it is letters, digits, ``_`` and ``-``, else quoted (variant labels)."""
+    return key if key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key) else _toml_value(key)
+
+
 def render_config(
     config: Mapping[str, Mapping[str, object]],
     comments: Sequence[str] = (),
@@ -227,7 +232,7 @@ def render_config(
         lines += [f"{key} = {_toml_value(value)}" for key, value in params.items()]
     if calibration:
         lines += ["", f"[{CALIBRATION_TABLE}]"] if lines else [f"[{CALIBRATION_TABLE}]"]
-        lines += [f"{_toml_value(label)} = {_toml_value(float(t))}" for label, t in calibration.items()]
+        lines += [f"{_toml_key(label)} = {_toml_value(float(t))}" for label, t in calibration.items()]
     return "\n".join(lines) + "\n"
 
 
