@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from diffshot.errors import UsageError
-from diffshot.features import FeatureSet, write_canonical
+from diffshot.features import FeatureSet, read_features, write_canonical
 from diffshot.ops.reject import leave_one_out_unknown, otsu_threshold
 from diffshot.run.config import write_config
-from diffshot.run.predict import Rejection, parse_reject
+from diffshot.run.predict import PredictOptions, Rejection, parse_reject, predict
 
 DIM = 8
 
@@ -191,3 +191,11 @@ def test_otsu_splits_two_clear_groups() -> None:
     values = torch.cat([torch.full((300,), -0.9), torch.full((100,), -0.1)])
     threshold = otsu_threshold(values)
     assert -0.9 <= threshold < -0.1
+
+
+def test_one_shot_support_falls_back_to_otsu_on_the_query_scores(tiny: tuple[Path, Path]) -> None:
+    support, query = (read_features(p) for p in tiny)
+    one_shot = support.take_rows(np.isin(np.arange(support.num_rows), [0, 4, 8]))
+    prediction = predict(one_shot, query, "simpleshot", PredictOptions(reject=Rejection("auto")))
+    assert "Otsu" in prediction.threshold_rule
+    assert prediction.rejected.tolist() == [False] * 9 + [True]
