@@ -18,7 +18,7 @@ from diffshot.errors import UsageError
 from diffshot.report.document import to_csv, to_json_document
 from diffshot.report.episodes_file import save_episode_accuracies
 from diffshot.report.table import results_table
-from diffshot.run.config import parse_assignments, read_config
+from diffshot.run.config import parse_assignments, read_calibration, read_config
 from diffshot.run.evaluate import EvaluationRequest, prepare_runs, run_evaluation
 
 DEFAULT_METHODS = ("simpleshot", "diffusion")
@@ -210,6 +210,7 @@ def evaluate(
         chunk_size=chunk_size,
         baseline=baseline,
         config=read_config(config) if config is not None else None,
+        temperatures=read_calibration(config) if config is not None else {},
         shared=shared,
         assignments=parse_assignments(set_params or []),
         base_mean=base_mean,

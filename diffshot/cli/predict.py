@@ -10,18 +10,22 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from diffshot.calibration import DEFAULT_TEMPERATURE
 from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, stderr, stdout, user_errors
 from diffshot.device import resolve_device, set_threads
 from diffshot.errors import DiffshotError
 from diffshot.ops.knn import EXACT_LIMIT, faiss_has_gpu
-from diffshot.run.config import method_runs, parse_assignments, read_config
+from diffshot.run.config import method_runs, parse_assignments, read_calibration, read_config
 from diffshot.run.predict import (
     DEFAULT_METHOD,
     OUTPUT_FORMATS,
+    UNKNOWN_NAME,
     PredictOptions,
     accuracy,
     load_rows,
+    parse_reject,
     predict_run,
+    rejection_quality,
     write_predictions,
 )
 from diffshot.run.predict import (
@@ -60,7 +64,22 @@ def predict(
         list[str] | None,
         typer.Option("--set", metavar="METHOD.PARAM=VALUE", help="Any parameter of the method: METHOD.PARAM=VALUE."),
     ] = None,
-    temperature: Annotated[float, typer.Option(help="Softmax temperature of the confidence.")] = 0.1,
+    temperature: Annotated[
+        float | None,
+        typer.Option(help="Softmax temperature of the confidence (default: --config's [calibration], else 0.1)."),
+    ] = None,
+    reject: Annotated[
+        str,
+        typer.Option(
+            metavar="auto|THRESHOLD|none",
+            help="Label rows whose unknown score is above THRESHOLD as unknown; auto sets it from the support "
+            "(leave-one-out, 0.9 quantile; auto:Q for another), none (default) rejects nothing.",
+        ),
+    ] = "none",
+    unknown_name: Annotated[str, typer.Option(help="Class name of rejected rows.")] = UNKNOWN_NAME,
+    unknown_score: Annotated[
+        bool, typer.Option(help="Write the unknown_score column even without --reject (simpleshot, diffusion).")
+    ] = False,
     index: Annotated[
         str, typer.Option(help="kNN index: auto|flat|hnsw|ivf (auto: flat up to --exact-limit).")
     ] = "auto",
@@ -77,12 +96,23 @@ def predict(
     start = time.perf_counter()
     out_format = _format(fmt, output)
     claim_outputs([output], [support, query, config], force=force)
-    options = PredictOptions(temperature=temperature, index=index, exact_limit=exact_limit)
+    rejection = parse_reject(reject)
     set_threads(threads)
     tuned = read_config(config) if config is not None else None
     flags = {"step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
     flags |= {"rectify": rectify, "shift": shift}
     run = predict_run(method_runs([method], tuned, flags, parse_assignments(set_params or []))[0])
+    calibrated = read_calibration(config) if config is not None and temperature is None else {}
+    found = calibrated.get(run.label, calibrated.get(run.method.name))
+    options = PredictOptions(
+        temperature=temperature if temperature is not None else (found or DEFAULT_TEMPERATURE),
+        index=index,
+        exact_limit=exact_limit,
+        calibration=str(config) if found is not None else None,
+        reject=rejection,
+        unknown_name=unknown_name,
+        unknown_score=unknown_score,
+    )
     torch_device = resolve_device(device)
     support_fs, _ = load_rows(support, support_split, drop_nonfinite, drop_zero, allow_external=allow_external_data)
     query_fs, rows = load_rows(
@@ -100,14 +130,27 @@ def predict(
     scored = accuracy(prediction, query_fs)
     stdout.print(_summary(prediction.counts(), query_fs.num_rows))
     settings = ", ".join(f"{key} {value}" for key, value in prediction.details.items())
+    calibrated_on = f", calibrated on {escape(str(config))}" if prediction.calibration else ""
     stdout.print(
         f"{query_fs.num_rows} query rows, {support_fs.num_rows} support rows, {len(prediction.class_names)} classes; "
         f"method {escape(prediction.method)}, index {prediction.index}" + (f", {settings}" if settings else "") + "; "
-        f"confidence = softmax(score / {options.temperature:g})",
+        f"confidence = softmax(score / {options.temperature:g})" + calibrated_on,
         highlight=False,
     )
+    if prediction.rejected is not None:
+        stdout.print(
+            f"rejected {int(prediction.rejected.sum())} rows as {escape(prediction.unknown_name)!r}: unknown score "
+            f"(−max cosine to the class means) above {prediction.threshold:.4f}, {escape(prediction.threshold_rule)}",
+            highlight=False,
+        )
     if scored is not None:
         stdout.print(f"accuracy {scored[0]:.2f}% on the {scored[1]} query rows whose class is a support class")
+    quality = rejection_quality(prediction, query_fs)
+    if quality is not None:
+        stdout.print(
+            f"unknown recall {quality[0]:.2f}%, precision {quality[1]:.2f}% on the {quality[2]} query rows "
+            "whose class is no support class"
+        )
     stderr.print("timing: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()), highlight=False)
 
 

@@ -57,6 +57,13 @@ def tune(
     grid_json: Annotated[
         Path | None, typer.Option(help="Also write every grid point as JSON (for `diffshot plot`'s heat map).")
     ] = None,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate/--no-calibrate",
+            help="Also fit the best's confidence temperature on the same episodes (minimum NLL) into [calibration].",
+        ),
+    ] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     force: Force = False,
     allow_external_data: AllowExternal = False,
@@ -89,6 +96,7 @@ def tune(
             allow_novel,
             str(resolve_device(device)),
             on_chunk=lambda done, point: advance(done, f"{setting} · {point}"),
+            calibrate=calibrate,
         )
     best = result.best
     summary = best.result.summary
@@ -97,11 +105,23 @@ def tune(
         f"{episodes} episodes, seed {seed}",
         f"best accuracy {summary.mean:.2f} ± {summary.ci95:.2f} over {len(result.ranked)} configurations",
     ]
-    write_config(output, {METHOD: best.result.params}, comments)
+    calibration = None
+    if result.temperature is not None:
+        calibration = {METHOD: result.temperature}
+        comments.append(
+            f"confidence temperature {result.temperature:.6g} of the best: minimum NLL {result.nll:.4f} "
+            "of the true class over the queries of the same episodes"
+        )
+    write_config(output, {METHOD: best.result.params}, comments, calibration)
     if grid_json is not None:
         write_tune_json(grid_json, result, features, fs)
     stdout.print(_ranked_table(result, top))
     stdout.print(_view_table(result))
+    if result.temperature is not None:
+        stdout.print(
+            f"confidence temperature {result.temperature:.4g} (minimum NLL {result.nll:.4f} on {split}); "
+            f"ECE at the default 0.1: {best.result.ece:.2f}"
+        )
     stdout.print(
         f"best configuration written to {output}" + (" (replacing the file that was there)" if replacing else "")
     )

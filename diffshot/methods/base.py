@@ -231,6 +231,7 @@ class TaskScores:
     block: Callable[[int, int], torch.Tensor]  # (start, stop) -> scores [stop - start, ways]
     details: dict[str, object]
     unknown: Callable[[int, int], torch.Tensor] | None = None  # (start, stop) -> unknown score [stop - start]
+    support: Callable[[], torch.Tensor] | None = None  # the support rows [ns, d] where ``unknown`` is measured
 
 
 @dataclasses.dataclass(frozen=True)

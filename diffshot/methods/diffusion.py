@@ -32,6 +32,7 @@ from diffshot.ops.graph import episode_laplacian, sparse_graph, sparse_laplacian
 from diffshot.ops.knn import EPISODE_BACKENDS, gram
 from diffshot.ops.openset import otsu_rejection
 from diffshot.ops.preprocess import transductive_gram, transductive_points
+from diffshot.ops.reject import max_cosine_unknown
 from diffshot.ops.sinkhorn import PTMAP_ALPHA, PTMAP_STEPS, balanced_assignment
 from diffshot.ops.spectrum import stable_step_batched, stable_step_sparse
 
@@ -230,7 +231,10 @@ def task_graph(
 
 
 def label(task: Task, params: DiffusionParams) -> TaskScores:
-    """The same recipe on one large task: a sparse FAISS graph, T sparse steps on the features, nearest prototype."""
+    """The same recipe on one large task: a sparse FAISS graph, T sparse steps on the features, nearest prototype.
+
+    Its unknown score is −max cosine of the diffused query to the diffused (rectified) prototypes.
+    """
     if params.assign == "balanced":
         raise DiffshotError("parameter diffusion.assign: balanced is for episodes; one large task uses nearest")
     ns = task.num_support
@@ -250,6 +254,8 @@ def label(task: Task, params: DiffusionParams) -> TaskScores:
         protos = rectified_prototypes(x, protos, task.support_labels, task.ways)
     return TaskScores(
         block=lambda start, stop: -squared_distances(x[ns + start : ns + stop], protos),
+        unknown=lambda start, stop: max_cosine_unknown(x[ns + start : ns + stop], protos),
+        support=lambda: x[:ns],
         details={
             "n_top": n_top,
             "sigma": sigma,

@@ -8,6 +8,7 @@ from diffshot.methods.base import Method, NoParams, OpenSetScores, TaskScores
 from diffshot.ops.classify import cosine, prototypes, squared_distances
 from diffshot.ops.openset import otsu_rejection
 from diffshot.ops.preprocess import cl2n
+from diffshot.ops.reject import max_cosine_unknown
 
 
 def score(episodes: Episodes, params: NoParams) -> torch.Tensor:
@@ -27,12 +28,15 @@ def open_set(episodes: Episodes, params: NoParams) -> OpenSetScores:
 
 
 def label(task: Task, params: NoParams) -> TaskScores:
-    """Nearest CL2N class mean for every query row of one large task."""
+    """Nearest CL2N class mean for every query row of one large task; unknown = −max cosine to those means."""
     ns = task.num_support
-    protos = prototypes(cl2n(task.points[:ns], task.centre), task.support_labels, task.ways)
+    support = cl2n(task.points[:ns], task.centre)
+    protos = prototypes(support, task.support_labels, task.ways)
     return TaskScores(
         block=lambda start, stop: -squared_distances(cl2n(task.points[ns + start : ns + stop], task.centre), protos),
         details={},
+        unknown=lambda start, stop: max_cosine_unknown(cl2n(task.points[ns + start : ns + stop], task.centre), protos),
+        support=lambda: support,
     )
 
 

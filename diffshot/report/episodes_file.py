@@ -10,6 +10,7 @@ import numpy as np
 
 from diffshot import __version__
 from diffshot.atomic import atomic_path
+from diffshot.calibration import reliability
 from diffshot.errors import DiffshotError
 from diffshot.run.evaluate import EvaluationRun
 
@@ -21,7 +22,9 @@ def save_episode_accuracies(path: Path | str, run: EvaluationRun) -> Path:
     """Write per-episode accuracies (percent) of every (method, shots) run to an .npz, atomically.
 
     Arrays ``run0``, ``run1``, …; the JSON string ``meta`` holds the protocol (seed, ways, queries,
-    imbalance, query_classes, episodes, split, features sha256 and path) and, per run, its method, shots and params.
+    imbalance, query_classes, episodes, split, features sha256 and path) and, per run, its method, shots and params;
+    ``runN_reliability`` [3, 15] holds its reliability diagram (query count, mean confidence, accuracy
+    per confidence bin, NaN where empty), named with its temperature and ECE in the run's entry.
     """
     first = run.evaluations[0]
     runs, arrays = [], {}
@@ -30,6 +33,9 @@ def save_episode_accuracies(path: Path | str, run: EvaluationRun) -> Path:
             key = f"run{len(runs)}"
             runs.append({"key": key, "method": result.method, "shots": evaluation.spec.shots, "params": result.params})
             arrays[key] = np.asarray(result.accuracies, dtype=np.float64)
+            if result.reliability is not None:
+                arrays[key + "_reliability"] = reliability(result.reliability)
+                runs[-1] |= {"reliability": key + "_reliability", "temperature": result.temperature, "ece": result.ece}
     meta = {
         "format": EPISODES_FORMAT,
         "diffshot_version": __version__,
@@ -57,6 +63,7 @@ class EpisodeRecord:
     shots: int
     params: dict[str, object]
     accuracies: np.ndarray
+    reliability: np.ndarray | None = None  # [3, bins]: query count, mean confidence, accuracy per bin
 
 
 def load_episode_accuracies(path: Path | str) -> tuple[dict[str, object], list[EpisodeRecord]]:
@@ -70,7 +77,13 @@ def load_episode_accuracies(path: Path | str) -> tuple[dict[str, object], list[E
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             records = [
-                EpisodeRecord(r["method"], int(r["shots"]), r["params"], np.asarray(data[r["key"]]))
+                EpisodeRecord(
+                    r["method"],
+                    int(r["shots"]),
+                    r["params"],
+                    np.asarray(data[r["key"]]),
+                    np.asarray(data[r["reliability"]]) if "reliability" in r else None,
+                )
                 for r in meta["runs"]
             ]
     except (OSError, ValueError, KeyError, TypeError) as exc:

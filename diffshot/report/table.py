@@ -50,12 +50,13 @@ def open_set_cells(result: MethodResult) -> list[str]:
 
 
 def results_table(run: EvaluationRun) -> Table:
-    """Method, shots, accuracy ± 95% interval, paired difference to the baseline, resolved settings, episodes/s."""
+    """Method, shots, accuracy ± 95% interval, ECE, paired difference to the baseline, resolved settings, episodes/s."""
     table = Table(title=escape(protocol_title(run)), title_justify="left")
     table.add_column("method", no_wrap=True, min_width=max(len(r.method) for e in run.evaluations for r in e.results))
     table.add_column("shots", justify="right")
     closed = " on known queries" if run.evaluations[0].spec.unknown_queries is not None else ""
     table.add_column(f"accuracy{closed} (%)", justify="right", no_wrap=True)
+    table.add_column("ECE (%)", justify="right", no_wrap=True)
     if run.baseline is not None:
         table.add_column(f"Δ vs {escape(run.baseline)}", justify="right", no_wrap=True)
     open_set = run.evaluations[0].spec.unknown_queries is not None
@@ -70,6 +71,7 @@ def results_table(run: EvaluationRun) -> Table:
         for result in evaluation.results:
             summary = result.summary
             cells = [escape(result.method), str(evaluation.spec.shots), f"{summary.mean:.2f} ± {summary.ci95:.2f}"]
+            cells.append(f"{result.ece:.2f}")
             if run.baseline is not None:
                 diff = run.paired(evaluation, result)
                 own = result.method == run.baseline

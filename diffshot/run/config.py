@@ -9,8 +9,10 @@ holds one table per method::
     n_top = "auto"
 
 Its values must have the parameter's TOML type (bool, integer, float — an integer is accepted —,
-string; ``"auto"`` where a parameter allows it). A named variant ``diffusion:assign=balanced,lam=5``
-is its own row in every table and JSON document.
+string; ``"auto"`` where a parameter allows it). An optional ``[calibration]`` table (written by
+``diffshot tune``) maps a method name or variant label to its confidence temperature
+(``diffusion = 0.1436``), used by ``predict`` and by ``evaluate``'s ECE. A named variant
+``diffusion:assign=balanced,lam=5`` is its own row in every table and JSON document.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from diffshot.methods import REGISTRY, get_method
 from diffshot.methods.base import Method
 
 MAX_TOML_BYTES = 1 << 20
+CALIBRATION_TABLE = "calibration"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +171,38 @@ def validate_method_params(name: str, params: object, where: str) -> dict[str, o
 def read_config(path: str | os.PathLike[str]) -> dict[str, dict[str, object]]:
     """Method name → parameters from a tuned TOML config; one-line errors for unknown keys or wrong types."""
     data = load_toml(path)
-    return {name: validate_method_params(name, table, str(path)) for name, table in data.items()}
+    calibration_table(data, str(path))
+    return {
+        name: validate_method_params(name, table, str(path))
+        for name, table in data.items()
+        if name != CALIBRATION_TABLE
+    }
+
+
+def calibration_table(data: Mapping[str, object], where: str) -> dict[str, float]:
+    """The ``[calibration]`` table of a parsed config: method label → confidence temperature (checked)."""
+    table = data.get(CALIBRATION_TABLE, {})
+    if not isinstance(table, Mapping):
+        raise DiffshotError(f"{where}: [{CALIBRATION_TABLE}] must be a table of method = temperature")
+    out: dict[str, float] = {}
+    for label, value in table.items():
+        get_method_or_error(parse_label(str(label))[0], where)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+            raise DiffshotError(f"{where}: {CALIBRATION_TABLE}.{label} must be a positive temperature, got {value!r}")
+        out[str(label)] = float(value)
+    return out
+
+
+def get_method_or_error(name: str, where: str) -> Method:
+    """The registered method ``name``, or one line naming the config file."""
+    if name not in REGISTRY:
+        raise DiffshotError(f"{where}: unknown method {name!r} (known: {', '.join(REGISTRY)})")
+    return REGISTRY[name]
+
+
+def read_calibration(path: str | os.PathLike[str]) -> dict[str, float]:
+    """The confidence temperatures of a tuned config's ``[calibration]`` table (empty when it has none)."""
+    return calibration_table(load_toml(path), str(path))
 
 
 def _toml_value(value: object) -> str:
@@ -181,19 +215,35 @@ def _toml_value(value: object) -> str:
     return f'"{text}"'
 
 
-def render_config(config: Mapping[str, Mapping[str, object]], comments: Sequence[str] = ()) -> str:
-    """The TOML text of a config (comments first, one ``# ...`` line each)."""
+def _toml_key(key: str) -> str:
+    """A TOML key: bare when it is letters, digits, ``_`` and ``-``, else quoted (variant labels)."""
+    return key if key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key) else _toml_value(key)
+
+
+def render_config(
+    config: Mapping[str, Mapping[str, object]],
+    comments: Sequence[str] = (),
+    calibration: Mapping[str, float] | None = None,
+) -> str:
+    """The TOML text of a config (comments first, one ``# ...`` line each; then ``[calibration]`` if given)."""
     lines = [f"# {c}" for c in comments]
     for name, params in config.items():
         lines += ["", f"[{name}]"] if lines else [f"[{name}]"]
         lines += [f"{key} = {_toml_value(value)}" for key, value in params.items()]
+    if calibration:
+        lines += ["", f"[{CALIBRATION_TABLE}]"] if lines else [f"[{CALIBRATION_TABLE}]"]
+        lines += [f"{_toml_key(label)} = {_toml_value(float(t))}" for label, t in calibration.items()]
     return "\n".join(lines) + "\n"
 
 
 def write_config(
-    path: str | os.PathLike[str], config: Mapping[str, Mapping[str, object]], comments: Sequence[str] = ()
+    path: str | os.PathLike[str],
+    config: Mapping[str, Mapping[str, object]],
+    comments: Sequence[str] = (),
+    calibration: Mapping[str, float] | None = None,
 ) -> Path:
-    """Validate and write a config atomically; it reads back equal with :func:`read_config`."""
+    """Validate and write a config atomically; it reads back with :func:`read_config` and :func:`read_calibration`."""
     for name, params in config.items():
         validate_method_params(name, params, str(path))
-    return write_text_atomic(path, render_config(config, comments))
+    calibration_table({CALIBRATION_TABLE: dict(calibration or {})}, str(path))
+    return write_text_atomic(path, render_config(config, comments, calibration))

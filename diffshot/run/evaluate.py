@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffshot.calibration import DEFAULT_TEMPERATURE, ECE_BINS, ece, reliability_counts
 from diffshot.episodes import (
     ClassPool,
     EpisodeIndices,
@@ -56,6 +57,8 @@ class MethodResult:
     auroc: np.ndarray | None = None
     known_accuracy: np.ndarray | None = None
     unknown_recall: np.ndarray | None = None
+    reliability: np.ndarray | None = None  # [3, bins]: query count, confidence sum, correct count per bin
+    temperature: float = DEFAULT_TEMPERATURE  # of the confidence softmax(scores / T)
 
     @property
     def open_set(self) -> dict[str, Summary] | None:
@@ -72,6 +75,11 @@ class MethodResult:
     @property
     def summary(self) -> Summary:
         return summarise(self.accuracies)
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error (percent points) over all queries of all episodes; NaN when not measured."""
+        return float("nan") if self.reliability is None else ece(self.reliability)
 
     @property
     def episodes_per_second(self) -> float:
@@ -203,13 +211,17 @@ def evaluate(
     device: str | torch.device = "cpu",
     chunk_size: int | None = None,
     on_chunk: Progress | None = None,
+    temperatures: Mapping[str, float] | None = None,
 ) -> Evaluation:
     """Evaluate ``methods`` on the same ``episodes`` seeded tasks drawn from the classes of ``split``.
 
     Every argument is checked before an episode is drawn. Features are centred by the file's base
     mean (or the fallback of :meth:`FeatureSet.centring_mean`); the sampled classes are those of
     ``split`` with at least shots + queries rows (others are left out with a warning). ``on_chunk``
-    is called with the number of episodes finished and the label of the method about to run.
+    is called with the number of episodes finished and the label of the method about to run. Each
+    method's confidence is softmax(scores / T) with T from ``temperatures`` (by label, then method
+    name; default 0.1), and its reliability bins (ECE, over the known queries) are accumulated chunk
+    by chunk.
     """
     episodes, seed = check_episodes(episodes), check_seed(seed)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0):
@@ -221,6 +233,8 @@ def evaluate(
     opens = [np.empty((3, episodes)) for _ in runs] if spec.unknown_queries is not None else None
     seconds = [0.0 for _ in runs]
     resolved: list[dict[str, object]] = [{} for _ in runs]
+    temps = [confidence_temperature(run, temperatures) for run in runs]
+    bins = [np.zeros((3, ECE_BINS)) for _ in runs]
     sampling = 0.0
     for start in range(0, episodes, chunk):
         count = min(chunk, episodes - start)
@@ -233,31 +247,42 @@ def evaluate(
                 on_chunk(start, run.label)
             tick = time.perf_counter()
             if opens is not None:
-                metrics = _open_set_chunk(run, batch, query_labels)
+                scores, metrics = _open_set_chunk(run, batch, query_labels)
                 accuracies[i][start : start + count] = metrics[0]
                 opens[i][:, start : start + count] = metrics[1:]
             else:
-                predictions = run.method.score(batch, run.params).argmax(dim=-1)
-                accuracies[i][start : start + count] = episode_accuracy(predictions, query_labels)
+                scores = run.method.score(batch, run.params)
+                accuracies[i][start : start + count] = episode_accuracy(scores.argmax(dim=-1), query_labels)
             seconds[i] += time.perf_counter() - tick
+            known = slice(0, spec.num_query)
+            bins[i] += reliability_counts(scores[:, known], query_labels[:, known], temps[i])
             if start == 0:
                 resolved[i] = run.resolved(batch)
         if on_chunk is not None:
             on_chunk(start + count, runs[-1].label)
     results = tuple(
         MethodResult(
-            run.label, run.as_dict(), accuracies[i], seconds[i], resolved[i], *(() if opens is None else opens[i])
+            run.label,
+            run.as_dict(),
+            accuracies[i],
+            seconds[i],
+            resolved[i],
+            *((None, None, None) if opens is None else opens[i]),
+            reliability=bins[i],
+            temperature=temps[i],
         )
         for i, run in enumerate(runs)
     )
     return Evaluation(spec, seed, episodes, source.split, source.classes, source.centring, results, sampling)
 
 
-def _open_set_chunk(run: MethodRun, batch: Episodes, query_labels: torch.Tensor) -> tuple[np.ndarray, ...]:
-    """Closed-set accuracy, AUROC, known-class accuracy and unknown recall [E] of one method on one open-set chunk."""
+def _open_set_chunk(
+    run: MethodRun, batch: Episodes, query_labels: torch.Tensor
+) -> tuple[torch.Tensor, tuple[np.ndarray, ...]]:
+    """One open-set chunk's scores, and closed-set accuracy, AUROC, known-class accuracy and unknown recall [E]."""
     answer = run.method.open_set(batch, run.params)  # type: ignore[misc]
     metrics = open_set_metrics(answer.scores, answer.unknown, answer.rejected, query_labels)
-    return metrics.closed_accuracy, metrics.auroc, metrics.known_accuracy, metrics.unknown_recall
+    return answer.scores, (metrics.closed_accuracy, metrics.auroc, metrics.known_accuracy, metrics.unknown_recall)
 
 
 def check_open_set(runs: Sequence[MethodRun]) -> None:
@@ -269,6 +294,12 @@ def check_open_set(runs: Sequence[MethodRun]) -> None:
                 f"method {run.method.name} has no unknown score, so it cannot run under --open-set "
                 f"(methods with one: {able})"
             )
+
+
+def confidence_temperature(run: MethodRun, temperatures: Mapping[str, float] | None) -> float:
+    """The confidence temperature of a run: by its label, else its method's name, else the default 0.1."""
+    table = temperatures or {}
+    return float(table.get(run.label, table.get(run.method.name, DEFAULT_TEMPERATURE)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,7 +321,8 @@ class EvaluationRequest:
 
     ``methods`` are names, ``name:key=value,…`` variants, (name, overrides) pairs or MethodRuns;
     ``config`` (a tuned TOML's tables), ``shared`` (flags given to every method that has the
-    parameter) and ``assignments`` (``--set``) override the defaults in that order.
+    parameter) and ``assignments`` (``--set``) override the defaults in that order; ``temperatures``
+    (a config's ``[calibration]`` table) sets each method's confidence temperature for its ECE.
     """
 
     features: Path
@@ -310,6 +342,7 @@ class EvaluationRequest:
     config: Mapping[str, Mapping[str, object]] | None = None
     shared: Mapping[str, object] = dataclasses.field(default_factory=dict)
     assignments: Mapping[str, Mapping[str, object]] = dataclasses.field(default_factory=dict)
+    temperatures: Mapping[str, float] = dataclasses.field(default_factory=dict)
     base_mean: Path | None = None
     drop_nonfinite: bool = False
     drop_zero: bool = False
@@ -403,6 +436,7 @@ def run_evaluation(
                         done + finished, f"{spec.ways}-way {spec.shots}-shot · {method}"
                     )
                 ),
+                request.temperatures,
             )
         )
     first = evaluations[0]

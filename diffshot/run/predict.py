@@ -3,7 +3,11 @@
 ``predict`` *is* a method's ``label`` function run on one task: for ``diffusion`` the same recipe
 as evaluation (CL2N with the support file's centring mean, cross-domain shift, the same ``auto``
 graph rule) on a sparse FAISS kNN graph (exact below a size threshold, HNSW or IVF above it),
-T sparse steps, nearest prototype. Confidence is softmax(score / temperature) over the classes.
+T sparse steps, nearest prototype. Confidence is softmax(score / temperature) over the classes,
+at the temperature given, else the one a tuned config's ``[calibration]`` table holds, else 0.1.
+``--reject`` labels rows whose unknown score (−max cosine to the class means, on the method's
+features) is above a threshold as ``unknown``: a given number, or ``auto``, set without query
+labels from the support's leave-one-out scores (see :mod:`diffshot.ops.reject`).
 """
 
 from __future__ import annotations
@@ -22,31 +26,79 @@ from pathlib import Path
 import numpy as np
 
 from diffshot.atomic import atomic_path
+from diffshot.calibration import DEFAULT_TEMPERATURE
 from diffshot.episodes import Task
 from diffshot.errors import DiffshotError, UsageError
 from diffshot.features import FeatureSet, clean_features, read_features
 from diffshot.lazy import torch
 from diffshot.methods import REGISTRY
+from diffshot.methods.base import TaskScores
 from diffshot.ops.classify import confidence
 from diffshot.ops.knn import EXACT_LIMIT, INDEX_CHOICES, choose_index, faiss_has_gpu, knn_graph
+from diffshot.ops.reject import otsu_threshold, support_threshold
 from diffshot.report.document import spreadsheet_safe
 from diffshot.run.config import MethodRun, method_runs
 
 DEFAULT_METHOD = "diffusion"
-DEFAULT_TEMPERATURE = 0.1
 CHUNK_ROWS = 65_536
 OUTPUT_FORMATS = ("csv", "json")
 METADATA_COLUMNS = ("path", "text")
 ROW_KEY = "__file_row__"
+UNKNOWN_NAME = "unknown"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    """Which query rows ``predict`` labels unknown: none, ``auto`` (set from the support) or above a threshold."""
+
+    mode: str = "none"  # none | auto | threshold
+    threshold: float | None = None
+    quantile: float | None = None  # auto:Q — the support's leave-one-out quantile instead of the best cut
+
+
+def parse_reject(text: str) -> Rejection:
+    """``none``, ``auto``, ``auto:Q`` (support quantile Q in (0, 1)) or a finite THRESHOLD on the unknown score."""
+    word = text.strip().lower()
+    if word == "none":
+        return Rejection()
+    if word == "auto":
+        return Rejection("auto")
+    head, sep, tail = word.partition(":")
+    try:
+        value = float(tail if head == "auto" and sep else word)
+    except ValueError:
+        value = float("nan")
+    if head == "auto" and sep:
+        if not 0.0 < value < 1.0:
+            raise UsageError(f"--reject {text!r}: auto:Q needs a quantile Q between 0 and 1, e.g. auto:0.9")
+        return Rejection("auto", quantile=value)
+    if not math.isfinite(value):
+        raise UsageError(
+            f"--reject {text!r}: expected auto, none or a finite threshold on the unknown score (e.g. -0.5)"
+        )
+    return Rejection("threshold", threshold=value)
 
 
 @dataclasses.dataclass(frozen=True)
 class PredictOptions:
-    """How ``predict`` searches neighbours and states confidence (the method's own parameters are separate)."""
+    """How ``predict`` searches neighbours, states confidence and rejects (the method's own parameters are separate).
+
+    ``calibration`` names the config file the temperature came from; ``unknown_score`` writes the
+    method's unknown score as a column even without rejecting.
+    """
 
     temperature: float = DEFAULT_TEMPERATURE
     index: str = "auto"
     exact_limit: int = EXACT_LIMIT
+    calibration: str | None = None
+    reject: Rejection = Rejection()
+    unknown_name: str = UNKNOWN_NAME
+    unknown_score: bool = False
+
+    @property
+    def scores_unknown(self) -> bool:
+        """Whether the run needs the method's unknown score."""
+        return self.unknown_score or self.reject.mode != "none"
 
     def __post_init__(self) -> None:
         if isinstance(self.temperature, bool) or not (
@@ -57,6 +109,8 @@ class PredictOptions:
             raise UsageError(f"index {self.index!r}: choose one of {', '.join(INDEX_CHOICES)}")
         if isinstance(self.exact_limit, bool) or not isinstance(self.exact_limit, int) or self.exact_limit < 1:
             raise UsageError(f"exact_limit must be a positive integer, got {self.exact_limit!r}")
+        if not isinstance(self.unknown_name, str) or not self.unknown_name.strip():
+            raise UsageError(f"--unknown-name must be a non-empty class name, got {self.unknown_name!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,11 +126,27 @@ class Prediction:
     details: dict[str, object]
     temperature: float
     timings: dict[str, float]
+    calibration: str | None = None
+    unknown: np.ndarray | None = None  # the method's unknown score of every row (higher = less like any class)
+    rejected: np.ndarray | None = None  # rows labelled unknown (when rejecting)
+    threshold: float | None = None
+    threshold_rule: str | None = None
+    unknown_name: str = UNKNOWN_NAME
 
     def counts(self) -> dict[str, int]:
-        """Query rows per predicted class, in class order."""
-        per = np.bincount(self.labels, minlength=len(self.class_names))
-        return {name: int(c) for name, c in zip(self.class_names, per, strict=True)}
+        """Query rows per predicted class, in class order (then the unknown class, when rejecting)."""
+        kept = self.labels if self.rejected is None else self.labels[~self.rejected]
+        per = np.bincount(kept, minlength=len(self.class_names))
+        counts = {name: int(c) for name, c in zip(self.class_names, per, strict=True)}
+        if self.rejected is not None:
+            counts[self.unknown_name] = int(self.rejected.sum())
+        return counts
+
+    def class_of(self, i: int) -> str:
+        """The output class of query row ``i`` (the unknown name when it is rejected)."""
+        if self.rejected is not None and self.rejected[i]:
+            return self.unknown_name
+        return self.class_names[int(self.labels[i])]
 
 
 def select_rows(fs: FeatureSet, split: str | None) -> tuple[FeatureSet, np.ndarray]:
@@ -166,6 +236,11 @@ def predict(
     """Predict a support class for every query row, running ``method`` on support + queries as one task."""
     run = predict_run(method)
     check_inputs(support, query)
+    if options.scores_unknown and options.unknown_name in support.class_names:
+        raise DiffshotError(
+            f"{support.source}: the unknown class name {options.unknown_name!r} is a support class; "
+            "choose another with --unknown-name"
+        )
     device = torch.device(device)
     timings: dict[str, float] = {}
     tick = time.perf_counter()
@@ -181,6 +256,9 @@ def predict(
         which, best = confidence(scores.block(start, stop), options.temperature)
         labels[start:stop], confidences[start:stop] = which.cpu().numpy(), best.cpu().numpy()
     timings["classify"] = time.perf_counter() - tick
+    rejection: dict[str, object] = {}
+    if options.scores_unknown:
+        rejection = reject_rows(scores, query.num_rows, options, run.label, task.support_labels, task.ways)
     return Prediction(
         labels,
         confidences,
@@ -191,17 +269,74 @@ def predict(
         scores.details,
         options.temperature,
         timings,
+        options.calibration,
+        unknown_name=options.unknown_name,
+        **rejection,  # type: ignore[arg-type]
     )
 
 
-def accuracy(prediction: Prediction, query: FeatureSet) -> tuple[float, int] | None:
-    """Accuracy (percent) over query rows whose own class name is a support class, and how many; None if none."""
+def reject_rows(
+    scores: TaskScores, rows: int, options: PredictOptions, label: str, labels: torch.Tensor, ways: int
+) -> dict[str, object]:
+    """The unknown score of every query row and, when rejecting, the threshold, its rule and the rejected rows."""
+    if scores.unknown is None:
+        able = ", ".join(name for name, m in REGISTRY.items() if m.labels_large_tasks and m.name != label)
+        raise UsageError(f"method {label} gives no unknown score, so it cannot --reject; use one of: {able}")
+    unknown = np.empty(rows, dtype=np.float32)
+    for start in range(0, rows, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, rows)
+        unknown[start:stop] = scores.unknown(start, stop).cpu().numpy()
+    out: dict[str, object] = {"unknown": unknown}
+    rule = options.reject
+    if rule.mode == "none":
+        return out
+    if rule.mode == "threshold":
+        threshold, why = float(rule.threshold), "given"  # type: ignore[arg-type]
+    else:
+        support = scores.support() if scores.support is not None else None
+        found = None if support is None else support_threshold(support, labels, ways, rule.quantile)
+        if found is not None:
+            threshold, why = found[0], "auto: " + found[1]
+        else:
+            threshold = otsu_threshold(torch.from_numpy(unknown))
+            why = "auto: Otsu's split of the query rows' unknown scores (no support class has 2 rows)"
+    return out | {"rejected": unknown > threshold, "threshold": threshold, "threshold_rule": why}
+
+
+def _truth(prediction: Prediction, query: FeatureSet) -> np.ndarray:
+    """The support class of every query row from its own class name (−1 when it is no support class)."""
     position = {name: i for i, name in enumerate(prediction.class_names)}
-    truth = np.array([position.get(name, -1) for name in query.class_names], dtype=np.int64)[query.labels]
+    return np.array([position.get(name, -1) for name in query.class_names], dtype=np.int64)[query.labels]
+
+
+def accuracy(prediction: Prediction, query: FeatureSet) -> tuple[float, int] | None:
+    """Accuracy (percent) over query rows whose own class name is a support class, and how many; None if none.
+
+    When rows are rejected, a rejected known-class row counts as wrong.
+    """
+    truth = _truth(prediction, query)
     known = truth >= 0
     if not known.any():
         return None
-    return float(100.0 * np.mean(prediction.labels[known] == truth[known])), int(known.sum())
+    right = prediction.labels[known] == truth[known]
+    if prediction.rejected is not None:
+        right &= ~prediction.rejected[known]
+    return float(100.0 * np.mean(right)), int(known.sum())
+
+
+def rejection_quality(prediction: Prediction, query: FeatureSet) -> tuple[float, float, int] | None:
+    """Unknown recall and precision (percent) of the rejection, and how many query rows are of no support class.
+
+    Judged by the query file's own class names; None when not rejecting or when no row is unknown.
+    """
+    if prediction.rejected is None:
+        return None
+    unknown = _truth(prediction, query) < 0
+    if not unknown.any():
+        return None
+    rejected = prediction.rejected
+    precision = float(100.0 * unknown[rejected].mean()) if rejected.any() else float("nan")
+    return float(100.0 * rejected[unknown].mean()), precision, int(unknown.sum())
 
 
 def metadata_columns(query: FeatureSet) -> dict[str, np.ndarray]:
@@ -222,8 +357,10 @@ def _records(prediction: Prediction, query: FeatureSet, rows: np.ndarray, start:
     for i in range(start, stop):
         record: dict[str, object] = {"row": int(rows[i])}
         record.update({col: _cell(values[i]) for col, values in extra.items()})
-        record["class"] = prediction.class_names[int(prediction.labels[i])]
+        record["class"] = prediction.class_of(i)
         record["confidence"] = round(float(prediction.confidence[i]), 6)
+        if prediction.unknown is not None:
+            record["unknown_score"] = round(float(prediction.unknown[i]), 6)
         yield record
 
 
@@ -241,6 +378,7 @@ def write_predictions(
     rows = np.arange(query.num_rows) if rows is None else rows
     total = query.num_rows
     fields = ["row", *metadata_columns(query), "class", "confidence"]
+    fields += ["unknown_score"] if prediction.unknown is not None else []
     with atomic_path(path, stream=True) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
         if fmt == "csv":
             writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\r\n")
@@ -250,8 +388,10 @@ def write_predictions(
                 writer.writerows({key: spreadsheet_safe(value) for key, value in r.items()} for r in records)
         else:
             head = {
-                "confidence": f"softmax(score / temperature), temperature {prediction.temperature:g}",
+                "confidence": confidence_note(prediction),
                 "temperature": prediction.temperature,
+                **({"calibration": prediction.calibration} if prediction.calibration else {}),
+                **reject_head(prediction),
                 "method": prediction.method,
                 "params": prediction.params,
                 "index": prediction.index,
@@ -266,3 +406,26 @@ def write_predictions(
                 handle.write(buffer.getvalue())
             handle.write("\n]}\n")
     return Path(path)
+
+
+def confidence_note(prediction: Prediction) -> str:
+    """How the confidence column was made, naming the config it was calibrated on."""
+    note = f"softmax(score / temperature), temperature {prediction.temperature:g}"
+    if prediction.calibration:
+        note += f", calibrated on {prediction.calibration} (minimum NLL on its tuning episodes)"
+    return note
+
+
+def reject_head(prediction: Prediction) -> dict[str, object]:
+    """The JSON head's account of the unknown score and the rejection (empty when neither was asked)."""
+    if prediction.unknown is None:
+        return {}
+    head: dict[str, object] = {"unknown_score": "-max cosine to the class means, on the method's features"}
+    if prediction.rejected is not None:
+        head["reject"] = {
+            "threshold": round(float(prediction.threshold), 6),  # type: ignore[arg-type]
+            "rule": prediction.threshold_rule,
+            "unknown_name": prediction.unknown_name,
+            "rejected": int(prediction.rejected.sum()),
+        }
+    return head

@@ -12,12 +12,14 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from diffshot.calibration import fit_temperature
 from diffshot.episodes import EpisodeSpec
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet
+from diffshot.lazy import torch
 from diffshot.methods import get_method
 from diffshot.run.config import MethodRun
-from diffshot.run.evaluate import Evaluation, MethodResult, evaluate
+from diffshot.run.evaluate import Evaluation, MethodResult, chunk_size_for, episode_source, evaluate
 from diffshot.stats import Summary
 
 METHOD = "diffusion"
@@ -49,6 +51,8 @@ class TuneResult:
     evaluation: Evaluation
     grid: dict[str, tuple[object, ...]]
     edges: tuple[str, ...]
+    temperature: float | None = None  # the best's confidence temperature (minimum NLL on the same episodes)
+    nll: float | None = None
 
     @property
     def best(self) -> Ranked:
@@ -110,8 +114,12 @@ def tune(
     allow_novel: bool = False,
     device: str = "cpu",
     on_chunk: Callable[[int, str], None] | None = None,
+    calibrate: bool = True,
 ) -> TuneResult:
-    """Evaluate every grid point on the same episodes of ``split`` and rank them by mean accuracy."""
+    """Evaluate every grid point on the same episodes of ``split`` and rank them by mean accuracy.
+
+    With ``calibrate``, the best's confidence temperature is fitted on the same episodes (minimum NLL).
+    """
     check_split(fs, split, allow_novel)
     full = make_grid(grid)
     points = grid_points(full)
@@ -131,7 +139,33 @@ def tune(
     order = sorted(range(len(points)), key=lambda i: (-means[i], i))
     best = evaluation.results[order[0]]
     ranked = tuple(Ranked(points[i], evaluation.results[i], evaluation.results[i].paired(best)) for i in order)
-    return TuneResult(ranked, evaluation, full, edge_axes(full, points[order[0]]))
+    temperature, nll = (None, None)
+    if calibrate:
+        temperature, nll = calibrate_temperature(fs, runs[order[0]], spec, episodes, seed, split, device)
+    return TuneResult(ranked, evaluation, full, edge_axes(full, points[order[0]]), temperature, nll)
+
+
+def calibrate_temperature(
+    fs: FeatureSet,
+    run: MethodRun,
+    spec: EpisodeSpec,
+    episodes: int = 2000,
+    seed: int = 0,
+    split: str = "val",
+    device: str | torch.device = "cpu",
+) -> tuple[float, float]:
+    """The confidence temperature of ``run`` of least mean NLL over the queries of ``split``'s seeded episodes.
+
+    Returns the temperature and that NLL; the scores are kept on the host ([episodes·nq, ways] float32).
+    """
+    source = episode_source(fs, spec, split, device, stacklevel=3)
+    chunk = chunk_size_for(spec, fs.dim)
+    scores, labels = [], []
+    for start in range(0, episodes, chunk):
+        batch, indices = source.batch(seed, start, min(chunk, episodes - start))
+        scores.append(run.method.score(batch, run.params).reshape(-1, spec.ways).float().cpu())
+        labels.append(torch.from_numpy(indices.query_labels).reshape(-1))
+    return fit_temperature(torch.cat(scores), torch.cat(labels))
 
 
 def step_layer_view(result: TuneResult) -> tuple[list[object], list[object], np.ndarray]:
