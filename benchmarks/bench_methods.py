@@ -1,10 +1,12 @@
 """Episodes/s of every method on 2 CPU threads, 5-way 1-shot and 5-shot, on BANKING77.
 
 Usage: python benchmarks/bench_methods.py [--episodes N] [--heavy-episodes M] [--official-episodes K]
+       [--paddle-loop-episodes P]
 
 Also times, in the same process, a per-episode loop written like the official Diff-ResNet
 fewshot/train.py (see official_loop_seconds) on K episodes, so the speed-up of the batched
-`diffresnet` is measured under the same machine load.
+`diffresnet` is measured under the same machine load, and likewise a per-episode PADDLE loop
+shaped like the official src/methods/paddle.py (see paddle_loop_seconds) on P episodes.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from diffshot.run.evaluate import evaluate
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "banking77" / "banking77-minilm.h5"
 CHEAP = ["simpleshot", "diffusion", ("diffusion", {"assign": "balanced"}), "bdcspn", "laplacianshot", "labelprop"]
-HEAVY = ["ptmap", "tim", "diffresnet"]
+HEAVY = ["ptmap", "tim", "diffresnet", "paddle"]
 
 
 def official_loop_seconds(fs, shots: int, count: int) -> float:
@@ -73,11 +75,56 @@ def official_loop_seconds(fs, shots: int, count: int) -> float:
     return (time.perf_counter() - tick) / count
 
 
+def paddle_loop_seconds(fs, shots: int, count: int) -> float:
+    """Seconds per episode of a per-episode PADDLE loop shaped like the official src/methods/paddle.py.
+
+    As there, one task at a time: the in-place MinMaxScaler on the raw features, one-hot support
+    means, v = 0, then 100 times the u, v and w updates (logits by the expanded square, the usage
+    repeated over the queries, einsum prototype sums) and the convergence record ‖w_old − w‖.
+    """
+    novel = fs.select_split("novel")
+    spec = EpisodeSpec(5, shots, 15)
+    indices = sample_episodes(build_pool(novel.labels, spec), spec, 0, 0, count)
+    points = gather(torch.from_numpy(novel.features), indices)
+    labels = torch.from_numpy(indices.support_labels)
+    ns = spec.num_support
+    tick = time.perf_counter()
+    for e in range(count):
+        support, query = points[e : e + 1, :ns].clone(), points[e : e + 1, ns:].clone()
+        dist = query.max(dim=1, keepdim=True)[0] - query.min(dim=1, keepdim=True)[0]
+        dist[dist == 0.0] = 1.0
+        low = query.min(dim=1, keepdim=True)[0]
+        query.mul_(1.0 / dist).sub_(low)
+        support.mul_(1.0 / dist).sub_(low)
+        one_hot = torch.eye(5)[labels[e]].unsqueeze(0)
+        w = one_hot.transpose(1, 2).matmul(support) / one_hot.sum(1).view(1, -1, 1)
+        v = torch.zeros(1, 5)
+        nq = query.size(1)
+        criterions = []
+        for _ in range(100):
+            w_old = w
+            logits = (
+                query.matmul(w.transpose(1, 2))
+                - 0.5 * (w**2).sum(2).view(1, 1, -1)
+                - 0.5 * (query**2).sum(2).view(1, -1, 1)
+            )
+            u = (logits + nq * v.unsqueeze(1).repeat(1, nq, 1) / nq).softmax(2)
+            v = torch.log(u.sum(1) / nq + 1e-6) + 1
+            num = torch.einsum("bkq,bqd->bkd", u.transpose(1, 2), query) + torch.einsum(
+                "bkq,bqd->bkd", one_hot.transpose(1, 2), support
+            )
+            w = num / (u.sum(1) + one_hot.sum(1)).unsqueeze(2)
+            criterions.append((w_old - w).norm(dim=-1).mean(-1))
+        u.argmax(2)
+    return (time.perf_counter() - tick) / count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--heavy-episodes", type=int, default=100)
     parser.add_argument("--official-episodes", type=int, default=5)
+    parser.add_argument("--paddle-loop-episodes", type=int, default=100)
     args = parser.parse_args()
     torch.set_num_threads(2)
     fs = load_features(DATA)
@@ -95,12 +142,21 @@ def main() -> None:
         rows.setdefault("official-style Diff-ResNet loop", []).append(
             1.0 / official_loop_seconds(fs, shots, args.official_episodes)
         )
+    for shots in (1, 5):
+        rows.setdefault("official-style PADDLE loop", []).append(
+            1.0 / paddle_loop_seconds(fs, shots, args.paddle_loop_episodes)
+        )
     for name, (one, five) in rows.items():
         print(f"| {name} | {one:,.1f} | {1000 / one:.2f} | {five:,.1f} | {1000 / five:.2f} |")
     official, ours = rows["official-style Diff-ResNet loop"], rows["diffresnet"]
     print(
         f"diffresnet speed-up over the official-style loop: {ours[0] / official[0]:.1f}× (1-shot), "
         f"{ours[1] / official[1]:.1f}× (5-shot); load average now {os.getloadavg()[0]:.1f}"
+    )
+    loop, paddle = rows["official-style PADDLE loop"], rows["paddle"]
+    print(
+        f"paddle speed-up over the official-style loop: {paddle[0] / loop[0]:.1f}× (1-shot), "
+        f"{paddle[1] / loop[1]:.1f}× (5-shot); load average now {os.getloadavg()[0]:.1f}"
     )
 
 
