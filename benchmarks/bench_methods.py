@@ -2,10 +2,9 @@
 
 Usage: python benchmarks/bench_methods.py [--episodes N] [--heavy-episodes M] [--official-episodes K]
 
-Also times, in the same process, a per-episode loop written like the official Diff-ResNet
-fewshot/train.py (see official_loop_seconds) on K episodes, so the speed-up of the batched
-`diffresnet` is measured under the same machine load; likewise for `bms` against a per-episode
-loop shaped like the official yhu01/BMS test_standard_bms.py (official_bms_seconds).
+Also times, in the same process and on K episodes, a per-episode loop written like each peer's
+official code (see ``LOOPS``): Diff-ResNet's fewshot/train.py, yhu01/BMS's test_standard_bms.py,
+PADDLE's src/methods/paddle.py, so each batched method's speed-up is measured under the same load.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from diffshot.run.evaluate import evaluate
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "banking77" / "banking77-minilm.h5"
 CHEAP = ["simpleshot", "diffusion", ("diffusion", {"assign": "balanced"}), "bdcspn", "laplacianshot", "labelprop"]
-HEAVY = ["ptmap", "tim", "diffresnet", "bms"]
+HEAVY = ["ptmap", "tim", "diffresnet", "bms", "paddle"]
 
 
 def official_loop_seconds(fs, shots: int, count: int) -> float:
@@ -114,6 +113,50 @@ def official_bms_seconds(fs, shots: int, count: int) -> float:
     return (time.perf_counter() - tick) / count
 
 
+def paddle_loop_seconds(fs, shots: int, count: int) -> float:
+    """Seconds per episode of a per-episode PADDLE loop shaped like the official src/methods/paddle.py.
+
+    As there, one task at a time: the in-place MinMaxScaler on the raw features, one-hot support
+    means, v = 0, then 100 times the u, v and w updates (logits by the expanded square, the usage
+    repeated over the queries, einsum prototype sums) and the convergence record ‖w_old − w‖.
+    """
+    novel = fs.select_split("novel")
+    spec = EpisodeSpec(5, shots, 15)
+    indices = sample_episodes(build_pool(novel.labels, spec), spec, 0, 0, count)
+    points = gather(torch.from_numpy(novel.features), indices)
+    labels = torch.from_numpy(indices.support_labels)
+    ns = spec.num_support
+    tick = time.perf_counter()
+    for e in range(count):
+        support, query = points[e : e + 1, :ns].clone(), points[e : e + 1, ns:].clone()
+        dist = query.max(dim=1, keepdim=True)[0] - query.min(dim=1, keepdim=True)[0]
+        dist[dist == 0.0] = 1.0
+        low = query.min(dim=1, keepdim=True)[0]
+        query.mul_(1.0 / dist).sub_(low)
+        support.mul_(1.0 / dist).sub_(low)
+        one_hot = torch.eye(5)[labels[e]].unsqueeze(0)
+        w = one_hot.transpose(1, 2).matmul(support) / one_hot.sum(1).view(1, -1, 1)
+        v = torch.zeros(1, 5)
+        nq = query.size(1)
+        criterions = []
+        for _ in range(100):
+            w_old = w
+            logits = (
+                query.matmul(w.transpose(1, 2))
+                - 0.5 * (w**2).sum(2).view(1, 1, -1)
+                - 0.5 * (query**2).sum(2).view(1, -1, 1)
+            )
+            u = (logits + nq * v.unsqueeze(1).repeat(1, nq, 1) / nq).softmax(2)
+            v = torch.log(u.sum(1) / nq + 1e-6) + 1
+            num = torch.einsum("bkq,bqd->bkd", u.transpose(1, 2), query) + torch.einsum(
+                "bkq,bqd->bkd", one_hot.transpose(1, 2), support
+            )
+            w = num / (u.sum(1) + one_hot.sum(1)).unsqueeze(2)
+            criterions.append((w_old - w).norm(dim=-1).mean(-1))
+        u.argmax(2)
+    return (time.perf_counter() - tick) / count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=1000)
@@ -132,26 +175,21 @@ def main() -> None:
             for r in evaluation.results:
                 name = r.method + (" --assign balanced" if r.params.get("assign") == "balanced" else "")
                 rows.setdefault(name, []).append(r.episodes_per_second)
-    for shots in (1, 5):
-        rows.setdefault("official-style Diff-ResNet loop", []).append(
-            1.0 / official_loop_seconds(fs, shots, args.official_episodes)
-        )
-        rows.setdefault("official-style BMS loop", []).append(
-            1.0 / official_bms_seconds(fs, shots, args.official_episodes)
-        )
+    for method, loop in LOOPS.items():
+        for shots in (1, 5):
+            rows.setdefault(f"official-style {method} loop", []).append(1.0 / loop(fs, shots, args.official_episodes))
     for name, (one, five) in rows.items():
         print(f"| {name} | {one:,.1f} | {1000 / one:.2f} | {five:,.1f} | {1000 / five:.2f} |")
-    official, ours = rows["official-style Diff-ResNet loop"], rows["diffresnet"]
-    print(
-        f"diffresnet speed-up over the official-style loop: {ours[0] / official[0]:.1f}× (1-shot), "
-        f"{ours[1] / official[1]:.1f}× (5-shot); load average now {os.getloadavg()[0]:.1f}"
-    )
-    official, ours = rows["official-style BMS loop"], rows["bms"]
-    print(
-        f"bms speed-up over the official-style loop: {ours[0] / official[0]:.1f}× (1-shot), "
-        f"{ours[1] / official[1]:.1f}× (5-shot)"
-    )
+    for method in LOOPS:
+        official, ours = rows[f"official-style {method} loop"], rows[method]
+        print(
+            f"{method} speed-up over the official-style loop: {ours[0] / official[0]:.1f}× (1-shot), "
+            f"{ours[1] / official[1]:.1f}× (5-shot)"
+        )
+    print(f"load average now {os.getloadavg()[0]:.1f}")
 
+
+LOOPS = {"diffresnet": official_loop_seconds, "bms": official_bms_seconds, "paddle": paddle_loop_seconds}
 
 if __name__ == "__main__":
     main()

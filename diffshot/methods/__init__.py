@@ -23,6 +23,7 @@ MODULES = (
     "labelprop",
     "oslo",
     "bms",
+    "paddle",
 )
 
 REGISTRY: dict[str, Method] = {}
