@@ -29,7 +29,8 @@ from diffshot.ops.classify import (
 from diffshot.ops.diffusion import diffuse_, diffuse_gram, diffusion_operator
 from diffshot.ops.graph import episode_laplacian, sparse_graph, sparse_laplacian_of
 from diffshot.ops.knn import EPISODE_BACKENDS, gram
-from diffshot.ops.preprocess import transductive_points
+from diffshot.ops.preprocess import cl2n, transductive_points
+from diffshot.ops.proportions import anchor_support_, proportion_em
 from diffshot.ops.sinkhorn import PTMAP_ALPHA, PTMAP_STEPS, balanced_assignment
 from diffshot.ops.spectrum import stable_step_batched, stable_step_sparse
 
@@ -129,14 +130,27 @@ class DiffusionParams:
     assign: str = param(
         "nearest",
         "nearest prototype, or balanced: PT-MAP's Sinkhorn soft assignment with prototype updates on the "
-        "diffused features (assumes every class has the same number of queries)",
-        choices=("nearest", "balanced"),
+        "diffused features (assumes every class has the same number of queries), or estimated: class shares "
+        "estimated from the queries (EM), scarce or absent classes handled (see docs/methods.md)",
+        choices=("nearest", "balanced", "estimated"),
     )
     lam: float = param(10.0, "Sinkhorn sharpness λ of assign = balanced (PT-MAP: 10)", minimum=0.0)
+    em_lam: float = param(20.0, "sharpness λ of the EM of assign = estimated (measured: docs/methods.md)", minimum=0.0)
+    scarce: float = param(
+        0.5,
+        "assign = estimated: an episode whose smallest estimated class share is below scarce / ways is "
+        "decided by anchored diffusion + EM (measured: docs/methods.md)",
+        minimum=0.0,
+    )
+    prior: float = param(
+        1.0,
+        "assign = estimated: Dirichlet pseudo-queries per class in the share estimate (few queries: ≈ uniform)",
+        minimum=0.0,
+    )
 
 
-def diffused_gram(episodes: Episodes, params: DiffusionParams) -> torch.Tensor:
-    """Gram matrix [E, n, n] of the diffused support + query points of every episode."""
+def diffused_gram(episodes: Episodes, params: DiffusionParams, anchored: bool = False) -> torch.Tensor:
+    """Gram matrix [E, n, n] of the diffused support + query points of every episode (``anchored``: support kept)."""
     points = transductive_points(episodes.points, episodes.centre, episodes.num_support, params.shift)
     inner = gram(points)
     n_top, sigma = episode_graph_size(episodes, params.n_top, params.sigma)
@@ -144,19 +158,46 @@ def diffused_gram(episodes: Episodes, params: DiffusionParams) -> torch.Tensor:
     steps, _ = stable_step_batched(lap, params.step_size)
     if bool((steps < params.step_size).any()):
         warnings.warn(STEP_NOTICE.format(tau=params.step_size, where="some episodes"), stacklevel=2)
-    return diffuse_gram(inner, diffusion_operator(lap, steps, params.layers))
+    operator = diffusion_operator(lap, steps, params.layers)
+    return diffuse_gram(inner, anchor_support_(operator, episodes.num_support) if anchored else operator)
+
+
+def estimated_scores(episodes: Episodes, params: DiffusionParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """assign = estimated: class shares π̂ estimated by EM on the CL2N queries; nearest diffused prototype
+    where every share is at least scarce / ways, else EM on anchored, unshifted diffusion. Returns (scores, π̂).
+
+    The shift (query mean := support mean) and the diffusion of labelled points both assume that every
+    class has its share of the queries; an episode where one looks scarce or absent drops both.
+    """
+    ns, ways = episodes.num_support, episodes.ways
+    raw = gram(cl2n(episodes.points, episodes.centre))
+    _, share = proportion_em(raw, episodes.support_labels, ways, params.em_lam, PTMAP_STEPS, PTMAP_ALPHA, params.prior)
+    inner = diffused_gram(episodes, params)
+    scores = -gram_squared_distances(inner, _prototype_mix(episodes, params, inner), slice(ns, None))
+    scarce = (share.amin(dim=-1) * ways < params.scarce).nonzero()[:, 0]
+    if scarce.numel():
+        subset = Episodes(episodes.points[scarce], episodes.support_labels[scarce], ways, episodes.centre)
+        inner = diffused_gram(subset, dataclasses.replace(params, shift=False), anchored=True)
+        chosen, _ = proportion_em(inner, subset.support_labels, ways, params.em_lam, PTMAP_STEPS, PTMAP_ALPHA, 0.0)
+        scores[scarce] = chosen
+    return scores, share
 
 
 def score(episodes: Episodes, params: DiffusionParams) -> torch.Tensor:
     """Negative squared distance to each diffused (rectified) prototype, or PT-MAP's balanced soft assignment."""
+    if params.assign == "estimated":
+        return estimated_scores(episodes, params)[0]
     inner = diffused_gram(episodes, params)
     if params.assign == "balanced":
         return balanced_assignment(inner, episodes.support_labels, episodes.ways, params.lam, PTMAP_ALPHA, PTMAP_STEPS)
+    return -gram_squared_distances(inner, _prototype_mix(episodes, params, inner), slice(episodes.num_support, None))
+
+
+def _prototype_mix(episodes: Episodes, params: DiffusionParams, inner: torch.Tensor) -> torch.Tensor:
+    """The nearest-prototype decision's mixing rows [E, ways, n]: support means, or BD-CSPN-rectified."""
     if params.rectify:
-        mix = rectified_mix(inner, episodes.support_labels, episodes.ways)
-    else:
-        mix = support_averaging(episodes.support_labels, episodes.ways, inner.shape[-1], inner.dtype)
-    return -gram_squared_distances(inner, mix, slice(episodes.num_support, None))
+        return rectified_mix(inner, episodes.support_labels, episodes.ways)
+    return support_averaging(episodes.support_labels, episodes.ways, inner.shape[-1], inner.dtype)
 
 
 def task_graph(
@@ -173,8 +214,8 @@ def task_graph(
 
 def label(task: Task, params: DiffusionParams) -> TaskScores:
     """The same recipe on one large task: a sparse FAISS graph, T sparse steps on the features, nearest prototype."""
-    if params.assign == "balanced":
-        raise DiffshotError("parameter diffusion.assign: balanced is for episodes; one large task uses nearest")
+    if params.assign != "nearest":
+        raise DiffshotError(f"parameter diffusion.assign: {params.assign} is for episodes; one large task uses nearest")
     ns = task.num_support
     points, graph, n_top, sigma = task_graph(task, params.n_top, params.sigma, params.shift)
     lap = sparse_laplacian_of(graph).to(points.device)
