@@ -1,6 +1,7 @@
-"""Issue 10's cells: does `diffusion --assign estimated` match the best peer when queries are imbalanced or classes absent?
+"""Issue 10's cells: does `diffusion --assign estimated` match the best peer on imbalanced or missing classes?
 
-Usage: python benchmarks/proportions_study.py [--episodes N] [--heavy-episodes M] [--seed S] [--datasets banking,omniglot]
+Usage: python benchmarks/proportions_study.py [--episodes N] [--heavy-episodes M] [--seed S]
+[--datasets banking,omniglot]
 
 Cells: {BANKING77 novel, Omniglot reference} × {1, 5} shots × {balanced, dirichlet:2, dirichlet:2 with the
 queries of 3 of the 5 classes}, 5-way, 75 queries in all. Every method runs on the same seeded episodes

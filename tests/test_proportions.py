@@ -79,7 +79,9 @@ def test_estimated_is_batch_independent_and_deterministic(banking77: FeatureSet,
     if imbalance is not None:
         assert 0 < gated < 24  # both branches run in this batch
     for start in range(0, 24, 5):
-        part = Episodes(episodes.points[start : start + 5], episodes.support_labels[start : start + 5], 5, episodes.centre)
+        part = Episodes(
+            episodes.points[start : start + 5], episodes.support_labels[start : start + 5], 5, episodes.centre
+        )
         assert torch.allclose(method.score(part, params), scores[start : start + 5], atol=1e-9)
     assert torch.equal(method.score(episodes, params), scores)
 
