@@ -93,3 +93,12 @@ def test_estimated_beats_balanced_under_dirichlet_2_on_banking77(banking77: Feat
     ours, balanced, simple = evaluate(banking77, runs, EpisodeSpec(5, 1, 15, 2.0), episodes=300, seed=1).results
     assert ours.paired(balanced).mean - ours.paired(balanced).ci95 > 8.0
     assert ours.paired(simple).mean - ours.paired(simple).ci95 > 1.0
+
+
+def test_few_queries_fall_back_to_nearest(banking77: FeatureSet) -> None:
+    method = get_method("diffusion")
+    episodes, _ = episodes_of(banking77, EpisodeSpec(20, 1, 1), 8, seed=2)  # 1 query per class < min_queries 5
+    estimated = method.score(episodes, method.parse({"assign": "estimated"}))
+    assert torch.equal(estimated, method.score(episodes, method.parse({})))
+    forced = method.score(episodes, method.parse({"assign": "estimated", "min_queries": 0.0, "prior": 0.0}))
+    assert not torch.equal(forced.argmax(-1), estimated.argmax(-1))

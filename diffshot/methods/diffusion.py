@@ -147,6 +147,12 @@ class DiffusionParams:
         "assign = estimated: Dirichlet pseudo-queries per class in the share estimate (few queries: ≈ uniform)",
         minimum=0.0,
     )
+    min_queries: float = param(
+        5.0,
+        "assign = estimated: below this many queries per class on average, shares are not estimated "
+        "(nearest prototype; measured: docs/methods.md)",
+        minimum=0.0,
+    )
 
 
 def diffused_gram(episodes: Episodes, params: DiffusionParams, anchored: bool = False) -> torch.Tensor:
@@ -164,16 +170,20 @@ def diffused_gram(episodes: Episodes, params: DiffusionParams, anchored: bool = 
 
 def estimated_scores(episodes: Episodes, params: DiffusionParams) -> tuple[torch.Tensor, torch.Tensor]:
     """assign = estimated: class shares π̂ estimated by EM on the CL2N queries; nearest diffused prototype
-    where every share is at least scarce / ways, else EM on anchored, unshifted diffusion. Returns (scores, π̂).
+    where every share is at least scarce / ways (or queries are fewer than min_queries per class), else EM on
+    anchored, unshifted diffusion. Returns (scores, π̂; uniform when not estimated).
 
     The shift (query mean := support mean) and the diffusion of labelled points both assume that every
     class has its share of the queries; an episode where one looks scarce or absent drops both.
     """
     ns, ways = episodes.num_support, episodes.ways
-    raw = gram(cl2n(episodes.points, episodes.centre))
-    _, share = proportion_em(raw, episodes.support_labels, ways, params.em_lam, PTMAP_STEPS, PTMAP_ALPHA, params.prior)
     inner = diffused_gram(episodes, params)
     scores = -gram_squared_distances(inner, _prototype_mix(episodes, params, inner), slice(ns, None))
+    share = torch.full((episodes.num_episodes, ways), 1.0 / ways, dtype=scores.dtype, device=scores.device)
+    if episodes.points.shape[-2] - ns < params.min_queries * ways:
+        return scores, share
+    raw = gram(cl2n(episodes.points, episodes.centre))
+    _, share = proportion_em(raw, episodes.support_labels, ways, params.em_lam, PTMAP_STEPS, PTMAP_ALPHA, params.prior)
     scarce = (share.amin(dim=-1) * ways < params.scarce).nonzero()[:, 0]
     if scarce.numel():
         subset = Episodes(episodes.points[scarce], episodes.support_labels[scarce], ways, episodes.centre)
