@@ -32,6 +32,7 @@ from diffshot.ops.graph import episode_laplacian, sparse_graph, sparse_laplacian
 from diffshot.ops.knn import EPISODE_BACKENDS, gram
 from diffshot.ops.openset import otsu_rejection
 from diffshot.ops.preprocess import transductive_gram, transductive_points
+from diffshot.ops.proportions import anchor_support_, proportion_em
 from diffshot.ops.reject import max_cosine_unknown
 from diffshot.ops.sinkhorn import PTMAP_ALPHA, PTMAP_STEPS, balanced_assignment
 from diffshot.ops.spectrum import stable_step_batched, stable_step_sparse
@@ -132,8 +133,9 @@ class DiffusionParams:
     assign: str = param(
         "nearest",
         "nearest prototype, or balanced: PT-MAP's Sinkhorn soft assignment with prototype updates on the "
-        "diffused features (assumes every class has the same number of queries)",
-        choices=("nearest", "balanced"),
+        "diffused features (assumes every class has the same number of queries), or estimated: class shares "
+        "estimated from the queries (EM), scarce or absent classes handled (see docs/methods.md)",
+        choices=("nearest", "balanced", "estimated"),
     )
     lam: float = param(10.0, "Sinkhorn sharpness λ of assign = balanced (PT-MAP: 10)", minimum=0.0)
     open_score: str = param(
@@ -141,6 +143,24 @@ class DiffusionParams:
         "unknown score under evaluate --open-set: −max cosine to the diffused prototypes of the diffused query "
         "(diffused) or of the query before diffusion (query: steadier when unknown queries are few)",
         choices=("diffused", "query"),
+    )
+    em_lam: float = param(20.0, "sharpness λ of the EM of assign = estimated (measured: docs/methods.md)", minimum=0.0)
+    scarce: float = param(
+        0.5,
+        "assign = estimated: an episode whose smallest estimated class share is below scarce / ways is "
+        "decided by anchored diffusion + EM (measured: docs/methods.md)",
+        minimum=0.0,
+    )
+    prior: float = param(
+        1.0,
+        "assign = estimated: Dirichlet pseudo-queries per class in the share estimate (few queries: ≈ uniform)",
+        minimum=0.0,
+    )
+    min_queries: float = param(
+        5.0,
+        "assign = estimated: below this many queries per class on average, shares are not estimated "
+        "(nearest prototype; measured: docs/methods.md)",
+        minimum=0.0,
     )
 
 
@@ -152,9 +172,10 @@ def graph_inputs(episodes: Episodes, shift: bool, knn: str) -> tuple[torch.Tenso
     return points, gram(points)
 
 
-def diffused_gram(episodes: Episodes, params: DiffusionParams) -> torch.Tensor:
-    """Gram matrix [E, n, n] of the diffused support + query points of every episode."""
-    return diffuse_gram(*diffusion_parts(episodes, params))
+def diffused_gram(episodes: Episodes, params: DiffusionParams, anchored: bool = False) -> torch.Tensor:
+    """Gram matrix [E, n, n] of the diffused support + query points of every episode (``anchored``: support kept)."""
+    inner, operator = diffusion_parts(episodes, params)
+    return diffuse_gram(inner, anchor_support_(operator, episodes.num_support) if anchored else operator)
 
 
 def diffusion_parts(episodes: Episodes, params: DiffusionParams) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,19 +189,50 @@ def diffusion_parts(episodes: Episodes, params: DiffusionParams) -> tuple[torch.
     return inner, diffusion_operator(lap, steps, params.layers)
 
 
+def estimated_scores(episodes: Episodes, params: DiffusionParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """assign = estimated: class shares π̂ estimated by EM on the CL2N queries; nearest diffused prototype
+    where every share is at least scarce / ways (or queries are fewer than min_queries per class), else EM on
+    anchored, unshifted diffusion. Returns (scores, π̂; uniform when not estimated).
+
+    The shift (query mean := support mean) and the diffusion of labelled points both assume that every
+    class has its share of the queries; an episode where one looks scarce or absent drops both.
+    """
+    ns, ways = episodes.num_support, episodes.ways
+    inner = diffused_gram(episodes, params)
+    scores = -gram_squared_distances(inner, _prototype_mix(episodes, params, inner), slice(ns, None))
+    share = torch.full((episodes.num_episodes, ways), 1.0 / ways, dtype=scores.dtype, device=scores.device)
+    if episodes.points.shape[-2] - ns < params.min_queries * ways:
+        return scores, share
+    raw = transductive_gram(episodes.points, episodes.centre, ns, shift=False)
+    _, share = proportion_em(raw, episodes.support_labels, ways, params.em_lam, PTMAP_STEPS, PTMAP_ALPHA, params.prior)
+    scarce = (share.amin(dim=-1) * ways < params.scarce).nonzero()[:, 0]
+    if scarce.numel():
+        subset = Episodes(episodes.points[scarce], episodes.support_labels[scarce], ways, episodes.centre)
+        inner = diffused_gram(subset, dataclasses.replace(params, shift=False), anchored=True)
+        chosen, _ = proportion_em(inner, subset.support_labels, ways, params.em_lam, PTMAP_STEPS, PTMAP_ALPHA, 0.0)
+        scores[scarce] = chosen
+    return scores, share
+
+
 def score(episodes: Episodes, params: DiffusionParams) -> torch.Tensor:
     """Negative squared distance to each diffused (rectified) prototype, or PT-MAP's balanced soft assignment."""
+    if params.assign == "estimated":
+        return estimated_scores(episodes, params)[0]
     return scores_from_gram(episodes, params, diffused_gram(episodes, params))[0]
+
+
+def _prototype_mix(episodes: Episodes, params: DiffusionParams, inner: torch.Tensor) -> torch.Tensor:
+    """The nearest-prototype decision's mixing rows [E, ways, n]: support means, or BD-CSPN-rectified."""
+    if params.rectify:
+        return rectified_mix(inner, episodes.support_labels, episodes.ways)
+    return support_averaging(episodes.support_labels, episodes.ways, inner.shape[-1], inner.dtype)
 
 
 def scores_from_gram(
     episodes: Episodes, params: DiffusionParams, inner: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The query scores from the diffused Gram matrix, and the prototypes (as mixing rows) they were measured to."""
-    if params.rectify:
-        mix = rectified_mix(inner, episodes.support_labels, episodes.ways)
-    else:
-        mix = support_averaging(episodes.support_labels, episodes.ways, inner.shape[-1], inner.dtype)
+    mix = _prototype_mix(episodes, params, inner)
     if params.assign == "balanced":
         labels, ways = episodes.support_labels, episodes.ways
         return balanced_assignment(inner, labels, ways, params.lam, PTMAP_ALPHA, PTMAP_STEPS), mix
@@ -199,6 +251,8 @@ def open_set(episodes: Episodes, params: DiffusionParams) -> OpenSetScores:
     inner, operator = diffusion_parts(episodes, params)
     diffused = diffuse_gram(inner, operator)
     scores, mix = scores_from_gram(episodes, params, diffused)
+    if params.assign == "estimated":
+        scores = estimated_scores(episodes, params)[0]
     queries = slice(episodes.num_support, None)
     if params.open_score == "diffused":
         unknown = -gram_cosine(diffused, mix, queries).max(dim=-1).values
@@ -235,8 +289,8 @@ def label(task: Task, params: DiffusionParams) -> TaskScores:
 
     Its unknown score is −max cosine of the diffused query to the diffused (rectified) prototypes.
     """
-    if params.assign == "balanced":
-        raise DiffshotError("parameter diffusion.assign: balanced is for episodes; one large task uses nearest")
+    if params.assign != "nearest":
+        raise DiffshotError(f"parameter diffusion.assign: {params.assign} is for episodes; one large task uses nearest")
     ns = task.num_support
     points, graph, n_top, sigma = task_graph(task, params.n_top, params.sigma, params.shift)
     lap = sparse_laplacian_of(graph).to(points.device)

@@ -1,0 +1,61 @@
+"""Class proportions estimated from the queries: EM soft assignment with a Dirichlet prior, and anchored diffusion.
+
+The balanced decisions (PT-MAP's Sinkhorn, :mod:`diffshot.ops.sinkhorn`) fix every class's share of
+the queries at nq / ways; here the shares π are unknowns of the model. Everything works from a Gram
+matrix G [E, n, n] of the episode's points (support first), batched over episodes, with prototypes
+as mixing rows over the points (``mix @ x``), as in :mod:`diffshot.ops.classify`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from diffshot.lazy import functional as F
+from diffshot.lazy import torch
+from diffshot.ops.classify import gram_squared_distances, support_averaging
+
+
+def proportion_em(
+    g: torch.Tensor,
+    support_labels: torch.Tensor,
+    ways: int,
+    lam: float,
+    steps: int,
+    alpha: float,
+    prior: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """EM of a Gaussian mixture with unknown class shares π, in Gram space; returns (scores, π).
+
+    Each step: r_ic ∝ π_c·exp(−λ‖x_i − m_c‖²) over the queries (E step); π_c = (Σ_i r_ic + prior) /
+    (nq + ways·prior), the MAP estimate under a symmetric Dirichlet(1 + prior) (``prior`` pseudo-queries
+    per class pull π towards uniform when queries are few); each prototype moves by ``alpha`` towards
+    the mean of its labelled support and its r-weighted queries (M step, PT-MAP's update rate).
+    Scores [E, nq, ways] are the final log-posteriors up to a constant; π is [E, ways].
+    """
+    ns = support_labels.shape[-1]
+    nq = g.shape[-1] - ns
+    queries = slice(ns, None)
+    mix = support_averaging(support_labels, ways, g.shape[-1], g.dtype)
+    support_onehot = F.one_hot(support_labels, ways).to(g.dtype)
+    log_share = torch.full((g.shape[0], 1, ways), -math.log(ways), dtype=g.dtype, device=g.device)
+    for _ in range(steps):
+        logits = log_share - lam * gram_squared_distances(g, mix, queries)
+        resp = torch.softmax(logits, dim=-1)
+        share = (resp.sum(dim=-2, keepdim=True) + prior) / (nq + ways * prior)
+        log_share = share.clamp_min(1e-12).log()
+        weights = torch.cat([support_onehot, resp], dim=-2).transpose(-1, -2)
+        target = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+        mix = mix + alpha * (target - mix)
+    scores = log_share - lam * gram_squared_distances(g, mix, queries)
+    return scores, log_share.exp()[..., 0, :]
+
+
+def anchor_support_(operator: torch.Tensor, num_support: int) -> torch.Tensor:
+    """The diffusion operator P [E, n, n] with its support rows set to the identity, in place: labelled points stay put.
+
+    Diffusing a labelled point of a class with no queries drags it into a neighbouring class's
+    queries, where its prototype then takes them; anchored, only the queries move.
+    """
+    eye = torch.eye(operator.shape[-1], dtype=operator.dtype, device=operator.device)
+    operator[..., :num_support, :] = eye[:num_support]
+    return operator
