@@ -12,7 +12,7 @@ import importlib
 from diffshot.errors import DiffshotError, UsageError
 from diffshot.methods.base import Method, NoParams, OpenSetScores, Param, ParamValue, TaskScores, param
 
-MODULES = ("simpleshot", "diffusion", "diffresnet", "bdcspn", "laplacianshot", "ptmap", "tim", "labelprop")
+MODULES = ("simpleshot", "diffusion", "diffresnet", "bdcspn", "laplacianshot", "ptmap", "tim", "labelprop", "alpha_tim")
 
 REGISTRY: dict[str, Method] = {}
 
