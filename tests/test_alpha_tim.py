@@ -130,16 +130,16 @@ def test_banking77_one_shot_accuracy_at_2000_episodes(banking77) -> None:
     assert abs(summary.mean - reference) <= summary.ci95 + reference_ci, summary
 
 
+MARGIN = 12.0  # points; measured at these 500 episodes: Δ +15.53 ± 0.93 vs tim, +17.02 ± 1.07 vs ptmap
+
+
 @pytest.mark.slow
 def test_alpha_tim_beats_ptmap_and_tim_under_dirichlet_imbalance(banking77) -> None:
-    """dirichlet:2, 1-shot: the balance-assuming peers fall far below α-TIM (margin measured, see docs/methods.md)."""
+    """dirichlet:2, 1-shot: the balance-assuming peers fall far below α-TIM (margin measured, see MARGIN)."""
     evaluation = evaluate(
-        banking77, ["alpha_tim", "tim", "ptmap"], EpisodeSpec(5, 1, 15, 2.0), episodes=300, seed=0, split="novel"
+        banking77, ["alpha_tim", "tim", "ptmap"], EpisodeSpec(5, 1, 15, 2.0), episodes=500, seed=0, split="novel"
     )
     ours, tim, ptmap = evaluation.results
     for peer in (tim, ptmap):
         paired = ours.paired(peer)
         assert paired.mean - paired.ci95 >= MARGIN, (peer.method, paired)
-
-
-MARGIN = 10.0
