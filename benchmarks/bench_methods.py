@@ -4,7 +4,8 @@ Usage: python benchmarks/bench_methods.py [--episodes N] [--heavy-episodes M] [-
 
 Also times, in the same process and on K episodes, a per-episode loop written like each peer's
 official code (see ``LOOPS``): Diff-ResNet's fewshot/train.py, yhu01/BMS's test_standard_bms.py,
-PADDLE's src/methods/paddle.py, so each batched method's speed-up is measured under the same load.
+PADDLE's src/methods/paddle.py, α-TIM's src/methods/tim.py ALPHA_TIM, so each batched method's
+speed-up is measured under the same load.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from diffshot.run.evaluate import evaluate
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "banking77" / "banking77-minilm.h5"
 CHEAP = ["simpleshot", "diffusion", ("diffusion", {"assign": "balanced"}), "bdcspn", "laplacianshot", "labelprop"]
-HEAVY = ["ptmap", "tim", "diffresnet", "bms", "paddle"]
+HEAVY = ["ptmap", "tim", "diffresnet", "bms", "paddle", "alpha_tim"]
 
 
 def official_loop_seconds(fs, shots: int, count: int) -> float:
@@ -157,6 +158,44 @@ def paddle_loop_seconds(fs, shots: int, count: int) -> float:
     return (time.perf_counter() - tick) / count
 
 
+def reference_alpha_tim_seconds(fs, shots: int, count: int) -> float:
+    """Seconds per episode of a per-episode α-TIM loop shaped like the reference ALPHA_TIM.run_adaptation.
+
+    As there (oveilleux/Realistic_Transductive_Few_Shot, src/methods/tim.py): weights at the support
+    means, logits τ·(x·w − ‖w‖²/2 − ‖x‖²/2) with τ = 15, Shannon cross-entropy and Tsallis marginal and
+    conditional entropies (α = 2 at 1 shot, 7 at 5 shots, weights 1/1/1), autograd and
+    torch.optim.Adam(lr 1e-4) for 1000 iterations; here on CL2N features, one episode at a time.
+    """
+    novel = fs.select_split("novel")
+    spec = EpisodeSpec(5, shots, 15)
+    indices = sample_episodes(build_pool(novel.labels, spec), spec, 0, 0, count)
+    centre = torch.from_numpy(fs.centring_mean()[0])
+    points = gather(torch.from_numpy(novel.features), indices)
+    alpha, ns = (2.0 if shots == 1 else 7.0), spec.num_support
+    tick = time.perf_counter()
+    for e in range(count):
+        x = cl2n(points[e], centre)
+        support, query = x[:ns], x[ns:]
+        onehot = F.one_hot(torch.from_numpy(indices.support_labels[e]), 5).to(x.dtype)
+        weights = (onehot.T @ support / onehot.sum(0)[:, None]).requires_grad_(True)
+        optimiser = torch.optim.Adam([weights], lr=1e-4)
+
+        def logits(rows: torch.Tensor, weights: torch.Tensor = weights) -> torch.Tensor:
+            return 15.0 * (rows @ weights.T - 0.5 * (weights**2).sum(1) - 0.5 * (rows**2).sum(1)[:, None])
+
+        for _ in range(1000):
+            support_probs, query_probs = logits(support).softmax(1), logits(query).softmax(1)
+            ce = -(onehot * torch.log(support_probs + 1e-12)).sum(1).mean(0)
+            marginal = (1 - query_probs.mean(0).pow(alpha).sum()) / (alpha - 1)
+            conditional = ((1 - (query_probs + 1e-12).pow(alpha).sum(1)) / (alpha - 1)).mean(0)
+            loss = ce - (marginal - conditional)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        logits(query).argmax(-1)
+    return (time.perf_counter() - tick) / count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=1000)
@@ -189,7 +228,12 @@ def main() -> None:
     print(f"load average now {os.getloadavg()[0]:.1f}")
 
 
-LOOPS = {"diffresnet": official_loop_seconds, "bms": official_bms_seconds, "paddle": paddle_loop_seconds}
+LOOPS = {
+    "diffresnet": official_loop_seconds,
+    "bms": official_bms_seconds,
+    "paddle": paddle_loop_seconds,
+    "alpha_tim": reference_alpha_tim_seconds,
+}
 
 if __name__ == "__main__":
     main()

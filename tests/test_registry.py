@@ -17,7 +17,7 @@ from diffshot.features import FeatureSet
 from diffshot.methods import REGISTRY, get_method
 from diffshot.run.evaluate import evaluate
 
-FAST = {"diffresnet": {"epochs": 20}, "tim": {"steps": 5}, "ptmap": {"steps": 3}}
+FAST = {"diffresnet": {"epochs": 20}, "tim": {"steps": 5}, "ptmap": {"steps": 3}, "alpha_tim": {"steps": 5}}
 NAMES = sorted(REGISTRY)
 
 

@@ -24,6 +24,7 @@ MODULES = (
     "oslo",
     "bms",
     "paddle",
+    "alpha_tim",
 )
 
 REGISTRY: dict[str, Method] = {}
