@@ -58,6 +58,10 @@ def batch(
         raise UsageError("give --workers (a local cluster) or --scheduler (an existing one), not both")
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be a positive integer, got {workers}")
+    if workers is not None or scheduler is not None:
+        from diffshot.run.distributed import require_distributed
+
+        require_distributed()
     try:
         entries = parse_suite(suite, config)
         paths = output_paths(output_dir, entries, junit)
@@ -109,9 +113,8 @@ def _on_dask(
     scheduler: str | None,
 ) -> list[Outcome]:
     """The suite's settings on a Dask cluster (local or at ``scheduler``), with settings done / total on stderr."""
-    from diffshot.run.distributed import dask_client, require_distributed, run_suite_dask, settings_of
+    from diffshot.run.distributed import dask_client, run_suite_dask, settings_of
 
-    require_distributed()
     resolved = str(resolve_device(device))
     total = len(settings_of(entries))
     where = f"Dask scheduler {scheduler}" if scheduler else f"a local Dask cluster of {workers} processes"
