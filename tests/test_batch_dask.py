@@ -27,7 +27,7 @@ TIMINGS = {"seconds", "episodes_per_second"}
 SUITE = """
 [defaults]
 features = "{features}"
-episodes = 120
+episodes = 60
 
 [[entry]]
 name = "one-shot"
@@ -122,9 +122,9 @@ def test_workers_2_end_to_end_matches_the_serial_run_field_by_field(tmp_path: Pa
 def test_broken_file_is_an_error_of_its_cases_and_the_rest_completes(cluster: object, tmp_path: Path) -> None:
     broken = tmp_path / "broken.h5"
     broken.write_bytes(b"not an HDF5 file at all" * 10)
-    body = (
-        SUITE.format(features=DEMO) + f'\n[[entry]]\nname = "broken"\nfeatures = "{broken}"\nmethods = ["simpleshot"]\n'
-    )
+    body = f'[defaults]\nfeatures = "{DEMO}"\nepisodes = 60\n\n[[entry]]\nname = "one-shot"\n'
+    body += f'methods = ["simpleshot", "diffusion"]\n\n[[entry]]\nname = "broken"\nfeatures = "{broken}"\n'
+    body += 'methods = ["simpleshot"]\n'
     suite = write_suite(tmp_path, body)
     out = tmp_path / "out"
     result = invoke("batch", suite, "--output-dir", out, "--scheduler", cluster.scheduler_address, "-q")
@@ -133,24 +133,15 @@ def test_broken_file_is_an_error_of_its_cases_and_the_rest_completes(cluster: ob
     assert message.startswith("error: entry 'broken' method simpleshot: did not run: ") and "\n" not in message
     assert str(broken) in message
     junit = ET.parse(out / "junit.xml").getroot()
-    assert (junit.get("tests"), junit.get("errors"), junit.get("failures")) == ("6", "1", "0")
+    assert (junit.get("tests"), junit.get("errors"), junit.get("failures")) == ("3", "1", "0")
     error = junit.find("testcase[@classname='broken']/error")
     assert error is not None and str(broken) in error.get("message")
     assert junit.find("testcase[@classname='one-shot']/error") is None
-    assert sorted(p.name for p in out.iterdir()) == [
-        "five-shot.json",
-        "junit.xml",
-        "one-shot.json",
-        "results.csv",
-        "summary.md",
-    ]
-    assert [r["method"] for r in json.loads((out / "one-shot.json").read_text())["results"]] == [
-        "simpleshot",
-        "diffusion",
-        "bdcspn",
-    ]
+    assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "one-shot.json", "results.csv", "summary.md"]
+    results = json.loads((out / "one-shot.json").read_text())["results"]
+    assert [r["method"] for r in results] == ["simpleshot", "diffusion"] and results[1]["accuracy"] > 20
     summary = (out / "summary.md").read_text()
-    assert summary.count("| pass |") == 5 and "| broken | simpleshot |" in summary and "| ERROR |" in summary
+    assert summary.count("| pass |") == 2 and "| broken | simpleshot |" in summary and "| ERROR |" in summary
 
 
 def test_a_lost_worker_is_an_error_of_that_case_and_the_rest_completes(cluster: object, tmp_path: Path) -> None:
