@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--features", type=Path, default=DEFAULT)
     args = parser.parse_args()
+    if not args.features.is_file():
+        parser.error(f"{args.features}: no such file (give --features)")
     print(f"features: {args.features}; episodes per setting: {args.episodes}; cores: {os.cpu_count()}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as folder:
