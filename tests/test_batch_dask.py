@@ -173,6 +173,26 @@ def test_a_lost_worker_is_an_error_of_that_case_and_the_rest_completes(cluster: 
     assert [r["method"] for r in json.loads((out / "e.json").read_text())["results"]] == ["simpleshot"]
 
 
+def test_run_setting_on_a_worker_uses_its_threads_and_gives_the_serial_accuracies(cluster: object) -> None:
+    import torch
+
+    from diffshot.run.distributed import run_setting
+    from diffshot.run.evaluate import EvaluationRequest, run_evaluation
+
+    request = EvaluationRequest(DEMO, methods=("simpleshot", "diffusion"), shots=(1, 5), episodes=40)
+
+    def on_worker() -> tuple[object, int]:
+        return run_setting(request, 1, 5, 2), torch.get_num_threads()
+
+    with distributed.Client(cluster) as client:
+        done, threads = client.submit(on_worker, pure=False).result()
+    assert threads == 2 and done.warnings == ()
+    serial = run_evaluation(request).evaluations[1].results[1]
+    (result,) = done.run.evaluations[0].results
+    assert result.method == "diffusion" and done.run.evaluations[0].spec.shots == 5
+    assert (result.accuracies == serial.accuracies).all() and result.params == serial.params
+
+
 def test_missing_extra_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)
     suite = write_suite(tmp_path, SUITE.format(features=DEMO))
