@@ -158,7 +158,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, thread
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",
             silence_logs=logging.ERROR,
             env=env,
         )
