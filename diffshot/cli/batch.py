@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, fail, stderr, stdout, user_errors
+from diffshot.cli.common import (
+    AllowExternal,
+    Force,
+    Threads,
+    claim_outputs,
+    fail,
+    progress,
+    stderr,
+    stdout,
+    user_errors,
+)
 from diffshot.device import resolve_device, set_threads
 from diffshot.errors import UsageError
-from diffshot.run.batch import SuiteError, output_paths, parse_suite, run_suite, write_outputs
+from diffshot.run.batch import Entry, Outcome, SuiteError, output_paths, parse_suite, run_suite, write_outputs
 
 
 @user_errors
@@ -28,25 +39,47 @@ def batch(
     force: Force = False,
     allow_external_data: AllowExternal = False,
     threads: Threads = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Run the settings on a local Dask cluster of N processes, --threads each (default: cores / N); "
+            "diffshot[dask]."
+        ),
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Run the settings on the Dask cluster at this address (tcp://host:8786).")
+    ] = None,
 ) -> None:
     """Run every entry of a suite; write JSON per entry, results.csv, summary.md and JUnit XML."""
     set_threads(threads)
     if plots is not None and plots.exists() and not plots.is_dir():
         raise UsageError(f"--plots {plots}: is a file; give a folder for the figures")
+    if workers is not None and scheduler is not None:
+        raise UsageError("give --workers (a local cluster) or --scheduler (an existing one), not both")
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be a positive integer, got {workers}")
+    if workers is not None or scheduler is not None:
+        from diffshot.run.distributed import require_distributed
+
+        require_distributed()
     try:
         entries = parse_suite(suite, config)
         paths = output_paths(output_dir, entries, junit)
         claim_outputs(paths.values(), [suite, config, *(e.features for e in entries)], force=force)
-        outcomes = run_suite(
-            entries,
-            str(resolve_device(device)),
-            skip_missing,
-            on_entry=None if quiet else lambda e: stderr.print(f"running {e.name}", highlight=False),
-            allow_external=allow_external_data,
-        )
+        if workers is None and scheduler is None:
+            outcomes = run_suite(
+                entries,
+                str(resolve_device(device)),
+                skip_missing,
+                on_entry=None if quiet else lambda e: stderr.print(f"running {e.name}", highlight=False),
+                allow_external=allow_external_data,
+            )
+        else:
+            outcomes = _on_dask(entries, device, skip_missing, quiet, allow_external_data, threads, workers, scheduler)
     except SuiteError as exc:
         raise fail(str(exc).replace("\n", " "), 2) from None
     figures = write_outputs(paths, outcomes, plots)
+    errors = [(o.entry.name, m, why) for o in outcomes for m, why in o.errors.items()]
     failures = [(o.entry.name, m, acc, limit) for o in outcomes for m, (acc, limit) in o.failures().items()]
     if not quiet:
         for outcome in outcomes:
@@ -54,10 +87,47 @@ def batch(
                 stdout.print(f"{outcome.entry.name} {method}: {mean:.2f} ± {ci:.2f}", highlight=False)
             if outcome.skipped:
                 stdout.print(f"{outcome.entry.name}: skipped ({outcome.skipped})", highlight=False)
+            for method, why in outcome.errors.items():
+                stdout.print(f"{outcome.entry.name} {method}: error ({why})", highlight=False)
         stdout.print(
             f"results in {output_dir}" + (f", {len(figures)} figures in {plots}" if figures else ""), highlight=False
         )
+    if errors:
+        name, method, why = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise fail(f"entry {name!r} method {method}: did not run: {why}{more}", 1)
     if failures:
         name, method, acc, limit = failures[0]
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
         raise fail(f"entry {name!r} method {method}: accuracy {acc:.2f} is below fail_under {limit:.2f}{more}", 1)
+
+
+def _on_dask(
+    entries: list[Entry],
+    device: str,
+    skip_missing: bool,
+    quiet: bool,
+    allow_external: bool,
+    threads: int | None,
+    workers: int | None,
+    scheduler: str | None,
+) -> list[Outcome]:
+    """The suite's settings on a Dask cluster (local or at ``scheduler``), with settings done / total on stderr."""
+    from diffshot.run.distributed import dask_client, run_suite_dask, settings_of
+
+    resolved = str(resolve_device(device))
+    total = len(settings_of(entries))
+    where = f"Dask scheduler {scheduler}" if scheduler else f"a local Dask cluster of {workers} processes"
+    if not quiet:
+        stderr.print(f"running {total} settings on {where}", highlight=False)
+    with progress(quiet, total, "settings") as advance:
+
+        def done(count: int, total: int, name: str) -> None:
+            advance(count, f"settings {count}/{total}")
+            if not quiet:
+                stderr.print(f"done {count}/{total}: {name}", highlight=False)
+
+        if workers is not None and threads is None:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+        with dask_client(workers, scheduler, threads) as client:
+            return run_suite_dask(entries, client, resolved, skip_missing, threads, done, allow_external)

@@ -82,11 +82,12 @@ class Entry:
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """One entry's result: its typed run, or the reason it was skipped."""
+    """One entry's result: its typed run, or the reason it was skipped; ``errors``: method → why it failed to run."""
 
     entry: Entry
     run: EvaluationRun | None
     skipped: str | None = None
+    errors: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def accuracies(self) -> dict[str, tuple[float, float, int, float]]:
         """Method → (mean accuracy, 95% interval, episodes, seconds) of this entry's run."""
@@ -278,9 +279,10 @@ def combined_csv(outcomes: list[Outcome]) -> str:
 
 
 def junit_xml(outcomes: list[Outcome]) -> str:
-    """JUnit XML: one test case per entry and method; a missed threshold is a failure, a missing file a skip."""
+    """JUnit XML: one test case per entry and method; a missed threshold is a failure, a missing file a skip,
+    a method that could not run (``Outcome.errors``) an error."""
     suite = ET.Element("testsuite", name="diffshot batch")
-    counts = {"tests": 0, "failures": 0, "skipped": 0}
+    counts = {"tests": 0, "failures": 0, "skipped": 0, "errors": 0}
     for outcome in outcomes:
         entry = outcome.entry
         measured = outcome.accuracies()
@@ -292,6 +294,9 @@ def junit_xml(outcomes: list[Outcome]) -> str:
             if outcome.skipped is not None:
                 counts["skipped"] += 1
                 ET.SubElement(case, "skipped", message=outcome.skipped)
+            elif method in outcome.errors:
+                counts["errors"] += 1
+                ET.SubElement(case, "error", message=outcome.errors[method])
             elif method in failed:
                 counts["failures"] += 1
                 acc, limit = failed[method]
@@ -302,7 +307,6 @@ def junit_xml(outcomes: list[Outcome]) -> str:
                 out.text = f"accuracy {mean:.2f} ± {ci:.2f} over {episodes} episodes"
     for key, value in counts.items():
         suite.set(key, str(value))
-    suite.set("errors", "0")
     ET.indent(suite)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + xml_safe(ET.tostring(suite, encoding="unicode")) + "\n"
 
@@ -324,6 +328,7 @@ def markdown_summary(outcomes: list[Outcome], figures: Mapping[str, str] | None 
             limit = entry.fail_under.get(method)
             accuracy = f"{measured[method][0]:.2f} ± {measured[method][1]:.2f}" if method in measured else "-"
             status = "skipped" if outcome.skipped else ("FAIL" if method in failed else "pass")
+            status = "ERROR" if method in outcome.errors else status
             threshold = "-" if limit is None else f"{limit:.2f}"
             row = [entry.name, method, str(request.ways), str(request.shots[0]), str(request.episodes)]
             lines.append("| " + " | ".join([*row, accuracy, threshold, status]) + " |")

@@ -1,0 +1,216 @@
+"""``batch`` on Dask: each (entry, shots, method) setting runs as one task on a dask.distributed cluster.
+
+The client validates the suite and checks the outputs as the serial run does; every setting is then
+submitted as :func:`run_setting`, which reads the features file from its path on the worker (a
+shared filesystem, the same path on every machine, is the assumption), runs the same
+:func:`~diffshot.run.evaluate.run_evaluation` with that one method at that one shot count (same seed,
+so the same episodes) and sends back the typed result, per-episode accuracies included. Each entry's
+:class:`~diffshot.run.evaluate.EvaluationRun` is then assembled from its settings, so the JSON, CSV
+and JUnit outputs are those of the serial run. A setting that fails (an unreadable file, a worker
+lost) becomes an error of that entry's method; the others complete.
+
+``dask[distributed]`` is the optional extra ``diffshot[dask]``, imported only here and only when used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from diffshot.errors import DiffshotError
+from diffshot.features import FeatureSet, load_features
+from diffshot.run.batch import Entry, Outcome, SuiteError
+from diffshot.run.evaluate import Evaluation, EvaluationRun, prepare_runs, run_evaluation
+
+EXTRA = "pip install 'diffshot[dask]'"
+SettingDone = Callable[[int, int, str], None]  # (settings done, settings in all, label of the one just finished)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One unit of work: entry ``entry``'s run labelled ``label`` (its position ``index``) at ``shots`` shots."""
+
+    entry: str
+    label: str
+    index: int
+    shots: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.entry} {self.label} {self.shots}-shot"
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingResult:
+    """What a worker sends back for one setting: the run, and the warnings it raised there."""
+
+    run: EvaluationRun
+    warnings: tuple[str, ...]
+
+
+def require_distributed() -> Any:
+    """The ``distributed`` module, or one line naming the extra that provides it."""
+    try:
+        import distributed
+    except ImportError:
+        raise DiffshotError(
+            f"--workers and --scheduler need dask.distributed, which is not installed: {EXTRA}"
+        ) from None
+    return distributed
+
+
+def settings_of(entries: list[Entry]) -> list[tuple[Entry, Setting]]:
+    """Every (entry, shots, method) setting of the suite, in suite order; entries whose file is absent have none."""
+    found = []
+    for entry in entries:
+        if not entry.features.is_file():
+            continue
+        _, runs = prepare_runs(entry.request)
+        for shots in dict.fromkeys(entry.request.shots):
+            found += [(entry, Setting(entry.name, run.label, i, shots)) for i, run in enumerate(runs)]
+    return found
+
+
+@functools.lru_cache(maxsize=2)
+def _features(path: str, allow_external: bool, stamp: tuple[int, int]) -> FeatureSet:
+    """A worker's copy of one features file, kept while the file is unchanged (``stamp``: mtime and size)."""
+    return load_features(Path(path), allow_external=allow_external)
+
+
+def run_setting(request: Any, index: int, shots: int, threads: int | None) -> SettingResult:
+    """Run one setting on a worker: the ``index``-th method of ``request`` at ``shots`` shots, with ``threads`` threads.
+
+    ``request`` is the entry's EvaluationRequest with an absolute features path; the file is read here.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if threads is not None:
+            from diffshot.device import set_threads
+
+            set_threads(threads)
+        _, runs = prepare_runs(request)
+        one = dataclasses.replace(request, methods=(runs[index],), shots=(shots,), shared={}, assignments={})
+        try:
+            status = os.stat(request.features)
+        except OSError as exc:
+            raise DiffshotError(
+                f"{request.features}: cannot read the features file on this worker ({exc.strerror})"
+            ) from None
+        fs = _features(str(request.features), request.allow_external, (status.st_mtime_ns, status.st_size))
+        run = run_evaluation(one, features=fs)
+    return SettingResult(run, tuple(dict.fromkeys(str(w.message) for w in caught)))
+
+
+def failure_text(exc: BaseException) -> str:
+    """One line saying why a setting failed: the library's message, or the exception's kind and text."""
+    if isinstance(exc, DiffshotError):
+        return str(exc).replace("\n", " ")
+    kind = type(exc).__name__
+    if kind == "KilledWorker":
+        return f"worker lost: {exc}".replace("\n", " ")
+    return f"{kind}: {exc}".replace("\n", " ")
+
+
+def assemble(entry: Entry, runs: list[EvaluationRun], device: str) -> EvaluationRun | None:
+    """One entry's EvaluationRun from its settings' runs (results in the entry's method order, per shot count)."""
+    if not runs:
+        return None
+    evaluations: list[Evaluation] = []
+    for shots in dict.fromkeys(entry.request.shots):
+        parts = [r.evaluations[0] for r in runs if r.evaluations[0].spec.shots == shots]
+        if parts:
+            results = tuple(result for part in parts for result in part.results)
+            sampling = max(part.sampling_seconds for part in parts)
+            evaluations.append(dataclasses.replace(parts[0], results=results, sampling_seconds=sampling))
+    source = dataclasses.replace(runs[0].source, path=Path(entry.request.features))
+    request = dataclasses.replace(entry.request, device=device)
+    return EvaluationRun(request, source, tuple(evaluations), entry.request.baseline)
+
+
+@contextlib.contextmanager
+def dask_client(workers: int | None = None, scheduler: str | None = None, threads: int | None = None) -> Iterator[Any]:
+    """A Client on the cluster at ``scheduler``, or on a LocalCluster of ``workers`` processes, ``threads`` each."""
+    distributed = require_distributed()
+    if scheduler is not None:
+        try:
+            client = distributed.Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise DiffshotError(f"--scheduler {scheduler}: cannot connect to a Dask scheduler ({exc})") from None
+        with client:
+            yield client
+        return
+    import logging
+
+    import dask
+
+    count = str(threads or 1)
+    env = {"OMP_NUM_THREADS": count, "MKL_NUM_THREADS": count, "OPENBLAS_NUM_THREADS": count}
+    # Dask's default MALLOC_TRIM_THRESHOLD_=65536 hands freed tensors back to the system at once: one ptmap
+    # setting ran 1.4-1.7x slower on such a worker than on one without it (measured on the loaded 2-core machine).
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {**env, "MALLOC_TRIM_THRESHOLD_": None}}):
+        cluster = distributed.LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+            env=env,
+        )
+    with cluster, distributed.Client(cluster) as client:
+        yield client
+
+
+def run_suite_dask(
+    entries: list[Entry],
+    client: Any,
+    device: str = "cpu",
+    skip_missing: bool = False,
+    threads: int | None = None,
+    on_setting: SettingDone | None = None,
+    allow_external: bool = False,
+) -> list[Outcome]:
+    """Run every setting of the suite on ``client``'s cluster and assemble one Outcome per entry.
+
+    Missing files fail before anything is submitted, or are skipped when asked, as in the serial run.
+    """
+    distributed = require_distributed()
+    for entry in entries:
+        if not entry.features.is_file() and not skip_missing:
+            raise SuiteError(f"entry {entry.name!r}: key 'features': {entry.features}: no such file")
+    work = settings_of(entries)
+    futures = {}
+    for entry, setting in work:
+        request = dataclasses.replace(
+            entry.request, features=entry.features.resolve(), device=device, allow_external=allow_external
+        )
+        future = client.submit(run_setting, request, setting.index, setting.shots, threads, pure=False)
+        futures[future] = (entry, setting)
+    done: dict[Setting, SettingResult | str] = {}
+    for count, future in enumerate(distributed.as_completed(futures), start=1):
+        entry, setting = futures[future]
+        try:
+            done[setting] = future.result()
+        except Exception as exc:
+            done[setting] = failure_text(exc)
+        if on_setting is not None:
+            on_setting(count, len(work), setting.name)
+    for result in done.values():
+        if isinstance(result, SettingResult):
+            for message in result.warnings:
+                warnings.warn(message, stacklevel=2)
+    outcomes = []
+    for entry in entries:
+        if not entry.features.is_file():
+            outcomes.append(Outcome(entry, None, f"features file {entry.features} not found"))
+            continue
+        mine = [(s, done[s]) for e, s in work if e is entry]
+        runs = [r.run for _, r in mine if isinstance(r, SettingResult)]
+        errors = {s.label: r for s, r in mine if isinstance(r, str)}
+        outcomes.append(Outcome(entry, assemble(entry, runs, device), errors=errors))
+    return outcomes
