@@ -108,3 +108,22 @@ def test_cli_block_rows_writes_the_same_csv(noisy_task, tmp_path: Path) -> None:
     assert [r["class"] for r in outputs["stream"]] == [r["class"] for r in outputs["memory"]]
     assert [r["row"] for r in outputs["stream"]] == [r["row"] for r in outputs["memory"]]
     assert outputs["stream"][0].keys() == outputs["memory"][0].keys()
+
+
+def test_cli_streamed_errors_are_one_line(noisy_task, tmp_path: Path) -> None:
+    support, query, path = noisy_task
+    support_path = write_canonical(support, tmp_path / "support.h5")
+    npz = tmp_path / "query.npz"
+    np.savez(npz, features=query.features[:100])
+    for query_path, extra, needle in (
+        (path, ["--block-rows", "1000", "--rectify"], "without --rectify"),
+        (npz, ["--block-rows", "1000"], "needs an HDF5 query file"),
+        (path, ["--block-rows", "-3"], "--block-rows"),
+    ):
+        command = [sys.executable, "-m", "diffshot", "predict", "--support", str(support_path)]
+        command += ["--query", str(query_path), "--output", str(tmp_path / "p.csv"), *extra]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        message = done.stderr.strip()
+        assert done.returncode in (1, 2) and message.startswith("error:") and "\n" not in message, message
+        assert needle in message and "Traceback" not in done.stderr
+        assert not (tmp_path / "p.csv").exists()

@@ -103,21 +103,27 @@ class QueryRows:
 
 def is_streamable(path: Path) -> bool:
     """Whether ``path`` is an HDF5 file with a 2-D ``features`` dataset (what the streamed path reads)."""
-    if not is_hdf5(path):
-        return False
-    with h5py.File(path, "r") as handle:
-        ds = handle.get("features")
-        return isinstance(ds, h5py.Dataset) and len(ds.shape or ()) == 2
+    return _feature_rows(path) is not None
+
+
+def _feature_rows(path: Path) -> int | None:
+    """Rows of the 2-D ``features`` dataset of an HDF5 file; None when it is not one (the reader says why later)."""
+    try:
+        if not Path(path).is_file() or not is_hdf5(Path(path)):
+            return None
+        with h5py.File(path, "r") as handle:
+            ds = handle.get("features")
+            return int(ds.shape[0]) if isinstance(ds, h5py.Dataset) and len(ds.shape or ()) == 2 else None
+    except (OSError, DiffshotError):
+        return None
 
 
 def wants_stream(path: Path, block_rows: int) -> bool:
     """Stream when asked (``block_rows`` > 0), or when a query HDF5 file has more than ``STREAM_LIMIT`` rows."""
     if block_rows > 0:
         return True
-    if not is_streamable(path):
-        return False
-    with h5py.File(path, "r") as handle:
-        return int(handle["features"].shape[0]) > STREAM_LIMIT
+    rows = _feature_rows(path)
+    return rows is not None and rows > STREAM_LIMIT
 
 
 def check_stream_run(run: MethodRun) -> None:
