@@ -108,6 +108,7 @@ def test_cli_block_rows_writes_the_same_csv(noisy_task, tmp_path: Path) -> None:
     assert [r["class"] for r in outputs["stream"]] == [r["class"] for r in outputs["memory"]]
     assert [r["row"] for r in outputs["stream"]] == [r["row"] for r in outputs["memory"]]
     assert outputs["stream"][0].keys() == outputs["memory"][0].keys()
+    assert [r.get("text") for r in outputs["stream"]] == [r.get("text") for r in outputs["memory"]]
 
 
 def test_cli_streamed_errors_are_one_line(noisy_task, tmp_path: Path) -> None:

@@ -135,7 +135,7 @@ def ivfpq_shape(n: int, d: int) -> IvfpqShape:
     """IVF-PQ parameters from n and d: nlist ≈ 2·√n lists (≥ 39 training rows each), M = the largest
     divisor of d that is ≤ d / 4 (about 4 dimensions per code; an even M, as fast-scan packs codes in
     pairs), 4-bit codes (SIMD fast scan; M/2 bytes per row), nprobe = min(16, nlist), and
-    k-means trained on min(n, 39·nlist) rows."""
+    k-means trained on min(n, 39·nlist) rows; the lists are found through an HNSW index of the centroids."""
     nlist = max(1, min(int(2 * math.sqrt(n)), n // IVFPQ_TRAIN_PER_LIST, 65_536))
     divisors = [m for m in range(1, d + 1) if d % m == 0 and m <= max(1, d // IVFPQ_DIMS_PER_CODE)]
     even = [m for m in divisors if m % 2 == 0]
@@ -162,7 +162,12 @@ def empty_index(kind: str, n: int, d: int) -> object:
         return index
     if kind == "ivfpq":
         shape = ivfpq_shape(n, d)
-        index = faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(d), d, shape.nlist, shape.m, shape.nbits)
+        quantizer = faiss.IndexHNSWFlat(d, HNSW_M)
+        quantizer.hnsw.efSearch = HNSW_EF_SEARCH
+        clustering = faiss.IndexFlatL2(d)
+        index = faiss.IndexIVFPQFastScan(quantizer, d, shape.nlist, shape.m, shape.nbits)
+        index.clustering_index = clustering
+        index.referenced_objects = [quantizer, clustering]
         index.cp.niter = IVFPQ_TRAIN_ITERATIONS
         index.nprobe = shape.nprobe
         return index
