@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 from pathlib import Path
 from typing import Annotated
@@ -14,12 +16,14 @@ from diffshot.calibration import DEFAULT_TEMPERATURE
 from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, stderr, stdout, user_errors
 from diffshot.device import resolve_device, set_threads
 from diffshot.errors import DiffshotError
+from diffshot.features import FeatureSet
 from diffshot.ops.knn import EXACT_LIMIT, faiss_has_gpu
 from diffshot.run.config import method_runs, parse_assignments, read_calibration, read_config
 from diffshot.run.predict import (
     DEFAULT_METHOD,
     OUTPUT_FORMATS,
     UNKNOWN_NAME,
+    Prediction,
     PredictOptions,
     accuracy,
     load_rows,
@@ -31,6 +35,7 @@ from diffshot.run.predict import (
 from diffshot.run.predict import (
     predict as run_predict,
 )
+from diffshot.run.stream import BLOCK_ROWS, open_query, predict_stream, wants_stream
 
 
 def _format(fmt: str | None, output: Path) -> str:
@@ -81,9 +86,16 @@ def predict(
         bool, typer.Option(help="Write the unknown_score column even without --reject (simpleshot, diffusion).")
     ] = False,
     index: Annotated[
-        str, typer.Option(help="kNN index: auto|flat|hnsw|ivf (auto: flat up to --exact-limit).")
+        str,
+        typer.Option(
+            help="kNN index: auto|flat|hnsw|ivf|ivfpq (auto: flat up to --exact-limit, hnsw, ivfpq above 200k)."
+        ),
     ] = "auto",
     exact_limit: Annotated[int, typer.Option(help="Largest point count for the exact index under auto.")] = EXACT_LIMIT,
+    block_rows: Annotated[
+        int,
+        typer.Option(help="Stream the HDF5 query file in blocks of this many rows (0: only above 500,000 rows)."),
+    ] = 0,
     device: Annotated[str, typer.Option(help="auto|cpu|cuda (cuda without a GPU is an error).")] = "auto",
     allow_external_data: AllowExternal = False,
     threads: Threads = None,
@@ -115,6 +127,23 @@ def predict(
     )
     torch_device = resolve_device(device)
     support_fs, _ = load_rows(support, support_split, drop_nonfinite, drop_zero, allow_external=allow_external_data)
+    if block_rows < 0:
+        raise DiffshotError(f"--block-rows must be 0 or a positive number of rows, got {block_rows}")
+    if wants_stream(query, block_rows):
+        if rejection.mode != "none" or unknown_score:
+            raise DiffshotError(f"{query}: the streamed path (--block-rows, or above 500,000 rows) has no --reject yet")
+        with contextlib.ExitStack() as stack:
+            query_rows = open_query(
+                stack, query, query_split, drop_nonfinite, drop_zero, allow_external_data, block_rows or BLOCK_ROWS
+            )
+            loaded = time.perf_counter() - start
+            prediction = predict_stream(support_fs, query_rows, run, index, exact_limit, options.temperature)
+            prediction = dataclasses.replace(prediction, calibration=options.calibration)
+            tick = time.perf_counter()
+            write_predictions(output, prediction, query_rows, query_rows.rows, out_format)  # type: ignore[arg-type]
+            timings = {"load": loaded, **prediction.timings, "output": time.perf_counter() - tick}
+            _report(prediction, query_rows, support_fs.num_rows, options, timings, quiet)  # type: ignore[arg-type]
+        return
     query_fs, rows = load_rows(
         query, query_split, drop_nonfinite, drop_zero, require_labels=False, allow_external=allow_external_data
     )
@@ -125,14 +154,26 @@ def predict(
     tick = time.perf_counter()
     write_predictions(output, prediction, query_fs, rows, out_format)
     timings = {"load": loaded, **prediction.timings, "output": time.perf_counter() - tick}
+    _report(prediction, query_fs, support_fs.num_rows, options, timings, quiet)
+
+
+def _report(
+    prediction: Prediction,
+    query_fs: FeatureSet,
+    support_rows: int,
+    options: PredictOptions,
+    timings: dict[str, float],
+    quiet: bool,
+) -> None:
+    """The summary table, the settings line, the accuracy when known, and the timing line."""
     if quiet:
         return
     scored = accuracy(prediction, query_fs)
     stdout.print(_summary(prediction.counts(), query_fs.num_rows))
     settings = ", ".join(f"{key} {value}" for key, value in prediction.details.items())
-    calibrated_on = f", calibrated on {escape(str(config))}" if prediction.calibration else ""
+    calibrated_on = f", calibrated on {escape(prediction.calibration)}" if prediction.calibration else ""
     stdout.print(
-        f"{query_fs.num_rows} query rows, {support_fs.num_rows} support rows, {len(prediction.class_names)} classes; "
+        f"{query_fs.num_rows} query rows, {support_rows} support rows, {len(prediction.class_names)} classes; "
         f"method {escape(prediction.method)}, index {prediction.index}" + (f", {settings}" if settings else "") + "; "
         f"confidence = softmax(score / {options.temperature:g})" + calibrated_on,
         highlight=False,

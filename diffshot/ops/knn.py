@@ -2,13 +2,17 @@
 
 Every search returns, for every point, the sorted Euclidean (not squared) distances and ids of
 its ``k`` nearest points, the point itself first; :mod:`diffshot.ops.graph` turns them into the graph.
-Large sets use a FAISS index: exact ``IndexFlatL2`` up to a size threshold, HNSW or IVF above it.
+Large sets use a FAISS index: exact ``IndexFlatL2`` up to a size threshold, HNSW above it, and
+IVF-PQ (4-bit fast-scan codes, trained on a sample) above a larger one; a set too large for memory
+is added and searched block by block (:func:`search_blocks`, faiss.contrib's big-batch pattern).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -16,8 +20,14 @@ from diffshot.errors import DiffshotError
 from diffshot.lazy import torch
 
 EPISODE_BACKENDS = ("torch", "faiss")
-INDEX_CHOICES = ("auto", "flat", "hnsw", "ivf")
+INDEX_CHOICES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 EXACT_LIMIT = 50_000
+IVFPQ_LIMIT = 200_000
+IVFPQ_NBITS = 4
+IVFPQ_DIMS_PER_CODE = 4
+IVFPQ_NPROBE = 16
+IVFPQ_TRAIN_PER_LIST = 39
+IVFPQ_TRAIN_ITERATIONS = 10
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 64
@@ -99,12 +109,69 @@ def episode_neighbours(
 
 
 def choose_index(kind: str, n: int, exact_limit: int = EXACT_LIMIT) -> str:
-    """The index to build: ``auto`` is exact ``flat`` up to ``exact_limit`` points and ``hnsw`` beyond."""
+    """The index to build: ``auto`` is exact ``flat`` up to ``exact_limit`` points, ``hnsw`` up to
+    ``max(exact_limit, IVFPQ_LIMIT)`` and ``ivfpq`` beyond (compact codes instead of the float32 rows)."""
     if kind not in INDEX_CHOICES:
         raise DiffshotError(f"index {kind!r}: choose one of {', '.join(INDEX_CHOICES)}")
     if kind != "auto":
         return kind
-    return "flat" if n <= exact_limit else "hnsw"
+    if n <= exact_limit:
+        return "flat"
+    return "hnsw" if n <= max(exact_limit, IVFPQ_LIMIT) else "ivfpq"
+
+
+@dataclasses.dataclass(frozen=True)
+class IvfpqShape:
+    """The IVF-PQ layout chosen for n points of dimension d (see :func:`ivfpq_shape`)."""
+
+    nlist: int
+    m: int
+    nbits: int
+    nprobe: int
+    train_rows: int
+
+
+def ivfpq_shape(n: int, d: int) -> IvfpqShape:
+    """IVF-PQ parameters from n and d: nlist ≈ 2·√n lists (≥ 39 training rows each), M = the largest
+    divisor of d that is ≤ d / 4 (about 4 dimensions per code; an even M, as fast-scan packs codes in
+    pairs), 4-bit codes (SIMD fast scan; M/2 bytes per row), nprobe = min(16, nlist), and
+    k-means trained on min(n, 39·nlist) rows; the lists are found through an HNSW index of the centroids."""
+    nlist = max(1, min(int(2 * math.sqrt(n)), n // IVFPQ_TRAIN_PER_LIST, 65_536))
+    divisors = [m for m in range(1, d + 1) if d % m == 0 and m <= max(1, d // IVFPQ_DIMS_PER_CODE)]
+    even = [m for m in divisors if m % 2 == 0]
+    m = max(even) if even else max(divisors)
+    train = min(n, max(IVFPQ_TRAIN_PER_LIST * nlist, 2**IVFPQ_NBITS * IVFPQ_TRAIN_PER_LIST))
+    return IvfpqShape(nlist, m, IVFPQ_NBITS, min(IVFPQ_NPROBE, nlist), train)
+
+
+def empty_index(kind: str, n: int, d: int) -> object:
+    """An untrained FAISS L2 index for n points of dimension d: flat, HNSW, IVF-flat or IVF-PQ."""
+    import faiss
+
+    if kind == "flat":
+        return faiss.IndexFlatL2(d)
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, HNSW_M)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+        return index
+    if kind == "ivf":
+        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
+        index.nprobe = min(IVF_NPROBE, nlist)
+        return index
+    if kind == "ivfpq":
+        shape = ivfpq_shape(n, d)
+        quantizer = faiss.IndexHNSWFlat(d, HNSW_M)
+        quantizer.hnsw.efSearch = HNSW_EF_SEARCH
+        clustering = faiss.IndexFlatL2(d)
+        index = faiss.IndexIVFPQFastScan(quantizer, d, shape.nlist, shape.m, shape.nbits)
+        index.clustering_index = clustering
+        index.referenced_objects = [quantizer, clustering]
+        index.cp.niter = IVFPQ_TRAIN_ITERATIONS
+        index.nprobe = shape.nprobe
+        return index
+    raise DiffshotError(f"unknown index {kind!r}; choose one of {', '.join(INDEX_CHOICES[1:])}")
 
 
 def build_index(points: np.ndarray, kind: str, use_gpu: bool = False) -> object:
@@ -112,22 +179,11 @@ def build_index(points: np.ndarray, kind: str, use_gpu: bool = False) -> object:
     import faiss
 
     n, d = points.shape
-    if kind == "flat":
-        index = faiss.IndexFlatL2(d)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, HNSW_M)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        index.hnsw.efSearch = HNSW_EF_SEARCH
-    elif kind == "ivf":
-        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
-        index.nprobe = min(IVF_NPROBE, nlist)
-    else:
-        raise DiffshotError(f"unknown index {kind!r}; choose one of {', '.join(INDEX_CHOICES[1:])}")
-    if use_gpu and kind != "hnsw":
+    index = empty_index(kind, n, d)
+    if use_gpu and kind in ("flat", "ivf"):
         index = faiss.index_cpu_to_gpu(gpu_resources(), 0, index)
     if not index.is_trained:
-        index.train(points)
+        index.train(training_sample(points, kind))
     index.add(points)
     return index
 
@@ -143,7 +199,27 @@ def knn_graph(points: np.ndarray, k: int, kind: str = "flat", use_gpu: bool = Fa
     k = min(k, n)
     index = build_index(points, kind, use_gpu)
     sq, ids = index.search(points, k)
-    own = np.arange(n)[:, None]
+    return own_first(sq, ids, 0)
+
+
+def training_sample(points: np.ndarray, kind: str) -> np.ndarray:
+    """The rows an index trains on: all of them, or for IVF-PQ a seeded sample of ``ivfpq_shape``'s size."""
+    if kind != "ivfpq":
+        return points
+    take = ivfpq_shape(*points.shape).train_rows
+    if take >= points.shape[0]:
+        return points
+    rows = np.sort(np.random.default_rng(0).choice(points.shape[0], take, replace=False))
+    return np.ascontiguousarray(points[rows])
+
+
+def own_first(sq: np.ndarray, ids: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and ids [b, k] of a search of rows offset..offset+b, each row itself first (distance 0).
+
+    Missing slots (an approximate index found fewer than k others) get distance +inf and id -1.
+    """
+    n, k = ids.shape
+    own = np.arange(offset, offset + n)[:, None]
     others = (ids != own) & (ids >= 0)
     order = np.argsort(~others, axis=1, kind="stable")[:, : k - 1]
     other_ids = np.take_along_axis(ids, order, axis=1)
@@ -154,6 +230,20 @@ def knn_graph(points: np.ndarray, k: int, kind: str = "flat", use_gpu: bool = Fa
     dist[:, 1:][~valid] = np.inf
     nbrs[:, 1:][~valid] = -1
     return dist, nbrs
+
+
+def search_blocks(
+    index: object, blocks: Iterable[tuple[int, np.ndarray]], k: int, dist: np.ndarray, ids: np.ndarray
+) -> None:
+    """Search ``index`` one query block at a time (faiss.contrib's big-batch pattern), filling ``dist``/``ids`` [n, k].
+
+    ``blocks`` yields (first row, float32 rows); ids are stored as ``ids.dtype`` (int32 keeps the graph compact).
+    """
+    for start, rows in blocks:
+        sq, found = index.search(np.ascontiguousarray(rows, dtype=np.float32), k)
+        block_dist, block_ids = own_first(sq, found, start)
+        dist[start : start + len(rows)] = block_dist
+        ids[start : start + len(rows)] = block_ids
 
 
 def neighbour_recall(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
