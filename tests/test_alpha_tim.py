@@ -113,18 +113,16 @@ def test_zero_steps_is_the_nearest_support_mean(synthetic) -> None:
     assert torch.equal(ours, simpleshot.score(episodes, simpleshot.parse()).argmax(-1))
 
 
-# Measured with the batched method, whose predictions are the direct loop's (tests above):
-# python -c "from diffshot.episodes import EpisodeSpec; from diffshot.features import load_features;
-#   from diffshot.run.evaluate import evaluate; fs = load_features('../shared/data/banking77/banking77-minilm.h5');
-#   print(evaluate(fs, ['alpha_tim'], EpisodeSpec(5, 1, 15), episodes=2000, seed=0, split='novel').results[0].summary)"
-REFERENCE_1SHOT_2000 = (None, None)
+# The direct reference loop (direct_scores above, one episode at a time, autograd Adam, 1000 steps, α = 2) on
+# 300 episodes of seed 1 (independent of the test's seed 0), BANKING77 novel, 5-way 1-shot 15 queries:
+# sample_episodes(build_pool(novel.labels, spec), spec, 1, 0, 300), accuracy per episode, mean ± 95% interval
+# (1,030 s on one thread; 2,000 such episodes would take about two hours).
+DIRECT_1SHOT_300 = (90.662, 0.885)
 
 
 @pytest.mark.slow
-def test_banking77_one_shot_accuracy_at_2000_episodes(banking77) -> None:
-    reference, reference_ci = REFERENCE_1SHOT_2000
-    if reference is None:
-        pytest.skip("reference figure not measured yet")
+def test_banking77_one_shot_accuracy_at_2000_episodes_is_the_direct_loops(banking77) -> None:
+    reference, reference_ci = DIRECT_1SHOT_300
     ours = evaluate(banking77, ["alpha_tim"], EpisodeSpec(5, 1, 15), episodes=2000, seed=0, split="novel")
     summary = ours.results[0].summary
     assert abs(summary.mean - reference) <= summary.ci95 + reference_ci, summary
