@@ -186,3 +186,17 @@ def test_progress_names_the_setting_and_the_method_running() -> None:
 def test_help_shows_no_python_type_names(command: str) -> None:
     shown = invoke(command, "--help").stdout
     assert "<list[" not in shown and "<bool>" not in shown and "Example:" in shown
+
+
+def test_default_threads_leave_the_busy_cores_to_their_processes(monkeypatch, tmp_path: Path) -> None:
+    """Without --threads or OMP_NUM_THREADS, the thread count is the cores no other runnable process holds now."""
+    from diffshot import device
+
+    queue = tmp_path / "loadavg"
+    monkeypatch.setattr(device, "RUN_QUEUE", queue)
+    monkeypatch.setattr(device.os, "cpu_count", lambda: 4)
+    for running, idle in ((1, 4), (2, 3), (3, 2), (9, 1)):
+        queue.write_text(f"0.50 0.40 0.30 {running}/300 12345\n")
+        assert device.idle_cores() == idle
+    queue.unlink()
+    assert device.idle_cores() == 4

@@ -111,6 +111,7 @@ def environment(argv: Sequence[str] | None = None) -> dict[str, object]:
         "torch": torch.__version__,
         "faiss": getattr(faiss, "__version__", "unknown"),
         "numpy": numpy.__version__,
+        "threads": torch.get_num_threads(),
         "command": list(sys.argv if argv is None else argv),
         "utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
