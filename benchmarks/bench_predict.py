@@ -23,19 +23,25 @@ from pathlib import Path
 
 import numpy as np
 
-from diffshot.features import load_features, write_canonical
+from diffshot.features import FeatureSet, load_features, write_canonical
 from diffshot.run.predict import select_rows
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77" / "banking77-minilm.h5"
 
 
-def make_inputs(folder: Path, rows: int, noise: float, seed: int) -> tuple[Path, Path]:
-    """Support (5 real rows per novel class) and `rows` noisy repeats of the other novel rows, as HDF5 files."""
+def novel_support_split(seed: int) -> tuple[FeatureSet, np.ndarray, np.random.Generator]:
+    """BANKING77's novel rows, a mask of 5 seeded support rows per class, and the generator for what follows."""
     novel, _ = select_rows(load_features(DATA), "novel")
     rng = np.random.default_rng(seed)
     support = np.zeros(novel.num_rows, dtype=bool)
     for c in range(novel.num_classes):
         support[rng.choice(np.flatnonzero(novel.labels == c), 5, replace=False)] = True
+    return novel, support, rng
+
+
+def make_inputs(folder: Path, rows: int, noise: float, seed: int) -> tuple[Path, Path]:
+    """Support (5 real rows per novel class) and `rows` noisy repeats of the other novel rows, as HDF5 files."""
+    novel, support, rng = novel_support_split(seed)
     pool = novel.take_rows(~support)
     picks = rng.integers(0, pool.num_rows, rows)
     feats = pool.features[picks] + rng.normal(0.0, noise, (rows, pool.dim)).astype(np.float32)

@@ -27,21 +27,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from diffshot.features import load_features, write_canonical
+from diffshot.features import write_canonical
 from diffshot.ops.knn import build_index, neighbour_recall
-from diffshot.run.predict import select_rows
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77" / "banking77-minilm.h5"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_predict import novel_support_split
+
 BLOCK = 65_536
 
 
 def make_inputs(folder: Path, rows: int, noise: float, seed: int) -> tuple[Path, Path]:
     """Support (5 real rows per novel class) and `rows` noisy repeats of the other novel rows, written in blocks."""
-    novel, _ = select_rows(load_features(DATA), "novel")
-    rng = np.random.default_rng(seed)
-    support = np.zeros(novel.num_rows, dtype=bool)
-    for c in range(novel.num_classes):
-        support[rng.choice(np.flatnonzero(novel.labels == c), 5, replace=False)] = True
+    novel, support, rng = novel_support_split(seed)
     pool = novel.take_rows(~support)
     path = folder / "query.h5"
     with h5py.File(path, "w") as handle:

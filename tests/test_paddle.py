@@ -79,17 +79,16 @@ def drop_query_classes(batch: Episodes, labels: np.ndarray, keep: int, seed: int
     return Episodes(points, batch.support_labels, batch.ways, batch.centre), labels[mask].reshape(labels.shape[0], -1)
 
 
-@pytest.mark.parametrize("shots", [1, 5])
-def test_batched_paddle_labels_as_the_direct_reference_on_real_episodes(banking77: FeatureSet, shots: int) -> None:
-    batch, _ = sampled(banking77, EpisodeSpec(5, shots, 15, 2.0), 24)
-    method = get_method("paddle")
-    scores = method.score(batch, method.parse())
-    for e, labels in enumerate(reference_labels(batch)):
-        assert_same_labels_up_to_ties(scores[e], labels)
-
-
-def test_batched_paddle_labels_as_the_direct_reference_on_synthetic_episodes(synthetic: FeatureSet) -> None:
-    batch, _ = sampled(synthetic, EpisodeSpec(5, 2, 6), 24)
+@pytest.mark.parametrize(
+    ("data", "spec"),
+    [
+        ("banking77", EpisodeSpec(5, 1, 15, 2.0)),
+        ("banking77", EpisodeSpec(5, 5, 15, 2.0)),
+        ("synthetic", EpisodeSpec(5, 2, 6)),
+    ],
+)
+def test_batched_paddle_labels_as_the_direct_reference(request: pytest.FixtureRequest, data: str, spec) -> None:
+    batch, _ = sampled(request.getfixturevalue(data), spec, 24)
     method = get_method("paddle")
     scores = method.score(batch, method.parse())
     for e, labels in enumerate(reference_labels(batch)):
