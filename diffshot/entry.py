@@ -18,6 +18,9 @@ def _one_line(message: str, code: int) -> int:
 def main() -> None:
     """Import and run the CLI; Ctrl-C before a command starts or after it ends exits 130 with one line."""
     try:
+        from diffshot import interrupt
+
+        interrupt.install()
         from typer.exceptions import Abort, Exit, TyperException
 
         from diffshot.cli import app

@@ -200,3 +200,17 @@ def test_default_threads_leave_the_busy_cores_to_their_processes(monkeypatch, tm
         assert device.idle_cores() == idle
     queue.unlink()
     assert device.idle_cores() == 4
+
+
+def test_an_interrupt_swallowed_by_a_destructor_still_stops_the_run() -> None:
+    """Ctrl-C raised inside a __del__ is printed and dropped by Python; the recorded request stops the next chunk."""
+    from diffshot import interrupt
+    from diffshot.run.evaluate import EvaluationRequest, run_evaluation
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupt._on_interrupt(2, None)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_evaluation(EvaluationRequest(DEMO, methods=("simpleshot",), episodes=10))
+    finally:
+        interrupt._requested = False

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffshot import interrupt
 from diffshot.calibration import DEFAULT_TEMPERATURE, ECE_BINS, ece, reliability_counts
 from diffshot.episodes import (
     ClassPool,
@@ -237,6 +238,7 @@ def evaluate(
     bins = [np.zeros((3, ECE_BINS)) for _ in runs]
     sampling = 0.0
     for start in range(0, episodes, chunk):
+        interrupt.check()
         count = min(chunk, episodes - start)
         tick = time.perf_counter()
         batch, indices = source.batch(seed, start, count)
