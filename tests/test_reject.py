@@ -28,6 +28,11 @@ def run_cli(*args: object) -> subprocess.CompletedProcess[str]:
     )
 
 
+def run_predict(support: Path, query: Path, out: Path, *extra: object) -> subprocess.CompletedProcess[str]:
+    """``diffshot predict --support S --query Q -o OUT`` with ``extra`` options, in a subprocess."""
+    return run_cli("predict", "--support", support, "--query", query, "-o", out, *extra)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Three classes along three axes (4 support rows, 3 queries each) and one query along a fourth axis."""
@@ -60,7 +65,7 @@ def test_reject_auto_rejects_the_obvious_outlier_end_to_end(
 ) -> None:
     support, query = tiny
     out = tmp_path / "p.csv"
-    done = run_cli("predict", "--support", support, "--query", query, "-o", out, "-m", method, "--reject", "auto")
+    done = run_predict(support, query, out, "-m", method, "--reject", "auto")
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
     assert list(rows[0]) == ["row", "class", "confidence", "unknown_score"]
@@ -75,21 +80,22 @@ def test_reject_auto_rejects_the_obvious_outlier_end_to_end(
 def test_reject_threshold_json_and_unknown_name(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     support, query = tiny
     out = tmp_path / "p.json"
-    args = ["predict", "--support", support, "--query", query, "-o", out, "-m", "simpleshot"]
-    done = run_cli(*args, "--reject", "-0.5", "--unknown-name", "other")
+    done = run_predict(support, query, out, "-m", "simpleshot", "--reject", "-0.5", "--unknown-name", "other")
     assert done.returncode == 0, done.stderr
     document = json.loads(out.read_text())
     assert document["reject"] == {"threshold": -0.5, "rule": "given", "unknown_name": "other", "rejected": 1}
     assert [p["class"] for p in document["predictions"]][-1] == "other"
     assert all(p["unknown_score"] <= -0.5 for p in document["predictions"][:-1])
-    clash = run_cli(*args, "--reject", "auto", "--unknown-name", "beta", "--force")
+    clash = run_predict(
+        support, query, out, "-m", "simpleshot", "--reject", "auto", "--unknown-name", "beta", "--force"
+    )
     assert clash.returncode == 1 and clash.stderr.count("\n") == 1 and "is a support class" in clash.stderr
 
 
 @pytest.mark.parametrize("text", ["abc", "nan", "inf", "auto:1.5", "auto:x", ""])
 def test_bad_reject_values_are_one_line_usage_errors(tiny: tuple[Path, Path], tmp_path: Path, text: str) -> None:
     support, query = tiny
-    done = run_cli("predict", "--support", support, "--query", query, "-o", tmp_path / "p.csv", "--reject", text)
+    done = run_predict(support, query, tmp_path / "p.csv", "--reject", text)
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error:") and done.stderr.count("\n") == 1 and "--reject" in done.stderr
     assert not (tmp_path / "p.csv").exists()
@@ -97,19 +103,7 @@ def test_bad_reject_values_are_one_line_usage_errors(tiny: tuple[Path, Path], tm
 
 def test_reject_needs_a_method_with_an_unknown_score(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     support, query = tiny
-    done = run_cli(
-        "predict",
-        "--support",
-        support,
-        "--query",
-        query,
-        "-o",
-        tmp_path / "p.csv",
-        "-m",
-        "labelprop",
-        "--reject",
-        "auto",
-    )
+    done = run_predict(support, query, tmp_path / "p.csv", "-m", "labelprop", "--reject", "auto")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "gives no unknown score" in done.stderr
 
 
@@ -117,8 +111,8 @@ def test_reject_none_leaves_the_output_unchanged(tiny: tuple[Path, Path], tmp_pa
     support, query = tiny
     for fmt in ("csv", "json"):
         plain, none = tmp_path / f"plain.{fmt}", tmp_path / f"none.{fmt}"
-        assert run_cli("predict", "--support", support, "--query", query, "-o", plain).returncode == 0
-        done = run_cli("predict", "--support", support, "--query", query, "-o", none, "--reject", "none")
+        assert run_predict(support, query, plain).returncode == 0
+        done = run_predict(support, query, none, "--reject", "none")
         assert done.returncode == 0 and "rejected" not in done.stdout
         assert plain.read_bytes() == none.read_bytes()
         text = plain.read_text(encoding="utf-8")
@@ -137,26 +131,13 @@ def test_predict_uses_the_calibrated_temperature_and_says_so(tiny: tuple[Path, P
     config = tmp_path / "tuned.toml"
     write_config(config, {"diffusion": {"layers": 2}}, ["test"], {"diffusion": 0.037})
     out = tmp_path / "p.json"
-    done = run_cli("predict", "--support", support, "--query", query, "-o", out, "--config", config)
+    done = run_predict(support, query, out, "--config", config)
     assert done.returncode == 0, done.stderr
     head = json.loads(out.read_text())
     assert head["temperature"] == 0.037 and head["calibration"] == str(config)
     assert f"calibrated on {config}" in head["confidence"]
     assert "softmax(score / 0.037), calibrated on" in done.stdout
-    forced = run_cli(
-        "predict",
-        "--support",
-        support,
-        "--query",
-        query,
-        "-o",
-        out,
-        "--config",
-        config,
-        "--temperature",
-        "0.2",
-        "--force",
-    )
+    forced = run_predict(support, query, out, "--config", config, "--temperature", "0.2", "--force")
     assert forced.returncode == 0 and "calibrated" not in forced.stdout
     assert json.loads(out.read_text())["temperature"] == 0.2
 
