@@ -27,7 +27,7 @@ from diffshot.ops.classify import (
     squared_distances,
     support_averaging,
 )
-from diffshot.ops.diffusion import diffuse_, diffuse_gram, diffusion_operator
+from diffshot.ops.diffusion import diffuse_, diffuse_gram, diffused_prototype_scores, diffusion_operator
 from diffshot.ops.graph import episode_laplacian, sparse_graph, sparse_laplacian_of
 from diffshot.ops.knn import EPISODE_BACKENDS, gram
 from diffshot.ops.openset import otsu_rejection
@@ -180,13 +180,19 @@ def diffused_gram(episodes: Episodes, params: DiffusionParams, anchored: bool = 
 
 def diffusion_parts(episodes: Episodes, params: DiffusionParams) -> tuple[torch.Tensor, torch.Tensor]:
     """The Gram matrix [E, n, n] of the points before diffusion and the diffusion operator P [E, n, n]."""
+    inner, lap, steps = graph_and_steps(episodes, params)
+    return inner, diffusion_operator(lap, steps, params.layers)
+
+
+def graph_and_steps(episodes: Episodes, params: DiffusionParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Gram matrix [E, n, n] before diffusion, the graph Laplacian L [E, n, n] and the stable steps τ [E]."""
     points, inner = graph_inputs(episodes, params.shift, params.knn)
     n_top, sigma = episode_graph_size(episodes, params.n_top, params.sigma)
     lap = episode_laplacian(points, n_top, sigma, params.knn, inner)
     steps, _ = stable_step_batched(lap, params.step_size)
     if bool((steps < params.step_size).any()):
-        warnings.warn(STEP_NOTICE.format(tau=params.step_size, where="some episodes"), stacklevel=3)
-    return inner, diffusion_operator(lap, steps, params.layers)
+        warnings.warn(STEP_NOTICE.format(tau=params.step_size, where="some episodes"), stacklevel=4)
+    return inner, lap, steps
 
 
 def estimated_scores(episodes: Episodes, params: DiffusionParams) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,8 +204,7 @@ def estimated_scores(episodes: Episodes, params: DiffusionParams) -> tuple[torch
     class has its share of the queries; an episode where one looks scarce or absent drops both.
     """
     ns, ways = episodes.num_support, episodes.ways
-    inner = diffused_gram(episodes, params)
-    scores = -gram_squared_distances(inner, _prototype_mix(episodes, params, inner), slice(ns, None))
+    scores = score(episodes, dataclasses.replace(params, assign="nearest"))
     share = torch.full((episodes.num_episodes, ways), 1.0 / ways, dtype=scores.dtype, device=scores.device)
     if episodes.points.shape[-2] - ns < params.min_queries * ways:
         return scores, share
@@ -215,10 +220,28 @@ def estimated_scores(episodes: Episodes, params: DiffusionParams) -> tuple[torch
 
 
 def score(episodes: Episodes, params: DiffusionParams) -> torch.Tensor:
-    """Negative squared distance to each diffused (rectified) prototype, or PT-MAP's balanced soft assignment."""
+    """Negative squared distance to each diffused (rectified) prototype, or PT-MAP's balanced soft assignment.
+
+    The plain nearest decision leaves out the diffused query's own squared norm (a constant per query).
+    """
     if params.assign == "estimated":
         return estimated_scores(episodes, params)[0]
+    if plain_nearest(params):
+        return nearest_scores(episodes, params, *graph_and_steps(episodes, params))
     return scores_from_gram(episodes, params, diffused_gram(episodes, params))[0]
+
+
+def plain_nearest(params: DiffusionParams) -> bool:
+    """Whether the decision is the nearest unrectified prototype (scored without the n³ products)."""
+    return params.assign == "nearest" and not params.rectify
+
+
+def nearest_scores(
+    episodes: Episodes, params: DiffusionParams, inner: torch.Tensor, lap: torch.Tensor, steps: torch.Tensor
+) -> torch.Tensor:
+    """Nearest diffused prototype scores from the Gram matrix, Laplacian and steps (see diffused_prototype_scores)."""
+    mix = support_averaging(episodes.support_labels, episodes.ways, inner.shape[-1], inner.dtype)
+    return diffused_prototype_scores(inner, lap, steps, params.layers, mix, slice(episodes.num_support, None))
 
 
 def _prototype_mix(episodes: Episodes, params: DiffusionParams, inner: torch.Tensor) -> torch.Tensor:
@@ -248,9 +271,12 @@ def open_set(episodes: Episodes, params: DiffusionParams) -> OpenSetScores:
     the query before diffusion (after CL2N and the shift) against the same diffused prototypes, so a
     lone unknown query pulled into a known class by the graph still scores as far. All in Gram space.
     """
-    inner, operator = diffusion_parts(episodes, params)
+    inner, lap, steps = graph_and_steps(episodes, params)
+    operator = diffusion_operator(lap, steps, params.layers)
     diffused = diffuse_gram(inner, operator)
     scores, mix = scores_from_gram(episodes, params, diffused)
+    if plain_nearest(params):
+        scores = nearest_scores(episodes, params, inner, lap, steps)
     if params.assign == "estimated":
         scores = estimated_scores(episodes, params)[0]
     queries = slice(episodes.num_support, None)
