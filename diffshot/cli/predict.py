@@ -130,14 +130,12 @@ def predict(
     if block_rows < 0:
         raise DiffshotError(f"--block-rows must be 0 or a positive number of rows, got {block_rows}")
     if wants_stream(query, block_rows):
-        if rejection.mode != "none" or unknown_score:
-            raise DiffshotError(f"{query}: the streamed path (--block-rows, or above 500,000 rows) has no --reject yet")
         with contextlib.ExitStack() as stack:
             query_rows = open_query(
                 stack, query, query_split, drop_nonfinite, drop_zero, allow_external_data, block_rows or BLOCK_ROWS
             )
             loaded = time.perf_counter() - start
-            prediction = predict_stream(support_fs, query_rows, run, index, exact_limit, options.temperature)
+            prediction = predict_stream(support_fs, query_rows, run, options)
             prediction = dataclasses.replace(prediction, calibration=options.calibration)
             tick = time.perf_counter()
             write_predictions(output, prediction, query_rows, query_rows.rows, out_format)  # type: ignore[arg-type]

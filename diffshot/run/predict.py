@@ -226,6 +226,15 @@ def _search(points: np.ndarray, k: int, kind: str, use_gpu: bool) -> tuple[np.nd
     return knn_graph(points, k, kind, use_gpu)
 
 
+def check_unknown_name(support: FeatureSet, options: PredictOptions) -> None:
+    """Refuse an unknown-class name that is also a support class (its rows could not be told apart)."""
+    if options.scores_unknown and options.unknown_name in support.class_names:
+        raise DiffshotError(
+            f"{support.source}: the unknown class name {options.unknown_name!r} is a support class; "
+            "choose another with --unknown-name"
+        )
+
+
 def predict(
     support: FeatureSet,
     query: FeatureSet,
@@ -236,11 +245,7 @@ def predict(
     """Predict a support class for every query row, running ``method`` on support + queries as one task."""
     run = predict_run(method)
     check_inputs(support, query)
-    if options.scores_unknown and options.unknown_name in support.class_names:
-        raise DiffshotError(
-            f"{support.source}: the unknown class name {options.unknown_name!r} is a support class; "
-            "choose another with --unknown-name"
-        )
+    check_unknown_name(support, options)
     device = torch.device(device)
     timings: dict[str, float] = {}
     tick = time.perf_counter()

@@ -12,6 +12,11 @@ The last term is the same for every class of a query, so argmax and softmax need
 B = P·A ([n, C], A the indicators), p = Bᵀx (one pass over the blocks) and Y = P·(x·pᵀ) ([n, C]):
 2·T sparse products on [n, C] instead of T on [n, d]. Same predictions as the in-memory path up to
 float rounding (rectification is not streamed).
+
+The unknown score of ``--reject`` / ``--unknown-score`` (−max cosine of the diffused query to the
+diffused prototypes, as in memory) needs ‖(Px)_q‖ and the diffused support rows: diffusion acts on
+each feature column alone, so P·x is stepped one slab of columns at a time ([n, w] state, w chosen
+so that a slab and its product stay within ``SLAB_BUDGET``), and only the norms and support rows kept.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import math
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
@@ -34,6 +39,7 @@ from diffshot.features.canonical import UNLABELLED
 from diffshot.features.hdf5_guard import open_hdf5
 from diffshot.features.load import check_readable, is_hdf5
 from diffshot.lazy import torch
+from diffshot.methods.base import TaskScores
 from diffshot.methods.diffusion import STEP_NOTICE, graph_size
 from diffshot.ops.classify import confidence
 from diffshot.ops.diffusion import diffuse_
@@ -41,11 +47,12 @@ from diffshot.ops.graph import sparse_graph, sparse_laplacian_of
 from diffshot.ops.knn import choose_index, empty_index, ivfpq_shape, search_blocks
 from diffshot.ops.preprocess import cl2n
 from diffshot.run.config import MethodRun
-from diffshot.run.predict import Prediction
+from diffshot.run.predict import Prediction, PredictOptions, check_unknown_name, reject_rows
 
 BLOCK_ROWS = 65_536
 STREAM_LIMIT = 500_000
 GRAPH_BUDGET = 2**30
+SLAB_BUDGET = 2**29
 METADATA_KEYS = ("paths", "texts")
 
 
@@ -211,13 +218,12 @@ def predict_stream(
     support: FeatureSet,
     query: QueryRows,
     run: MethodRun,
-    index: str = "auto",
-    exact_limit: int = 50_000,
-    temperature: float = 0.1,
+    options: PredictOptions = PredictOptions(),
     graph_budget: int = GRAPH_BUDGET,
 ) -> Prediction:
     """Predict a support class for every kept query row by diffusion, reading ``query`` block by block."""
     check_stream_run(run)
+    check_unknown_name(support, options)
     if support.dim != query.dim:
         raise DiffshotError(
             f"dimension mismatch: support {support.source} has {support.dim}-d rows, query {query.source} {query.dim}-d"
@@ -239,7 +245,7 @@ def predict_stream(
         for start, raw in query.blocks():
             yield ns + start, (cl2n(torch.from_numpy(raw), mean) + shift).numpy()
 
-    kind = choose_index(index, n, exact_limit)
+    kind = choose_index(options.index, n, options.exact_limit)
     faiss_index = empty_index(kind, n, query.dim)
     if not faiss_index.is_trained:
         take = np.sort(np.random.default_rng(0).choice(n, min(n, ivfpq_shape(n, query.dim).train_rows), replace=False))
@@ -276,14 +282,28 @@ def predict_stream(
     for start, x in points():
         along[start : start + len(x)] = torch.from_numpy(x) @ protos32.T
     along = diffuse_(along, lap, step, params.layers)
-    del lap, spread
     scores = 2.0 * along[ns:] - (protos32 * protos32).sum(dim=1)
     labels = np.empty(nq, dtype=np.int64)
     confidences = np.empty(nq, dtype=np.float32)
     for start in range(0, nq, query.block_rows):
-        which, best = confidence(scores[start : start + query.block_rows], temperature)
+        which, best = confidence(scores[start : start + query.block_rows], options.temperature)
         labels[start : start + len(which)], confidences[start : start + len(which)] = which.numpy(), best.numpy()
     timings["diffusion"] = time.perf_counter() - tick
+    rejection: dict[str, object] = {}
+    if options.scores_unknown:
+        tick = time.perf_counter()
+        diffused_support, query_norms = diffused_rows_and_norms(points, n, ns, query.dim, lap, step, params.layers)
+        scale = query_norms[:, None].clamp_min(1e-12) * protos32.norm(dim=1).clamp_min(1e-12)
+        unknown = TaskScores(
+            block=lambda start, stop: scores[start:stop],
+            details={},
+            unknown=lambda start, stop: -(along[ns + start : ns + stop] / scale[start:stop]).max(dim=-1).values,
+            support=lambda: diffused_support,
+        )
+        labels_t = torch.from_numpy(support.labels)
+        rejection = reject_rows(unknown, nq, options, run.label, labels_t, ways)
+        timings["unknown"] = time.perf_counter() - tick
+    del lap, spread
     details = {
         "n_top": top,
         "sigma": width,
@@ -293,8 +313,49 @@ def predict_stream(
         "block_rows": query.block_rows,
     }
     return Prediction(
-        labels, confidences, support.class_names, run.label, run.as_dict(), kind, details, temperature, timings
+        labels,
+        confidences,
+        support.class_names,
+        run.label,
+        run.as_dict(),
+        kind,
+        details,
+        options.temperature,
+        timings,
+        unknown_name=options.unknown_name,
+        **rejection,  # type: ignore[arg-type]
     )
+
+
+def diffused_rows_and_norms(
+    points: Callable[[], Iterator[tuple[int, np.ndarray]]],
+    n: int,
+    ns: int,
+    dim: int,
+    lap: torch.Tensor,
+    step: float,
+    layers: int,
+    budget: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The diffused support rows [ns, d] and the norms ‖(P·x)_q‖ [nq] of the queries, P·x stepped slab by slab.
+
+    A slab is ``width`` feature columns of all n points ([n, width] float32, and one product of that
+    size while stepping; ``budget`` bytes for both, default ``SLAB_BUDGET``), read again from the blocks
+    for every slab.
+    """
+    width = max(1, min(dim, (budget or SLAB_BUDGET) // (8 * n)))
+    rows = torch.empty((ns, dim), dtype=torch.float32)
+    squares = torch.zeros(n - ns, dtype=torch.float64)
+    for first in range(0, dim, width):
+        cols = slice(first, min(dim, first + width))
+        state = torch.empty((n, cols.stop - cols.start), dtype=torch.float32)
+        for start, x in points():
+            state[start : start + len(x)] = torch.from_numpy(x[:, cols])
+        state = diffuse_(state, lap, step, layers)
+        rows[:, cols] = state[:ns]
+        squares += state[ns:].double().square().sum(dim=1)
+        del state
+    return rows, squares.sqrt().to(torch.float32)
 
 
 def stable_step_sparse_checked(lap: torch.Tensor, step_size: float) -> tuple[float, float]:
