@@ -8,7 +8,12 @@ the child) and wall time are those of the real command. Also printed: the recall
 neighbours against exact search for a subsample of rows (same index rules as predict, over the
 N rows), and with --compare the streamed exact-index predictions against the in-memory path.
 
-    python benchmarks/bench_predict_stream.py [--rows 100000] [--threads 2] [--index auto] [--compare]
+With --gaussian the data are instead the hostile-input issue's well-separated synthetic set
+(benchmarks/stability_large_graph.py: 20 Gaussian classes in 64-d, 100 support rows per class, N
+query rows; synthetic, NOT real), and the nearest-centroid accuracy (CL2N + shift, no diffusion) is
+printed next to the streamed diffusion's.
+
+    python benchmarks/bench_predict_stream.py [--rows 100000] [--threads 2] [--index auto] [--compare] [--gaussian]
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from diffshot.ops.knn import build_index, neighbour_recall
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_predict import novel_support_split
+from stability_large_graph import decide, make_sets, prepared_points
 
 BLOCK = 65_536
 
@@ -52,6 +58,13 @@ def make_inputs(folder: Path, rows: int, noise: float, seed: int) -> tuple[Path,
             feats[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
             labels[start:stop] = pool.labels[picks]
     return write_canonical(novel.take_rows(support), folder / "support.h5"), path
+
+
+def gaussian_inputs(folder: Path, rows: int, seed: int) -> tuple[Path, Path, float]:
+    """The well-separated Gaussian support and query files, and nearest centroid's accuracy on them."""
+    support, query = make_sets(rows, 1.0, seed)
+    centroid = decide(prepared_points(support, query), support, query)
+    return write_canonical(support, folder / "support.h5"), write_canonical(query, folder / "query.h5"), centroid
 
 
 def run_cli(args: argparse.Namespace, support: Path, query: Path, out: Path, extra: list[str]) -> tuple[float, str]:
@@ -102,12 +115,21 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.01)
     parser.add_argument("--recall-sample", type=int, default=2000)
     parser.add_argument("--compare", action="store_true", help="also compare exact streamed vs in-memory predictions")
+    parser.add_argument("--gaussian", action="store_true", help="the well-separated 64-d Gaussian set instead")
     args = parser.parse_args()
-    print(f"synthetic queries: {args.rows} real BANKING77 novel rows + noise (std {args.noise}), d 384; load average")
+    if args.gaussian:
+        print(f"synthetic queries: {args.rows} rows of 20 well-separated Gaussian classes, d 64; load average")
+    else:
+        what = f"{args.rows} real BANKING77 novel rows + noise (std {args.noise}), d 384"
+        print(f"synthetic queries: {what}; load average")
     print("  " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        support, query = make_inputs(folder, args.rows, args.noise, seed=0)
+        if args.gaussian:
+            support, query, centroid = gaussian_inputs(folder, args.rows, seed=0)
+            print(f"nearest centroid (CL2N + shift, no diffusion): accuracy {centroid:.2f}%")
+        else:
+            support, query = make_inputs(folder, args.rows, args.noise, seed=0)
         extra = ["--index", args.index, "--block-rows", str(args.block_rows)]
         wall, err = run_cli(args, support, query, folder / "stream.csv", extra)
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
