@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +16,7 @@ from rich.table import Table
 from diffshot.calibration import DEFAULT_TEMPERATURE
 from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, stderr, stdout, user_errors
 from diffshot.device import resolve_device, set_threads
-from diffshot.errors import DiffshotError
+from diffshot.errors import DiffshotError, UsageError
 from diffshot.features import FeatureSet
 from diffshot.ops.knn import EXACT_LIMIT, faiss_has_gpu
 from diffshot.run.config import method_runs, parse_assignments, read_calibration, read_config
@@ -96,6 +97,20 @@ def predict(
         int,
         typer.Option(help="Stream the HDF5 query file in blocks of this many rows (0: only above 500,000 rows)."),
     ] = 0,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Search the query blocks on a local Dask cluster of N processes, --threads each (default: cores / N); "
+            "streams; diffshot[dask]."
+        ),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Search the query blocks on the Dask cluster at this address (tcp://host:8786; its workers read the "
+            "query file from the same path); streams; diffshot[dask] (default: search on this machine)."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto|cpu|cuda (cuda without a GPU is an error).")] = "auto",
     allow_external_data: AllowExternal = False,
     threads: Threads = None,
@@ -110,6 +125,7 @@ def predict(
     claim_outputs([output], [support, query, config], force=force)
     rejection = parse_reject(reject)
     set_threads(threads)
+    on_dask = _check_dask(workers, scheduler)
     tuned = read_config(config) if config is not None else None
     flags = {"step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
     flags |= {"rectify": rectify, "shift": shift}
@@ -129,13 +145,14 @@ def predict(
     support_fs, _ = load_rows(support, support_split, drop_nonfinite, drop_zero, allow_external=allow_external_data)
     if block_rows < 0:
         raise DiffshotError(f"--block-rows must be 0 or a positive number of rows, got {block_rows}")
-    if wants_stream(query, block_rows):
+    if on_dask or wants_stream(query, block_rows):
         with contextlib.ExitStack() as stack:
+            address = _dask_scheduler(stack, workers, scheduler, threads, quiet) if on_dask else None
             query_rows = open_query(
                 stack, query, query_split, drop_nonfinite, drop_zero, allow_external_data, block_rows or BLOCK_ROWS
             )
             loaded = time.perf_counter() - start
-            prediction = predict_stream(support_fs, query_rows, run, options)
+            prediction = predict_stream(support_fs, query_rows, run, options, scheduler=address)
             prediction = dataclasses.replace(prediction, calibration=options.calibration)
             tick = time.perf_counter()
             write_predictions(output, prediction, query_rows, query_rows.rows, out_format)  # type: ignore[arg-type]
@@ -153,6 +170,35 @@ def predict(
     write_predictions(output, prediction, query_fs, rows, out_format)
     timings = {"load": loaded, **prediction.timings, "output": time.perf_counter() - tick}
     _report(prediction, query_fs, support_fs.num_rows, options, timings, quiet)
+
+
+def _check_dask(workers: int | None, scheduler: str | None) -> bool:
+    """Whether the search runs on Dask; the options' errors (and a missing extra) before any work starts."""
+    if workers is not None and scheduler is not None:
+        raise UsageError("give --workers (a local cluster) or --scheduler (an existing one), not both")
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be a positive integer, got {workers}")
+    if workers is None and scheduler is None:
+        return False
+    from diffshot.run.distributed import require_distributed
+
+    require_distributed()
+    return True
+
+
+def _dask_scheduler(
+    stack: contextlib.ExitStack, workers: int | None, scheduler: str | None, threads: int | None, quiet: bool
+) -> str:
+    """Connect to the Dask cluster at ``scheduler`` (or start one of ``workers`` processes) for the run; its address."""
+    from diffshot.run.distributed import dask_client
+
+    if workers is not None and threads is None:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+    client = stack.enter_context(dask_client(workers, scheduler, threads))
+    if not quiet:
+        where = f"the Dask scheduler {scheduler}" if scheduler else f"a local Dask cluster of {workers} processes"
+        stderr.print(f"searching the query blocks on {where}", highlight=False)
+    return str(client.scheduler.address)
 
 
 def _report(

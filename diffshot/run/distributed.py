@@ -29,6 +29,7 @@ from diffshot.run.batch import Entry, Outcome, SuiteError
 from diffshot.run.evaluate import Evaluation, EvaluationRun, prepare_runs, run_evaluation
 
 EXTRA = "pip install 'diffshot[dask]'"
+CONNECT_TIMEOUT = "20s"  # how long a Client waits for the scheduler at --scheduler ADDRESS
 SettingDone = Callable[[int, int, str], None]  # (settings done, settings in all, label of the one just finished)
 
 
@@ -139,7 +140,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, thread
     distributed = require_distributed()
     if scheduler is not None:
         try:
-            client = distributed.Client(scheduler, timeout="20s")
+            client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as exc:
             raise DiffshotError(f"--scheduler {scheduler}: cannot connect to a Dask scheduler ({exc})") from None
         with client:

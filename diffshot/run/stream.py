@@ -91,21 +91,25 @@ class QueryRows:
     class_names: tuple[str, ...]
     metadata: dict[str, LazyColumn]
     block_rows: int
+    allow_external: bool = False  # how the file was opened (Dask workers open it the same way)
 
     @property
     def num_rows(self) -> int:
         return int(self.rows.shape[0])
 
-    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
-        """(first kept position, raw float32 rows) of every block of at most ``block_rows`` file rows."""
+    def windows(self) -> Iterator[tuple[int, int, int, int]]:
+        """(first file row, end file row, first kept position, end kept position) of every block that keeps rows."""
         total = int(self.ds.shape[0])
         cuts = np.searchsorted(self.rows, np.arange(0, total + self.block_rows, self.block_rows))
         for w, start in enumerate(range(0, total, self.block_rows)):
             lo, hi = int(cuts[w]), int(cuts[w + 1])
-            if hi == lo:
-                continue
-            window = _read_window(self.ds, start, min(total, start + self.block_rows))
-            yield lo, window[self.rows[lo:hi] - start]
+            if hi > lo:
+                yield start, min(total, start + self.block_rows), lo, hi
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first kept position, raw float32 rows) of every block of at most ``block_rows`` file rows."""
+        for start, stop, lo, hi in self.windows():
+            yield lo, _read_window(self.ds, start, stop)[self.rows[lo:hi] - start]
 
 
 def is_streamable(path: Path) -> bool:
@@ -137,7 +141,8 @@ def check_stream_run(run: MethodRun) -> None:
     """The streamed path runs diffusion with nearest prototypes only: a one-line error for anything else."""
     if run.method.name != "diffusion" or getattr(run.params, "rectify", False):
         raise UsageError(
-            "streamed predict (--block-rows, or a query file above 500,000 rows) runs diffusion without --rectify"
+            "streamed predict (--block-rows, --workers, --scheduler, or a query file above 500,000 rows) runs "
+            "diffusion without --rectify"
         )
     if getattr(run.params, "assign", "nearest") != "nearest":
         raise UsageError("parameter diffusion.assign: balanced is for episodes; one large task uses nearest")
@@ -202,7 +207,7 @@ def open_query(
         for key in METADATA_KEYS
         if isinstance(handle.get(key), h5py.Dataset) and handle[key].shape[:1] == (total,)
     }
-    return QueryRows(str(p), ds, rows, dim, labels[rows], names, metadata, block_rows)
+    return QueryRows(str(p), ds, rows, dim, labels[rows], names, metadata, block_rows, allow_external)
 
 
 def _neighbour_arrays(n: int, k: int, folder: Path, budget: int) -> tuple[np.ndarray, np.ndarray]:
@@ -220,6 +225,7 @@ def predict_stream(
     run: MethodRun,
     options: PredictOptions = PredictOptions(),
     graph_budget: int = GRAPH_BUDGET,
+    scheduler: str | None = None,
 ) -> Prediction:
     """Predict a support class for every kept query row by diffusion, reading ``query`` block by block."""
     check_stream_run(run)
@@ -261,7 +267,12 @@ def predict_stream(
     tick = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="diffshot-graph-") as folder:
         dist, ids = _neighbour_arrays(n, k, Path(folder), graph_budget)
-        search_blocks(faiss_index, points(), k, dist, ids)
+        if scheduler is None:
+            search_blocks(faiss_index, points(), k, dist, ids)
+        else:
+            from diffshot.run.stream_dask import search_on_dask
+
+            search_on_dask(scheduler, faiss_index, query, support_x.numpy(), mean.numpy(), shift.numpy(), k, dist, ids)
         del faiss_index
         graph = sparse_graph(np.asarray(dist), np.asarray(ids, dtype=np.int64), top, width)
         del dist, ids
