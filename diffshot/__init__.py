@@ -2,9 +2,13 @@
 
 import os
 
-# OpenMP threads that spin while waiting make torch 4-20x slower on a shared machine (a busy CI runner); a
-# passive wait policy costs nothing on a quiet one. It must be set before torch loads; the user's own wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP threads that spin while waiting (libgomp's default: 300,000 spins) make torch 4-20x slower on a shared
+# machine (a busy CI runner); never spinning (a passive wait policy) makes iterative methods, whose steps are many
+# small parallel regions, up to 3x slower on a quiet one. A short spin (3,000, a few microseconds) keeps both
+# (README, "On a busy machine"). It must be set before torch loads; the user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+SPIN_COUNT = "3000"
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
 
 __version__ = "0.1.0"
 

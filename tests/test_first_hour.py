@@ -214,3 +214,16 @@ def test_an_interrupt_swallowed_by_a_destructor_still_stops_the_run() -> None:
             run_evaluation(EvaluationRequest(DEMO, methods=("simpleshot",), episodes=10))
     finally:
         interrupt._requested = False
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [({}, "3000 None"), ({"OMP_WAIT_POLICY": "PASSIVE"}, "None PASSIVE"), ({"GOMP_SPINCOUNT": "7"}, "7 None")],
+)
+def test_openmp_spins_briefly_unless_the_user_chose(given: dict[str, str], expected: str) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | given
+    code = "import os, diffshot; print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == expected
