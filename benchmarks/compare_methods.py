@@ -1,11 +1,12 @@
-"""Regenerate docs/results.md: every method × {1, 5}-shot × {balanced, dirichlet:2} on BANKING77 and Omniglot.
+"""Regenerate docs/results.md: every method × {1, 5}-shot × three query protocols on BANKING77 and Omniglot.
 
-Usage: python benchmarks/compare_methods.py [--episodes N] [--heavy-episodes M] [--output docs/results.md]
+Usage: python benchmarks/compare_methods.py [--episodes N] [--output docs/results.md]
 
-All methods of one (dataset, shots, queries) setting run on the same seeded episodes, so each row
-also gives its paired difference to SimpleShot ± 95% interval. The trained or iterative methods
-(diffresnet, tim, ptmap) run on the first M episodes of the same stream, paired with a SimpleShot
-run on those M episodes. Uses 2 CPU threads.
+Protocols: balanced, dirichlet:2 (α-TIM's imbalance), and dirichlet:2 with the queries from only 3 of the 5
+classes (``--query-classes 3``, PADDLE's setting). All methods of one cell run on the same N seeded episodes
+(the heavy ones too), so every row gives its paired difference to SimpleShot and to the best peer of the cell
+(the most accurate method that is not one of diffshot's ``diffusion`` variants, the row itself left out), each
+± its 95% interval. The open-set section of the existing output file is kept as it is. Uses 2 CPU threads.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 from diffshot.atomic import write_text_atomic
 from diffshot.episodes import EpisodeSpec
+from diffshot.errors import DiffshotError
 from diffshot.features import load_features
 from diffshot.run.evaluate import evaluate
 
@@ -36,44 +38,82 @@ DATASETS = (
         "all",
     ),
 )
-CHEAP = ["simpleshot", "diffusion", ("diffusion", {"assign": "balanced"}), "bdcspn", "laplacianshot", "labelprop"]
-HEAVY = ["simpleshot", "ptmap", "tim", "diffresnet"]
+METHODS = [
+    "simpleshot",
+    "diffusion",
+    "diffusion:assign=balanced",
+    "diffusion:assign=estimated",
+    "bdcspn",
+    "laplacianshot",
+    "labelprop",
+    "ptmap",
+    "tim",
+    "diffresnet",
+    "bms",
+    "paddle",
+    "alpha_tim",
+]
+PROTOCOLS = ((None, None), (2.0, None), (2.0, 3))
 SEED = 0
+OPEN_SET = "## Open set"
 
 
-def label(result) -> str:
-    """A row's method name, with --assign balanced spelled out."""
-    return result.method + (" --assign balanced" if result.params.get("assign") == "balanced" else "")
+def protocol_name(imbalance: float | None, query_classes: int | None) -> str:
+    """A cell's query protocol as the table writes it."""
+    if imbalance is None:
+        return "balanced"
+    return f"dirichlet:{imbalance:g}" + ("" if query_classes is None else f", {query_classes} classes")
 
 
-def capped_note(fs, split: str, shots: int) -> str:
+def capped_note(fs, split: str, shots: int, imbalance: float | None) -> str:
     """A marker when no class has rows for more than 15 queries: the Dirichlet draw is then capped to balanced."""
     counts = np.bincount(fs.select_split(split).labels)
-    return " (capped: = balanced)" if counts.max() - shots <= 15 else ""
+    return " (capped: = balanced)" if imbalance is not None and counts.max() - shots <= 15 else ""
 
 
-def rows_for(fs, split: str, shots: int, imbalance: float | None, episodes: int, heavy: int) -> list[str]:
-    """Markdown rows of one setting: accuracy ± interval and paired Δ to SimpleShot."""
-    spec = EpisodeSpec(5, shots, 15, imbalance)
+def rows_for(
+    fs, split: str, shots: int, imbalance: float | None, query_classes: int | None, episodes: int
+) -> list[str]:
+    """Markdown rows of one cell: accuracy ± interval, paired Δ to SimpleShot and to the best peer."""
+    queries = protocol_name(imbalance, query_classes)
+    try:
+        spec = EpisodeSpec(5, shots, 15, imbalance, query_classes=query_classes)
+        evaluation = evaluate(fs, METHODS, spec, episodes=episodes, seed=SEED, split=split)
+    except DiffshotError as exc:
+        why = str(exc).removeprefix(f"{fs.source}: ")
+        return [f"| — | {shots} | {queries} | not possible: {why} | | | | |"]
+    results = {r.method: r for r in evaluation.results}
+    base = results["simpleshot"]
+    peers = [r for r in evaluation.results if not r.method.startswith("diffusion")]
     rows = []
-    for methods, count in ((CHEAP, episodes), (HEAVY, heavy)):
-        evaluation = evaluate(fs, methods, spec, episodes=count, seed=SEED, split=split)
-        base = evaluation.results[0]
-        for result in evaluation.results[(0 if methods is CHEAP else 1) :]:
-            s, p = result.summary, result.paired(base)
-            queries = "balanced" if imbalance is None else f"dirichlet:{imbalance:g}" + capped_note(fs, split, shots)
-            rows.append(
-                f"| {label(result)} | {shots} | {queries} | {s.mean:.2f} ± {s.ci95:.2f} | "
-                f"{p.mean:+.2f} ± {p.ci95:.2f} | {count} | {result.episodes_per_second:,.1f} |"
-            )
-        print(f"done {split} {shots}-shot {imbalance}: {len(methods)} methods", file=sys.stderr, flush=True)
+    for result in evaluation.results:
+        best = max((r for r in peers if r is not result), key=lambda r: r.summary.mean)
+        s, p, q = result.summary, result.paired(base), result.paired(best)
+        rows.append(
+            f"| {result.method} | {shots} | {queries}{capped_note(fs, split, shots, imbalance)} | "
+            f"{s.mean:.2f} ± {s.ci95:.2f} | {p.mean:+.2f} ± {p.ci95:.2f} | {q.mean:+.2f} ± {q.ci95:.2f} | "
+            f"{best.method} | {result.episodes_per_second:,.1f} |"
+        )
+    print(f"done {split} {shots}-shot {queries}", file=sys.stderr, flush=True)
     return rows
+
+
+def kept_open_set(path: Path) -> list[str]:
+    """The open-set section of the existing results file (written from its own runs), or nothing."""
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    if OPEN_SET not in text:
+        return []
+    section = text[text.index(OPEN_SET) :]
+    if "## Machine" not in section:
+        return []
+    return [*section[: section.index("## Machine")].rstrip("\n").split("\n"), ""]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--episodes", type=int, default=500, help="episodes for the cheap methods")
-    parser.add_argument("--heavy-episodes", type=int, default=500, help="episodes for ptmap, tim, diffresnet")
+    parser.add_argument("--episodes", type=int, default=1000, help="episodes per cell, for every method")
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "results.md")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -81,28 +121,31 @@ def main() -> None:
     lines = [
         "# Results: every method on identical episodes",
         "",
-        "Regenerate with `python benchmarks/compare_methods.py "
-        f"--episodes {args.episodes} --heavy-episodes {args.heavy_episodes}`.",
+        f"Regenerate with `python benchmarks/compare_methods.py --episodes {args.episodes}`.",
         "",
-        f"5-way, 15 queries per class on average, seed {SEED}; 95% intervals 1.96·std/√n over episodes; "
-        "Δ = paired difference to SimpleShot on the same episodes, with its own interval. "
-        f"Cheap methods: {args.episodes} episodes per setting; ptmap, tim and diffresnet: the first "
-        f"{args.heavy_episodes} episodes of the same stream (their Δ pairs them with SimpleShot on those). "
-        "dirichlet:2 = per-class query counts from Dirichlet(2), total 75 (α-TIM protocol), each class "
-        "capped at the rows it has: Omniglot classes have 20 drawings, so at 5 shots every class gives "
-        "exactly 15 queries and dirichlet:2 is the balanced protocol again (marked). "
-        "episodes/s are this run's, on the machine below (docs/methods.md has the speed benchmark).",
+        f"5-way, 15 queries per class on average, seed {SEED}, {args.episodes} episodes per cell for every method, "
+        "the same episodes for all methods of a cell; 95% intervals 1.96·std/√n over episodes. Δ vs SimpleShot and "
+        "Δ vs best peer are paired differences on the same episodes, each with its own interval; the best peer is "
+        "the cell's most accurate method other than diffshot's `diffusion` variants and the row itself. "
+        "dirichlet:2 = per-class query counts from Dirichlet(2), total 75 (α-TIM protocol), each class capped at "
+        "the rows it has: Omniglot classes have 20 drawings, so at 5 shots every class gives exactly 15 queries and "
+        "dirichlet:2 is the balanced protocol again (marked). dirichlet:2, 3 classes = the queries come from 3 of "
+        "the 5 support classes (`--query-classes 3`, PADDLE's setting), total 75. episodes/s are this run's, on the "
+        "machine below (docs/methods.md has the speed benchmark).",
         "",
     ]
     for title, path, split in DATASETS:
         fs = load_features(path)
         lines += [f"## {title}", "", f"`{path.name}`, split `{split}`, centred by the file's base mean.", ""]
-        lines += ["| method | shots | queries | accuracy (%) | Δ vs SimpleShot | episodes | episodes/s |"]
-        lines += ["| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
-        for imbalance in (None, 2.0):
+        lines += [
+            "| method | shots | queries | accuracy (%) | Δ vs SimpleShot | Δ vs best peer | best peer | episodes/s |"
+        ]
+        lines += ["| --- | ---: | --- | ---: | ---: | ---: | --- | ---: |"]
+        for imbalance, query_classes in PROTOCOLS:
             for shots in (1, 5):
-                lines += rows_for(fs, split, shots, imbalance, args.episodes, args.heavy_episodes)
+                lines += rows_for(fs, split, shots, imbalance, query_classes, args.episodes)
         lines.append("")
+    lines += kept_open_set(args.output)
     lines += [
         "## Machine",
         "",

@@ -24,14 +24,20 @@ BLOCK = 4_096
 IVFPQ_RECALL_BAR = 0.75  # measured 0.797 on these 20,000 rows
 
 
+def five_per_class(banking77: FeatureSet) -> tuple[FeatureSet, np.ndarray, np.random.Generator]:
+    """BANKING77's novel rows, a mask of 5 seeded rows per class (the support), and the generator after drawing them."""
+    novel, _ = select_rows(banking77, "novel")
+    rng = np.random.default_rng(0)
+    chosen = np.zeros(novel.num_rows, dtype=bool)
+    for c in range(novel.num_classes):
+        chosen[rng.choice(np.flatnonzero(novel.labels == c), 5, replace=False)] = True
+    return novel, chosen, rng
+
+
 @pytest.fixture(scope="module")
 def noisy_task(banking77: FeatureSet, tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureSet, FeatureSet, Path]:
     """5 real support rows per novel class; 20,000 queries = real novel rows + Gaussian noise (std 0.01), as a file."""
-    novel, _ = select_rows(banking77, "novel")
-    rng = np.random.default_rng(0)
-    support = np.zeros(novel.num_rows, dtype=bool)
-    for c in range(novel.num_classes):
-        support[rng.choice(np.flatnonzero(novel.labels == c), 5, replace=False)] = True
+    novel, support, rng = five_per_class(banking77)
     pool = novel.take_rows(~support)
     picks = rng.integers(0, pool.num_rows, ROWS)
     feats = pool.features[picks] + rng.normal(0.0, 0.01, (ROWS, pool.dim)).astype(np.float32)
@@ -88,22 +94,26 @@ def test_streamed_path_refuses_rectify(noisy_task) -> None:
         predict_stream(support, open_query(stack, path), method_runs([("diffusion", {"rectify": True})])[0])
 
 
-def test_cli_block_rows_writes_the_same_csv(noisy_task, tmp_path: Path) -> None:
-    support, _, path = noisy_task
-    support_path = write_canonical(support, tmp_path / "support.h5")
-    outputs = {}
-    for name, extra in (("memory", []), ("stream", ["--block-rows", "5000"])):
-        out = tmp_path / f"{name}.csv"
-        command = [sys.executable, "-m", "diffshot", "predict", "--support", str(support_path), "--query", str(path)]
-        done = subprocess.run(
-            [*command, "--output", str(out), "--index", "flat", "--exact-limit", "100000", *extra],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+def predict_both_ways(
+    support: FeatureSet, query: Path, folder: Path, block_rows: int, extra: list[str]
+) -> tuple[dict[str, list[dict[str, str]]], dict[str, str]]:
+    """The CSV rows and stdout of `diffshot predict` in memory and streamed in ``block_rows`` blocks, same options."""
+    support_path = write_canonical(support, folder / "support.h5")
+    outputs, printed = {}, {}
+    for name, streamed in (("memory", []), ("stream", ["--block-rows", str(block_rows)])):
+        out = folder / f"{name}.csv"
+        command = [sys.executable, "-m", "diffshot", "predict", "--support", str(support_path), "--query", str(query)]
+        command += ["--output", str(out), "--index", "flat", *extra, *streamed]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stderr
         with open(out, encoding="utf-8", newline="") as handle:
-            outputs[name] = list(csv.DictReader(handle))
+            outputs[name], printed[name] = list(csv.DictReader(handle)), done.stdout
+    return outputs, printed
+
+
+def test_cli_block_rows_writes_the_same_csv(noisy_task, tmp_path: Path) -> None:
+    support, _, path = noisy_task
+    outputs, _ = predict_both_ways(support, path, tmp_path, 5000, ["--exact-limit", "100000"])
     assert len(outputs["stream"]) == ROWS
     assert [r["class"] for r in outputs["stream"]] == [r["class"] for r in outputs["memory"]]
     assert [r["row"] for r in outputs["stream"]] == [r["row"] for r in outputs["memory"]]
@@ -133,11 +143,7 @@ def test_cli_streamed_errors_are_one_line(noisy_task, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def open_task(banking77: FeatureSet, tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureSet, FeatureSet, Path]:
     """5 real support rows of each of 25 novel classes; every other novel row is a query (5 classes unknown)."""
-    novel, _ = select_rows(banking77, "novel")
-    rng = np.random.default_rng(0)
-    chosen = np.zeros(novel.num_rows, dtype=bool)
-    for c in range(novel.num_classes):
-        chosen[rng.choice(np.flatnonzero(novel.labels == c), 5, replace=False)] = True
+    novel, chosen, _ = five_per_class(banking77)
     keep = chosen & (novel.labels >= 5)
     support = make_featureset(
         novel.features[keep], novel.labels[keep] - 5, class_names=list(novel.class_names[5:]), source="<support>"
@@ -169,17 +175,8 @@ def test_streamed_unknown_scores_and_rejection_equal_in_memory(open_task, monkey
 
 def test_cli_streamed_reject_writes_the_same_classes(open_task, tmp_path: Path) -> None:
     support, _, path = open_task
-    support_path = write_canonical(support, tmp_path / "support.h5")
-    outputs = {}
-    for name, extra in (("memory", []), ("stream", ["--block-rows", "1000"])):
-        out = tmp_path / f"{name}.csv"
-        command = [sys.executable, "-m", "diffshot", "predict", "--support", str(support_path), "--query", str(path)]
-        command += ["--output", str(out), "--index", "flat", "--reject", "auto", "--unknown-name", "other", *extra]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        assert done.returncode == 0, done.stderr
-        assert "rejected" in done.stdout and "unknown recall" in done.stdout
-        with open(out, encoding="utf-8", newline="") as handle:
-            outputs[name] = list(csv.DictReader(handle))
+    outputs, printed = predict_both_ways(support, path, tmp_path, 1000, ["--reject", "auto", "--unknown-name", "other"])
+    assert all("rejected" in text and "unknown recall" in text for text in printed.values())
     classes = {name: [r["class"] for r in rows] for name, rows in outputs.items()}
     assert "other" in classes["stream"]
     assert sum(a != b for a, b in zip(classes["stream"], classes["memory"], strict=True)) <= 2
