@@ -85,37 +85,44 @@ def sigma_param(default: int | str = AUTO) -> Any:
     )
 
 
-def auto_n_top(shots: float, points_per_class: float) -> int:
+def auto_n_top(shots: float, points_per_class: float, balanced: bool = False) -> int:
     """n_top adapted to the task: a point keeps about as many neighbours as there are queries per shot.
 
     With m = points per class and q = m − shots queries per class: n_top = 8 (the paper's) when
     m ≥ 16, the regime the paper tuned for (16 or 20 points per class); n_top = 2 when several shots
     face no more queries than shots — the graph keeps only the point itself, so only the shift acts
     (diffusion among many labelled and few unlabelled points mixes neighbouring classes' prototypes);
-    else 2 + ⌈q / shots⌉, capped at 8 (one shot and one query gives 3, measured best).
+    else 2 + ⌈q / shots⌉, capped at 8 (one shot and one query gives 3, measured best). Under the
+    ``balanced`` assignment n_top = 2 already from q ≤ shots: the Sinkhorn does the transductive work,
+    and a graph over one shot and one query per class only blurs it (measured on BANKING77's val split).
     """
     queries = points_per_class - shots
     if points_per_class >= 16:
         return PAPER_N_TOP
-    if shots > 1 and queries <= shots:
+    if (shots > 1 or balanced) and queries <= shots:
         return 2
     return min(PAPER_N_TOP, 2 + math.ceil(queries / shots - 1e-9))
 
 
-def graph_size(shots: float, points_per_class: float, n_top: int | str, sigma: int | str) -> tuple[int, int]:
+def graph_size(
+    shots: float, points_per_class: float, n_top: int | str, sigma: int | str, balanced: bool = False
+) -> tuple[int, int]:
     """The n_top and sigma to use: explicit values win; ``auto`` follows :func:`auto_n_top`, sigma = min(4, n_top)."""
-    top = auto_n_top(shots, points_per_class) if n_top == AUTO else int(n_top)
+    top = auto_n_top(shots, points_per_class, balanced) if n_top == AUTO else int(n_top)
     return top, (min(PAPER_SIGMA, top) if sigma == AUTO else int(sigma))
 
 
-def episode_graph_size(episodes: Episodes, n_top: int | str, sigma: int | str) -> tuple[int, int]:
+def episode_graph_size(
+    episodes: Episodes, n_top: int | str, sigma: int | str, balanced: bool = False
+) -> tuple[int, int]:
     """:func:`graph_size` for a batch of episodes."""
-    return graph_size(episodes.num_support / episodes.ways, episodes.points_per_class, n_top, sigma)
+    return graph_size(episodes.num_support / episodes.ways, episodes.points_per_class, n_top, sigma, balanced)
 
 
 def resolved_graph(episodes: Episodes, params: object) -> dict[str, object]:
     """The graph size the ``auto`` rule picked for these episodes."""
-    n_top, sigma = episode_graph_size(episodes, params.n_top, params.sigma)  # type: ignore[attr-defined]
+    balanced = getattr(params, "assign", "nearest") == "balanced"
+    n_top, sigma = episode_graph_size(episodes, params.n_top, params.sigma, balanced)  # type: ignore[attr-defined]
     return {"n_top": n_top, "sigma": sigma}
 
 
@@ -137,7 +144,12 @@ class DiffusionParams:
         "estimated from the queries (EM), scarce or absent classes handled (see docs/methods.md)",
         choices=("nearest", "balanced", "estimated"),
     )
-    lam: float = param(10.0, "Sinkhorn sharpness λ of assign = balanced (PT-MAP: 10)", minimum=0.0)
+    lam: float = param(
+        20.0,
+        "Sinkhorn sharpness λ of assign = balanced (PT-MAP: 10; 20 measured better on BANKING77's val split, "
+        "docs/methods.md)",
+        minimum=0.0,
+    )
     open_score: str = param(
         "diffused",
         "unknown score under evaluate --open-set: −max cosine to the diffused prototypes of the diffused query "
@@ -187,7 +199,7 @@ def diffusion_parts(episodes: Episodes, params: DiffusionParams) -> tuple[torch.
 def graph_and_steps(episodes: Episodes, params: DiffusionParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The Gram matrix [E, n, n] before diffusion, the graph Laplacian L [E, n, n] and the stable steps τ [E]."""
     points, inner = graph_inputs(episodes, params.shift, params.knn)
-    n_top, sigma = episode_graph_size(episodes, params.n_top, params.sigma)
+    n_top, sigma = episode_graph_size(episodes, params.n_top, params.sigma, params.assign == "balanced")
     lap = episode_laplacian(points, n_top, sigma, params.knn, inner)
     steps, _ = stable_step_batched(lap, params.step_size)
     if bool((steps < params.step_size).any()):
