@@ -29,6 +29,9 @@ def main() -> None:
     try:
         result = app(standalone_mode=False)
         code = result if isinstance(result, int) else 0
+        if code == INTERRUPTED and not interrupt.was_reported():
+            # Typer turns a Ctrl-C during argument parsing (its lazy imports) into a silent exit code 130
+            code = _one_line("interrupted", INTERRUPTED)
     except KeyboardInterrupt:
         code = _one_line("interrupted", INTERRUPTED)
     except Abort:

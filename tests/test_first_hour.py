@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -227,3 +228,22 @@ def test_openmp_spins_briefly_unless_the_user_chose(given: dict[str, str], expec
     code = "import os, diffshot; print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == expected
+
+
+@pytest.mark.parametrize("reported", [False, True])
+def test_a_silent_exit_code_130_still_says_interrupted_once(monkeypatch, capsys, reported: bool) -> None:
+    """Typer turns a Ctrl-C during argument parsing into exit code 130 without a word; the entry point adds one."""
+    import diffshot.cli
+    from diffshot import entry, interrupt
+
+    monkeypatch.setattr(diffshot.cli, "app", lambda standalone_mode: 130)
+    monkeypatch.setattr(interrupt, "_reported", reported)
+    monkeypatch.setattr(entry.os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as done:
+            entry.main()
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert done.value.code == 130
+    assert capsys.readouterr().err == ("" if reported else "error: interrupted\n")

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from diffshot import atomic
+from diffshot import atomic, interrupt
 from diffshot.errors import DiffshotError, UsageError
 
 P = ParamSpec("P")
@@ -62,6 +62,7 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
             except DiffshotError as exc:
                 raise fail(str(exc).replace("\n", " ")) from None
             except KeyboardInterrupt:
+                interrupt.mark_reported()
                 raise fail("interrupted", 130) from None
             finally:
                 shown = set()
