@@ -119,10 +119,15 @@ def episode_graph_size(
     return graph_size(episodes.num_support / episodes.ways, episodes.points_per_class, n_top, sigma, balanced)
 
 
+def method_graph_size(episodes: Episodes, params: object) -> tuple[int, int]:
+    """The graph size of a diffusion-family method's parameters (``assign = balanced`` has its own auto rule)."""
+    balanced = getattr(params, "assign", "nearest") == "balanced"
+    return episode_graph_size(episodes, params.n_top, params.sigma, balanced)  # type: ignore[attr-defined]
+
+
 def resolved_graph(episodes: Episodes, params: object) -> dict[str, object]:
     """The graph size the ``auto`` rule picked for these episodes."""
-    balanced = getattr(params, "assign", "nearest") == "balanced"
-    n_top, sigma = episode_graph_size(episodes, params.n_top, params.sigma, balanced)  # type: ignore[attr-defined]
+    n_top, sigma = method_graph_size(episodes, params)
     return {"n_top": n_top, "sigma": sigma}
 
 
@@ -199,7 +204,7 @@ def diffusion_parts(episodes: Episodes, params: DiffusionParams) -> tuple[torch.
 def graph_and_steps(episodes: Episodes, params: DiffusionParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The Gram matrix [E, n, n] before diffusion, the graph Laplacian L [E, n, n] and the stable steps τ [E]."""
     points, inner = graph_inputs(episodes, params.shift, params.knn)
-    n_top, sigma = episode_graph_size(episodes, params.n_top, params.sigma, params.assign == "balanced")
+    n_top, sigma = method_graph_size(episodes, params)
     lap = episode_laplacian(points, n_top, sigma, params.knn, inner)
     steps, _ = stable_step_batched(lap, params.step_size)
     if bool((steps < params.step_size).any()):
@@ -286,9 +291,10 @@ def open_set(episodes: Episodes, params: DiffusionParams) -> OpenSetScores:
     inner, lap, steps = graph_and_steps(episodes, params)
     operator = diffusion_operator(lap, steps, params.layers)
     diffused = diffuse_gram(inner, operator)
-    scores, mix = scores_from_gram(episodes, params, diffused)
     if plain_nearest(params):
-        scores = nearest_scores(episodes, params, inner, lap, steps)
+        scores, mix = nearest_scores(episodes, params, inner, lap, steps), _prototype_mix(episodes, params, diffused)
+    else:
+        scores, mix = scores_from_gram(episodes, params, diffused)
     if params.assign == "estimated":
         scores = estimated_scores(episodes, params)[0]
     queries = slice(episodes.num_support, None)
