@@ -33,13 +33,14 @@ import numpy as np
 import torch
 
 from diffshot.episodes import EpisodeSpec
+from diffshot.errors import DiffshotError
 from diffshot.features import load_features
 from diffshot.methods import diffusion
 from diffshot.ops.preprocess import transductive_gram
 from diffshot.ops.proportions import proportion_em
 from diffshot.ops.sinkhorn import PTMAP_ALPHA, PTMAP_STEPS
 from diffshot.run.evaluate import episode_source, evaluate
-from diffshot.stats import paired_difference, summarise
+from diffshot.stats import Summary, paired_difference, summarise
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PEERS = ["simpleshot", "laplacianshot", "ptmap", "tim", "diffresnet", "bms", "paddle", "alpha_tim"]
@@ -54,7 +55,7 @@ def uniform_divergence(share: torch.Tensor) -> np.ndarray:
     return (share * (share * ways).clamp_min(1e-12).log()).sum(dim=-1).numpy()
 
 
-def interval(summary) -> str:
+def interval(summary: Summary) -> str:
     """A paired difference as the tables write it."""
     return f"{summary.mean:+.2f} ± {summary.ci95:.2f}"
 
@@ -112,7 +113,10 @@ def main() -> None:
         fs = load_features(path)
         for shots, imbalance in protocols:
             name = f"{title} {shots}-shot {'balanced' if imbalance is None else 'dirichlet:2'}"
-            cells[name] = cell(fs, split, shots, imbalance, args.episodes)
+            try:
+                cells[name] = cell(fs, split, shots, imbalance, args.episodes)
+            except DiffshotError as exc:
+                sys.exit(f"error: {name}: {exc}")
             print(f"done {name}", file=sys.stderr, flush=True)
     print(f"{args.episodes} episodes per cell, seed 0; Δ = paired difference to the cell's best peer ± 95% interval")
     print("| cell | best peer | Δ of balanced | Δ of estimated |")

@@ -291,12 +291,12 @@ def open_set(episodes: Episodes, params: DiffusionParams) -> OpenSetScores:
     inner, lap, steps = graph_and_steps(episodes, params)
     operator = diffusion_operator(lap, steps, params.layers)
     diffused = diffuse_gram(inner, operator)
-    if plain_nearest(params):
+    if params.assign == "estimated":
+        scores, mix = estimated_scores(episodes, params)[0], _prototype_mix(episodes, params, diffused)
+    elif plain_nearest(params):
         scores, mix = nearest_scores(episodes, params, inner, lap, steps), _prototype_mix(episodes, params, diffused)
     else:
         scores, mix = scores_from_gram(episodes, params, diffused)
-    if params.assign == "estimated":
-        scores = estimated_scores(episodes, params)[0]
     queries = slice(episodes.num_support, None)
     if params.open_score == "diffused":
         unknown = -gram_cosine(diffused, mix, queries).max(dim=-1).values
