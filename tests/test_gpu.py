@@ -9,7 +9,7 @@ from diffshot.device import resolve_device
 from diffshot.episodes import Episodes, EpisodeSpec
 from diffshot.features import FeatureSet
 from diffshot.methods import REGISTRY
-from tests.test_methods import FAST, episodes_of
+from tests.methods.test_methods import FAST, episodes_of
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from diffshot.cli import app as main_app
 from diffshot.cli.extract import extract
 
-OMNIGLOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
+OMNIGLOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "omniglot"
 ZIPS = [OMNIGLOT / "images_background_small1.zip", OMNIGLOT / "images_background_small2.zip"]
 CHECKPOINT = OMNIGLOT / "conv4-protonet-omniglot.pth"
 REFERENCE = OMNIGLOT / "omniglot-small-conv4-reference.h5"

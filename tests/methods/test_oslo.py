@@ -18,7 +18,7 @@ from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet
 from diffshot.methods import get_method
 from diffshot.methods.base import OpenSetScores
-from tests.test_predict import assert_same_labels_up_to_ties
+from tests.run.test_predict import assert_same_labels_up_to_ties
 
 OSLO = get_method("oslo")
 

@@ -17,7 +17,7 @@ from diffshot.features import FeatureSet, read_features, write_canonical
 from diffshot.features.formats import read_base_mean
 from tests.conftest import OpenFile, one_line_error
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 BANKING = SHARED_DATA / "banking77" / "banking77-minilm.h5"
 DIM = 6
 

@@ -18,7 +18,7 @@ from diffshot.methods import get_method
 from diffshot.methods.alpha_tim import auto_alpha, power
 from diffshot.ops.preprocess import cl2n
 from diffshot.run.evaluate import evaluate
-from tests.test_predict import assert_same_labels_up_to_ties
+from tests.run.test_predict import assert_same_labels_up_to_ties
 
 METHOD = get_method("alpha_tim")
 

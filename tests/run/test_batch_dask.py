@@ -21,7 +21,7 @@ from diffshot.cli import app
 distributed = pytest.importorskip("distributed")
 
 runner = CliRunner()
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "features" / "synthetic-demo.h5"
 TIMINGS = {"seconds", "episodes_per_second"}
 SUITE = """

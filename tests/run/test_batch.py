@@ -14,7 +14,7 @@ from diffshot.cli import app
 from diffshot.run.batch import SuiteError, parse_suite
 
 runner = CliRunner()
-SUITE = Path(__file__).resolve().parents[1] / "suites" / "banking77.toml"
+SUITE = Path(__file__).resolve().parents[2] / "suites" / "banking77.toml"
 
 
 def invoke(*args: object):

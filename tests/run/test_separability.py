@@ -17,7 +17,7 @@ from diffshot.plot import render
 from diffshot.run.evaluate import evaluate
 from diffshot.run.separability import QUANTITIES, episode_view, measure, parse_layers, pca_2d
 
-DEMO = Path(__file__).resolve().parents[1] / "features" / "synthetic-demo.h5"
+DEMO = Path(__file__).resolve().parents[2] / "features" / "synthetic-demo.h5"
 runner = CliRunner()
 
 

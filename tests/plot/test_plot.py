@@ -21,7 +21,7 @@ from diffshot.plot.backend import MISSING, figure, save_figure
 from diffshot.plot.palette import METHOD_STYLES, method_style
 from diffshot.report.episodes_file import load_episode_accuracies
 
-DEMO = Path(__file__).resolve().parents[1] / "features" / "synthetic-demo.h5"
+DEMO = Path(__file__).resolve().parents[2] / "features" / "synthetic-demo.h5"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 runner = CliRunner()
 

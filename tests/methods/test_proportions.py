@@ -13,7 +13,7 @@ from diffshot.ops.knn import gram
 from diffshot.ops.proportions import anchor_support_, proportion_em
 from diffshot.run.evaluate import evaluate
 
-from .test_registry import episodes_of
+from tests.methods.test_registry import episodes_of
 
 
 def _clustered(counts: list[list[int]], shots: int = 1, dim: int = 16, spread: float = 0.15) -> Episodes:

@@ -10,7 +10,7 @@ from diffshot.features import FeatureSet
 from diffshot.methods import get_method
 from diffshot.ops.sinkhorn import fixed_balanced_sinkhorn, min_size_sinkhorn
 from diffshot.run.evaluate import evaluate
-from tests.test_predict import assert_same_labels_up_to_ties
+from tests.run.test_predict import assert_same_labels_up_to_ties
 
 
 def direct_bms(points, support_labels, ways, centre, sinkhorn="min_size", lam=8.5, steps=20, iterations=50):

@@ -17,7 +17,7 @@ from diffshot.cli import app
 from diffshot.features import FeatureSet, write_canonical
 
 runner = CliRunner()
-DEMO = Path(__file__).resolve().parents[1] / "features" / "synthetic-demo.h5"
+DEMO = Path(__file__).resolve().parents[2] / "features" / "synthetic-demo.h5"
 PROBE = (
     "import sys, runpy\n"
     "sys.argv = ['diffshot'] + sys.argv[1:]\n"

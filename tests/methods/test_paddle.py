@@ -10,7 +10,7 @@ from diffshot.episodes import Episodes, EpisodeSpec, build_pool, gather, sample_
 from diffshot.features import FeatureSet
 from diffshot.methods import get_method
 from diffshot.run.evaluate import evaluate
-from tests.test_predict import assert_same_labels_up_to_ties
+from tests.run.test_predict import assert_same_labels_up_to_ties
 
 # reference_paddle on BANKING77 novel, seed 1 (other episodes than the test's seed 0), 5-way 1-shot
 # 15 queries, 2,000 episodes: `python -m tests.test_paddle [FEATURES.h5]` prints it.
