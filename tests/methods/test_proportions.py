@@ -12,7 +12,6 @@ from diffshot.methods.diffusion import estimated_scores
 from diffshot.ops.knn import gram
 from diffshot.ops.proportions import anchor_support_, proportion_em
 from diffshot.run.evaluate import evaluate
-
 from tests.methods.test_registry import episodes_of
 
 
