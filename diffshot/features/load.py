@@ -16,9 +16,10 @@ from diffshot.features.canonical import is_canonical, read_canonical
 from diffshot.features.featureset import FeatureSet
 from diffshot.features.formats import read_base_mean, read_foreign
 from diffshot.features.hdf5_guard import open_hdf5
-from diffshot.fingerprint import file_sha256
+from diffshot.fingerprint import file_sha256, read_hashed
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+READ_ONCE_BYTES = 512 * 2**20  # HDF5 files up to this size are read once into memory, hashed as they are read
 
 
 def check_readable(path: str | os.PathLike[str]) -> Path:
@@ -75,7 +76,13 @@ def read_features(
     """
     p = check_readable(path)
     if is_hdf5(p):
-        with open_hdf5(p, allow_external) as handle:
+        image = None
+        if not allow_external and p.stat().st_size <= READ_ONCE_BYTES:
+            try:
+                image = read_hashed(p)
+            except OSError as exc:
+                raise DiffshotError(f"{p}: cannot read file ({exc.strerror or type(exc).__name__})") from None
+        with open_hdf5(p, allow_external, image) as handle:
             if is_canonical(handle, require_labels):
                 fs = read_canonical(handle, str(p), require_labels)
                 if base_mean_path is None:
