@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from diffshot.cli.common import (
     AllowExternal,
@@ -15,12 +16,14 @@ from diffshot.cli.common import (
     claim_outputs,
     fail,
     progress,
+    show,
     stderr,
     stdout,
     user_errors,
 )
 from diffshot.device import resolve_device, set_threads
 from diffshot.errors import UsageError
+from diffshot.report.table import Column, fit
 from diffshot.run.batch import Entry, Outcome, SuiteError, output_paths, parse_suite, run_suite, write_outputs
 
 
@@ -82,13 +85,7 @@ def batch(
     errors = [(o.entry.name, m, why) for o in outcomes for m, why in o.errors.items()]
     failures = [(o.entry.name, m, acc, limit) for o in outcomes for m, (acc, limit) in o.failures().items()]
     if not quiet:
-        for outcome in outcomes:
-            for method, (mean, ci, _, _) in outcome.accuracies().items():
-                stdout.print(f"{outcome.entry.name} {method}: {mean:.2f} ± {ci:.2f}", highlight=False)
-            if outcome.skipped:
-                stdout.print(f"{outcome.entry.name}: skipped ({outcome.skipped})", highlight=False)
-            for method, why in outcome.errors.items():
-                stdout.print(f"{outcome.entry.name} {method}: error ({why})", highlight=False)
+        show(fit(None, _results_columns(outcomes), stdout.width, keys=2))
         stdout.print(
             f"results in {output_dir}" + (f", {len(figures)} figures in {plots}" if figures else ""), highlight=False
         )
@@ -131,3 +128,20 @@ def _on_dask(
             threads = max(1, (os.cpu_count() or 1) // workers)
         with dask_client(workers, scheduler, threads) as client:
             return run_suite_dask(entries, client, resolved, skip_missing, threads, done, allow_external)
+
+
+def _results_columns(outcomes: list[Outcome]) -> list[Column]:
+    """Entry, method and accuracy ± 95% interval, or why an entry or method has none (skipped, error)."""
+    rows: list[tuple[str, str, str]] = []
+    for outcome in outcomes:
+        name = escape(outcome.entry.name)
+        rows += [(name, escape(m), f"{mean:.2f} ± {ci:.2f}") for m, (mean, ci, _, _) in outcome.accuracies().items()]
+        if outcome.skipped:
+            rows.append((name, "—", f"skipped ({escape(outcome.skipped)})"))
+        rows += [(name, escape(m), f"error ({escape(why)})") for m, why in outcome.errors.items()]
+    entries, methods, results = zip(*rows, strict=True) if rows else ((), (), ())
+    return [
+        Column("entry", entries, justify="left"),
+        Column("method", methods, justify="left"),
+        Column("accuracy (%)", results, wrap=True),
+    ]

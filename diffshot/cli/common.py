@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Annotated, ParamSpec, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 
 from diffshot import atomic, interrupt
@@ -21,8 +21,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 PathArg = str | os.PathLike[str]
 
-PIPE_WIDTH = 160  # tables written to a file or pipe are not squeezed into Rich's default 80 columns
-stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else PIPE_WIDTH)
+PIPE_WIDTH = 120  # the width of output to a file or pipe when COLUMNS does not say (a terminal says its own)
+stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
 Threads = Annotated[
     int | None,
@@ -36,6 +36,20 @@ AllowExternal = Annotated[
     ),
 ]
 Force = Annotated[bool, typer.Option("--force", help="Replace output files even when they are read-only.")]
+
+
+def output_width() -> int | None:
+    """The width tables fit: ``COLUMNS`` when set, else the terminal's (None: Rich asks it), else PIPE_WIDTH."""
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return None if sys.stdout.isatty() else PIPE_WIDTH
+
+
+def show(renderables: Iterable[RenderableType]) -> None:
+    """Print tables (and the title a stacked table has) on standard output, text wrapped at the output's width."""
+    for item in renderables:
+        stdout.print(item, soft_wrap=False)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -53,6 +67,7 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         stdout.stderr = False
+        stdout.width = output_width()  # type: ignore[assignment]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:

@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from diffshot.cli.common import user_errors
+from diffshot.cli.common import show, stdout, user_errors
 from diffshot.errors import DiffshotError
 from diffshot.report.episodes_file import EpisodeRecord, load_episode_accuracies, protocol_mismatch
+from diffshot.report.table import Column, fit
 from diffshot.stats import paired_difference, summarise
 
 
@@ -41,10 +43,21 @@ def compare(
     matched = pairs(runs_a, runs_b)
     if not matched:
         raise DiffshotError(f"{first} and {second} share no shots setting to compare")
-    typer.echo(f"{second.name} − {first.name}: seed {meta_a['seed']}, {meta_a['episodes']} paired episodes")
+    title = f"{escape(second.name)} − {escape(first.name)}: seed {meta_a['seed']}, {meta_a['episodes']} paired episodes"
+    show(fit(title, comparison_columns(matched, first.name, second.name), stdout.width))
+
+
+def comparison_columns(matched: list[tuple[EpisodeRecord, EpisodeRecord]], first: str, second: str) -> list[Column]:
+    """Shots, each run with its accuracy ± 95% interval, and the paired difference (second − first)."""
+    cells: list[list[str]] = [[] for _ in range(6)]
     for a, b in matched:
         sa, sb, diff = summarise(a.accuracies), summarise(b.accuracies), paired_difference(b.accuracies, a.accuracies)
-        typer.echo(
-            f"{a.shots}-shot  {label(a, first.name)} {sa.mean:.2f} ± {sa.ci95:.2f}  vs  "
-            f"{label(b, second.name)} {sb.mean:.2f} ± {sb.ci95:.2f}  Δ {diff.mean:+.2f} ± {diff.ci95:.2f}"
-        )
+        row = [str(a.shots), escape(label(a, first)), f"{sa.mean:.2f} ± {sa.ci95:.2f}"]
+        row += [escape(label(b, second)), f"{sb.mean:.2f} ± {sb.ci95:.2f}", f"{diff.mean:+.2f} ± {diff.ci95:.2f}"]
+        for column, cell in zip(cells, row, strict=True):
+            column.append(cell)
+    headers = ("shots", "first", "accuracy (%)", "second", "accuracy (%)", "Δ (second − first)")
+    return [
+        Column(h, c, justify="left" if h in ("first", "second") else "right")
+        for h, c in zip(headers, cells, strict=True)
+    ]

@@ -11,13 +11,23 @@ from typing import Annotated
 import typer
 
 from diffshot.atomic import write_text_atomic
-from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, comma_list, progress, stdout, user_errors
+from diffshot.cli.common import (
+    AllowExternal,
+    Force,
+    Threads,
+    claim_outputs,
+    comma_list,
+    progress,
+    show,
+    stdout,
+    user_errors,
+)
 from diffshot.cli.demo import default_features
 from diffshot.device import resolve_device, set_threads
 from diffshot.errors import UsageError
 from diffshot.report.document import to_csv, to_json_document
 from diffshot.report.episodes_file import save_episode_accuracies
-from diffshot.report.table import results_table
+from diffshot.report.table import results_tables
 from diffshot.run.config import parse_assignments, read_calibration, read_config
 from diffshot.run.evaluate import EvaluationRequest, prepare_runs, run_evaluation
 
@@ -236,7 +246,7 @@ def evaluate(
     if output is None and fmt in rendered:
         typer.echo(rendered[fmt](), nl=False)
     else:
-        stdout.print(results_table(run))
+        show(results_tables(run, stdout.width))
 
 
 def _on_device(request: EvaluationRequest, device: str) -> EvaluationRequest:

@@ -10,15 +10,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import RenderableType
 from rich.markup import escape
-from rich.table import Table
 
 from diffshot.calibration import DEFAULT_TEMPERATURE
-from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, stderr, stdout, user_errors
+from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, show, stderr, stdout, user_errors
 from diffshot.device import resolve_device, set_threads
 from diffshot.errors import DiffshotError, UsageError
 from diffshot.features import FeatureSet
 from diffshot.ops.knn import EXACT_LIMIT, faiss_has_gpu
+from diffshot.report.table import Column, fit
 from diffshot.run.config import method_runs, parse_assignments, read_calibration, read_config
 from diffshot.run.predict import (
     DEFAULT_METHOD,
@@ -213,7 +214,7 @@ def _report(
     if quiet:
         return
     scored = accuracy(prediction, query_fs)
-    stdout.print(_summary(prediction.counts(), query_fs.num_rows))
+    show(_summary(prediction.counts(), query_fs.num_rows))
     settings = ", ".join(f"{key} {value}" for key, value in prediction.details.items())
     calibrated_on = f", calibrated on {escape(prediction.calibration)}" if prediction.calibration else ""
     stdout.print(
@@ -239,12 +240,11 @@ def _report(
     stderr.print("timing: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()), highlight=False)
 
 
-def _summary(counts: dict[str, int], total: int) -> Table:
+def _summary(counts: dict[str, int], total: int) -> list[RenderableType]:
     """Rows per predicted class."""
-    table = Table(title="predicted classes")
-    table.add_column("class")
-    table.add_column("rows", justify="right")
-    table.add_column("share", justify="right")
-    for name, count in counts.items():
-        table.add_row(escape(name), str(count), f"{100.0 * count / total:.1f}%")
-    return table
+    columns = [
+        Column("class", [escape(name) for name in counts], justify="left"),
+        Column("rows", [str(count) for count in counts.values()]),
+        Column("share", [f"{100.0 * count / total:.1f}%" for count in counts.values()]),
+    ]
+    return fit("predicted classes", columns, stdout.width)

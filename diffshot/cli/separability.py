@@ -7,20 +7,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.console import RenderableType
+from rich.markup import escape
 
 from diffshot.atomic import check_writable, write_text_atomic
-from diffshot.cli.common import AllowExternal, Threads, stdout, user_errors
+from diffshot.cli.common import AllowExternal, Threads, show, stdout, user_errors
 from diffshot.device import resolve_device, set_threads
 from diffshot.episodes import EpisodeSpec
 from diffshot.errors import DiffshotError
 from diffshot.features import load_features
+from diffshot.report.table import Column, fit
 from diffshot.run.separability import QUANTITIES, episode_view, measure, parse_layers, pca_2d, to_document
 
 HEADERS = {
-    "min_inter": "min inter-class",
-    "max_diameter": "max diameter",
-    "mean_intra": "mean intra-class",
+    "min_inter": "min\ninter-class",
+    "max_diameter": "max\ndiameter",
+    "mean_intra": "mean\nintra-class",
     "ratio": "ratio",
     "accuracy": "accuracy (%)",
 }
@@ -96,7 +98,7 @@ def separability(
     if fmt == "json":
         typer.echo(json.dumps(document, indent=2))
     else:
-        stdout.print(_table(document))
+        show(_table(document))
         peaks = document["peaks"]
         stdout.print(
             f"mean ratio peaks at t = {peaks['ratio']}, accuracy at t = {peaks['accuracy']} "
@@ -119,21 +121,20 @@ def separability(
             save_figure(drawn.figure, episode_plot_path(plot, show_episode))
 
 
-def _table(document: dict) -> Table:
-    """One row per layer: each quantity's mean ± 95% interval over episodes."""
+def _table(document: dict) -> list[RenderableType]:
+    """One row per layer: each quantity's mean ± 95% interval over episodes (stacked when wider than the output)."""
     proto = document["protocol"]
-    table = Table(
-        title=f"{document['features']['path']} · {proto['split']} classes · {proto['ways']}-way {proto['shots']}-shot "
-        f"{proto['queries']}-query · {proto['episodes']} episodes · seed {proto['seed']}"
+    title = (
+        f"{escape(document['features']['path'])} · {proto['split']} classes · "
+        f"{proto['ways']}-way {proto['shots']}-shot {proto['queries']}-query · "
+        f"{proto['episodes']} episodes · seed {proto['seed']}"
     )
-    table.add_column("t", justify="right")
+    entries = document["layers"]
+    columns = [Column("t", [str(entry["layer"]) for entry in entries])]
     for q in QUANTITIES:
-        table.add_column(HEADERS[q], justify="right")
-    for entry in document["layers"]:
-        cells = [str(entry["layer"])]
-        for q in QUANTITIES:
-            s = entry[q]
-            digits = 2 if q == "accuracy" else 4
-            cells.append("-" if s["mean"] is None else f"{s['mean']:.{digits}f} ± {s['ci95']:.{digits}f}")
-        table.add_row(*cells)
-    return table
+        digits = 2 if q == "accuracy" else 4
+        cells = [
+            "-" if e[q]["mean"] is None else f"{e[q]['mean']:.{digits}f} ± {e[q]['ci95']:.{digits}f}" for e in entries
+        ]
+        columns.append(Column(HEADERS[q], cells))
+    return fit(title, columns, stdout.width)
