@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 
 from diffshot.errors import DiffshotError
+from diffshot.features.arrays import UnsafeData, check_tensor
 from diffshot.features.canonical import UNLABELLED, is_canonical, read_canonical
 from diffshot.features.featureset import FeatureSet, make_featureset
 from diffshot.features.hdf5_guard import open_hdf5, read_dataset
@@ -430,7 +431,7 @@ def _is_vector(value: object) -> bool:
 def _array(value: object, path: Path, what: str) -> np.ndarray:
     """A numpy array from an array, a tensor, or a (nested) list of them or of numbers."""
     if _is_tensor(value):
-        return _tensor_to_numpy(value)
+        return _tensor_to_numpy(value, path, what)
     if isinstance(value, np.ndarray):
         return value
     try:
@@ -441,13 +442,15 @@ def _array(value: object, path: Path, what: str) -> np.ndarray:
         raise DiffshotError(f"{path}: {what} holds vectors of different lengths") from None
 
 
-def _tensor_to_numpy(tensor: object) -> np.ndarray:
+def _tensor_to_numpy(tensor: object, path: Path, what: str) -> np.ndarray:
     """A CPU numpy copy of a tensor; bfloat16 and other non-numpy floats become float32."""
     import torch
 
+    try:
+        check_tensor(tensor)  # finish() has refused these already; a tensor built in-process meets the same rule
+    except UnsafeData as exc:
+        raise DiffshotError(f"{path}: {what} {exc}") from None
     tensor = tensor.detach().cpu()
-    if tensor.layout != torch.strided:
-        tensor = tensor.to_dense()
     if tensor.is_floating_point() and tensor.dtype not in (torch.float16, torch.float32, torch.float64):
         tensor = tensor.to(torch.float32)
     return tensor.numpy()
