@@ -67,11 +67,17 @@ class EpisodeSource:
     split: str
     classes: tuple[str, ...]
 
-    def batch(self, seed: int, start: int, count: int) -> tuple[Episodes, EpisodeIndices]:
-        """Episodes start..start+count-1 of ``seed`` as tensors, and their indices (query labels included)."""
+    def batch(
+        self, seed: int, start: int, count: int, out: torch.Tensor | None = None
+    ) -> tuple[Episodes, EpisodeIndices]:
+        """Episodes start..start+count-1 of ``seed`` as tensors, and their indices (query labels included).
+
+        ``out`` is a buffer the points are gathered into (:func:`diffshot.episodes.gather`); they are valid until
+        the next call that reuses it.
+        """
         indices = sample_episodes(self.pool, self.spec, seed, start, count)
         episodes = Episodes(
-            points=gather(self.features, indices),
+            points=gather(self.features, indices, out),
             support_labels=torch.from_numpy(indices.support_labels).to(self.features.device),
             ways=self.spec.ways,
             centre=self.centre,
@@ -171,11 +177,14 @@ def evaluate(
     temps = [confidence_temperature(run, temperatures) for run in runs]
     bins = [np.zeros((3, ECE_BINS)) for _ in runs]
     sampling = 0.0
+    rows = spec.num_support + spec.num_query + spec.num_unknown
+    features = source.features
+    buffer = torch.empty((min(chunk, episodes), rows, fs.dim), dtype=features.dtype, device=features.device)
     for start in range(0, episodes, chunk):
         interrupt.check()
         count = min(chunk, episodes - start)
         tick = time.perf_counter()
-        batch, indices = source.batch(seed, start, count)
+        batch, indices = source.batch(seed, start, count, buffer)
         query_labels = torch.from_numpy(indices.query_labels).to(source.features.device)
         sampling += time.perf_counter() - tick
         for i, run in enumerate(runs):
