@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from diffshot import results
 from diffshot.cli import app
 from diffshot.features import FeatureSet, write_canonical
-from diffshot.run import evaluate as run_evaluate
 
 runner = CliRunner()
 DEMO = Path(__file__).resolve().parents[2] / "features" / "synthetic-demo.h5"
@@ -96,7 +96,7 @@ def render(args: list[str], width: int) -> str:
 def test_each_table_fits_80_columns_with_every_number_whole(
     name: str, files: dict[str, Path], tmp_path: Path, monkeypatch
 ) -> None:
-    monkeypatch.setattr(run_evaluate.MethodResult, "episodes_per_second", property(lambda self: 12345.0))
+    monkeypatch.setattr(results.MethodResult, "episodes_per_second", property(lambda self: 12345.0))
     args = commands(files, tmp_path)[name]
     wide, narrow = render(args, 1000), render(args, NARROW)
     table_lines = [line for line in narrow.splitlines() if BOX & set(line)]
