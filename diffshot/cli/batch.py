@@ -12,6 +12,8 @@ from rich.markup import escape
 from diffshot.cli.common import (
     AllowExternal,
     Force,
+    ProgressMode,
+    Quiet,
     Threads,
     claim_outputs,
     fail,
@@ -37,7 +39,8 @@ def batch(
     config: Annotated[Path | None, typer.Option(help="Tuned TOML config applied to every entry's methods.")] = None,
     skip_missing: Annotated[bool, typer.Option(help="Skip (not fail) entries whose features file is absent.")] = False,
     device: Annotated[str, typer.Option(help="auto|cpu|cuda.")] = "auto",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-entry lines.")] = False,
+    quiet: Quiet = False,
+    progress_mode: ProgressMode = "auto",
     plots: Annotated[
         Path | None, typer.Option(help="Draw one figure per entry (and a summary) into this folder; diffshot[plot].")
     ] = None,
@@ -72,22 +75,26 @@ def batch(
         paths = output_paths(output_dir, entries, junit)
         claim_outputs(paths.values(), [suite, config, *(e.features for e in entries)], force=force)
         if workers is None and scheduler is None:
-            outcomes = run_suite(
-                entries,
-                str(resolve_device(device)),
-                skip_missing,
-                on_entry=None if quiet else lambda e: stderr.print(f"running {e.name}", highlight=False),
-                allow_external=allow_external_data,
-            )
+            with progress(quiet, len(entries), "batch: entries", progress_mode) as advance:
+                started = iter(range(len(entries)))
+                outcomes = run_suite(
+                    entries,
+                    str(resolve_device(device)),
+                    skip_missing,
+                    on_entry=lambda e: advance(next(started), f"batch: entry {e.name}"),
+                    allow_external=allow_external_data,
+                )
         else:
-            outcomes = _on_dask(entries, device, skip_missing, quiet, allow_external_data, threads, workers, scheduler)
+            outcomes = _on_dask(
+                entries, device, skip_missing, quiet, allow_external_data, threads, workers, scheduler, progress_mode
+            )
     except SuiteError as exc:
         raise fail(str(exc).replace("\n", " "), 2) from None
     figures = write_outputs(paths, outcomes, None if plots is None else lambda written: _draw(written, plots))
     errors = [(o.entry.name, m, why) for o in outcomes for m, why in o.errors.items()]
     failures = [(o.entry.name, m, acc, limit) for o in outcomes for m, (acc, limit) in o.failures().items()]
+    show(fit(None, _results_columns(outcomes), stdout.width, keys=2))
     if not quiet:
-        show(fit(None, _results_columns(outcomes), stdout.width, keys=2))
         stdout.print(
             f"results in {output_dir}" + (f", {len(figures)} figures in {plots}" if figures else ""), highlight=False
         )
@@ -118,6 +125,7 @@ def _on_dask(
     threads: int | None,
     workers: int | None,
     scheduler: str | None,
+    progress_mode: str = "auto",
 ) -> list[Outcome]:
     """The suite's settings on a Dask cluster (local or at ``scheduler``), with settings done / total on stderr."""
     from diffshot.run.distributed import dask_client, run_suite_dask, settings_of
@@ -127,7 +135,7 @@ def _on_dask(
     where = f"Dask scheduler {scheduler}" if scheduler else f"a local Dask cluster of {workers} processes"
     if not quiet:
         stderr.print(f"running {total} settings on {where}", highlight=False)
-    with progress(quiet, total, "settings") as advance:
+    with progress(quiet, total, "settings", progress_mode) as advance:
 
         def done(count: int, total: int, name: str) -> None:
             advance(count, f"settings {count}/{total}")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from diffshot.cli.common import show, stdout, user_errors
+from diffshot.cli.common import Quiet, show, stdout, user_errors
 from diffshot.errors import DiffshotError
 from diffshot.report.episodes_file import EpisodeRecord, load_episode_accuracies, protocol_mismatch
 from diffshot.report.table import Column, fit
@@ -30,6 +30,7 @@ def label(record: EpisodeRecord, name: str) -> str:
 def compare(
     first: Annotated[Path, typer.Argument(help="A run: a --save-episodes .npz, or a JSON result that names one.")],
     second: Annotated[Path, typer.Argument(help="The run compared with it (same seed, protocol and features).")],
+    quiet: Quiet = False,
 ) -> None:
     """Paired difference (second − first) ± 95% interval over identical episodes of two saved runs."""
     meta_a, runs_a = load_episode_accuracies(first)

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from diffshot.cli.common import AllowExternal, Force, claim_outputs, stdout, user_errors
+from diffshot.cli.common import (
+    HDF5_SUFFIXES,
+    AllowExternal,
+    Force,
+    Quiet,
+    check_extension,
+    claim_outputs,
+    stdout,
+    user_errors,
+)
 from diffshot.features import read_features, write_canonical
 
 
@@ -20,9 +29,12 @@ def convert(
     ] = None,
     allow_external_data: AllowExternal = False,
     force: Force = False,
+    quiet: Quiet = False,
 ) -> None:
     """Convert a field format (PT-MAP/S2M2/Diff-ResNet pickles, TIM, CloserLook, EASY, .npz) to canonical HDF5."""
+    check_extension("DST", dst, HDF5_SUFFIXES)
     claim_outputs([], [src, base_mean], binary=[dst], force=force)
     fs = read_features(src, base_mean, allow_external=allow_external_data)
     write_canonical(fs, dst, {"converted_from": str(src)})
-    stdout.print(f"wrote {dst}: {fs.num_rows:,} rows, {fs.dim}-d, {fs.num_classes} classes")
+    if not quiet:
+        stdout.print(f"wrote {dst}: {fs.num_rows:,} rows, {fs.dim}-d, {fs.num_classes} classes")

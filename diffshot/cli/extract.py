@@ -14,9 +14,22 @@ from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from diffshot.cli.common import Force, Threads, claim_outputs, interactive, stderr, stdout, user_errors
+from diffshot.cli.common import (
+    HDF5_SUFFIXES,
+    Force,
+    ProgressMode,
+    Quiet,
+    Threads,
+    check_extension,
+    claim_outputs,
+    progress,
+    resolve_progress,
+    stderr,
+    stdout,
+    user_errors,
+)
 from diffshot.device import resolve_device, set_threads
-from diffshot.errors import DiffshotError
+from diffshot.errors import UsageError
 from diffshot.extract.archs import ARCHS, MIN_INPUT_SIDE
 from diffshot.extract.images import ImageList, check_splits, collect_images, parse_split_option, read_class_splits
 from diffshot.extract.result import BASE_MEAN_CHOICES, assemble_featureset
@@ -53,10 +66,15 @@ class RateColumn(ProgressColumn):
 
 
 @contextmanager
-def progress_hook(total: int, quiet: bool = False) -> Iterator[ProgressHook | None]:
-    """A Rich progress bar (images/s, ETA) on an interactive stderr unless quiet; nothing otherwise."""
-    if quiet or not interactive():
+def progress_hook(total: int, quiet: bool = False, mode: str = "auto") -> Iterator[ProgressHook | None]:
+    """``--progress``: a Rich bar (images/s, ETA), status lines (:func:`diffshot.cli.common.progress`) or nothing."""
+    chosen = resolve_progress(mode, quiet)
+    if chosen == "none":
         yield None
+        return
+    if chosen == "lines":
+        with progress(quiet, total, "extract: images", chosen) as advance:
+            yield lambda done, of: advance(done, None, of)
         return
     columns = (TextColumn("extract"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn())
     with Progress(*columns, console=stderr) as bar:
@@ -94,7 +112,7 @@ class SplitInputs:
 def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
     """``value`` when it is one of ``choices``, else a one-line error listing them."""
     if value not in choices:
-        raise DiffshotError(f"unknown {option} {value!r}; choose one of {', '.join(choices)}")
+        raise UsageError(f"unknown {option} {value!r}; choose one of {', '.join(choices)}")
     return value
 
 
@@ -154,6 +172,7 @@ def _encode_all(
     resume: bool,
     skip_bad: bool,
     quiet: bool = False,
+    progress_mode: str = "auto",
 ) -> tuple[Rows, RunStats]:
     """Run the extraction with a progress bar; on Ctrl-C, say where the finished rows are kept."""
     identity = {
@@ -163,7 +182,7 @@ def _encode_all(
         "preprocessing": prep.describe(),
     }
     try:
-        with progress_hook(len(images.items), quiet) as hook:
+        with progress_hook(len(images.items), quiet, progress_mode) as hook:
             return extract_rows(
                 images,
                 prep,
@@ -230,13 +249,15 @@ def extract(
     skip_bad_images: Annotated[
         bool, typer.Option("--skip-bad-images", help="Skip (and count) images that cannot be decoded.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar (the summary still prints).")] = False,
+    quiet: Quiet = False,
+    progress_mode: ProgressMode = "auto",
     force: Force = False,
     threads: Threads = None,
 ) -> None:
     """Extract features of IMAGES with a trained backbone into a canonical features file."""
     set_threads(threads)
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)  # a bomb is a bad image, not a warning
+    check_extension("--output", output, HDF5_SUFFIXES)
     _choice(arch, ARCHS, "--arch")
     _choice(base_mean, BASE_MEAN_CHOICES, "--base-mean")
     prep = build_preprocessing(
@@ -274,6 +295,7 @@ def extract(
             resume=resume,
             skip_bad=skip_bad_images,
             quiet=quiet,
+            progress_mode=progress_mode,
         )
     finally:
         image_list.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
-from diffshot.cli.common import stdout, user_errors
+from diffshot.cli.common import Quiet, stdout, user_errors
 from diffshot.methods import REGISTRY
 
 
@@ -25,7 +25,7 @@ WIDE = 120  # from this width on, parameters get a column of their own; below, t
 
 
 @user_errors
-def methods() -> None:
+def methods(quiet: Quiet = False) -> None:
     """List the methods, what they assume, and their parameters with defaults and allowed values."""
     wide = (stdout.width or WIDE) >= WIDE
     table = Table(show_lines=True)

@@ -14,16 +14,29 @@ from rich.console import RenderableType
 from rich.markup import escape
 
 from diffshot.calibration import DEFAULT_TEMPERATURE
-from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, show, stderr, stdout, user_errors
+from diffshot.cli.common import (
+    AllowExternal,
+    Force,
+    ProgressMode,
+    Threads,
+    claim_outputs,
+    output_format,
+    progress,
+    settings_text,
+    show,
+    stderr,
+    stdout,
+    user_errors,
+)
 from diffshot.device import resolve_device, set_threads
-from diffshot.errors import DiffshotError, UsageError
+from diffshot.errors import UsageError
 from diffshot.features import FeatureSet
 from diffshot.ops.knn import EXACT_LIMIT, faiss_has_gpu
 from diffshot.report.table import Column, fit
 from diffshot.run.config import method_runs, parse_assignments, read_calibration, read_config
 from diffshot.run.predict import (
     DEFAULT_METHOD,
-    OUTPUT_FORMATS,
+    NO_INDEX,
     UNKNOWN_NAME,
     Prediction,
     PredictOptions,
@@ -39,14 +52,12 @@ from diffshot.run.predict import (
 )
 from diffshot.run.stream import BLOCK_ROWS, open_query, predict_stream, wants_stream
 
+STAGES = ("predict: reading the inputs", "predict: labelling the queries", "predict: writing the predictions")
+
 
 def _format(fmt: str | None, output: Path) -> str:
-    """The output format: explicit, else from the extension, else csv."""
-    if fmt is not None:
-        if fmt not in OUTPUT_FORMATS:
-            raise DiffshotError(f"--format {fmt!r}: choose csv or json")
-        return fmt
-    return "json" if output.suffix.lower() == ".json" else "csv"
+    """The output format: explicit, else from the extension (.csv, .json; another is an error), csv for ``-``."""
+    return output_format("--output", output, fmt, {".csv": "csv", ".json": "json"}, "csv")
 
 
 @user_errors
@@ -117,7 +128,8 @@ def predict(
     threads: Threads = None,
     drop_nonfinite: Annotated[bool, typer.Option(help="Drop rows with NaN/Inf instead of failing.")] = False,
     drop_zero: Annotated[bool, typer.Option(help="Drop all-zero rows instead of failing.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary table.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, notices or summary table.")] = False,
+    progress_mode: ProgressMode = "auto",
     force: Force = False,
 ) -> None:
     """Label a query set by running a method on support + queries as one task (diffusion: a sparse FAISS graph)."""
@@ -143,33 +155,40 @@ def predict(
         unknown_score=unknown_score,
     )
     torch_device = resolve_device(device)
-    support_fs, _ = load_rows(support, support_split, drop_nonfinite, drop_zero, allow_external=allow_external_data)
     if block_rows < 0:
-        raise DiffshotError(f"--block-rows must be 0 or a positive number of rows, got {block_rows}")
-    if on_dask or wants_stream(query, block_rows):
-        with contextlib.ExitStack() as stack:
-            address = _dask_scheduler(stack, workers, scheduler, threads, quiet) if on_dask else None
-            query_rows = open_query(
-                stack, query, query_split, drop_nonfinite, drop_zero, allow_external_data, block_rows or BLOCK_ROWS
-            )
-            loaded = time.perf_counter() - start
-            prediction = predict_stream(support_fs, query_rows, run, options, scheduler=address)
-            prediction = dataclasses.replace(prediction, calibration=options.calibration)
-            tick = time.perf_counter()
-            write_predictions(output, prediction, query_rows, query_rows.rows, out_format)  # type: ignore[arg-type]
-            timings = {"load": loaded, **prediction.timings, "output": time.perf_counter() - tick}
+        raise UsageError(f"--block-rows must be 0 or a positive number of rows, got {block_rows}")
+    with progress(quiet, len(STAGES), STAGES[0], progress_mode) as advance:
+        support_fs, _ = load_rows(support, support_split, drop_nonfinite, drop_zero, allow_external=allow_external_data)
+        if on_dask or wants_stream(query, block_rows):
+            with contextlib.ExitStack() as stack:
+                address = _dask_scheduler(stack, workers, scheduler, threads, quiet) if on_dask else None
+                query_rows = open_query(
+                    stack, query, query_split, drop_nonfinite, drop_zero, allow_external_data, block_rows or BLOCK_ROWS
+                )
+                loaded = time.perf_counter() - start
+                advance(1, STAGES[1])
+                prediction = predict_stream(support_fs, query_rows, run, options, scheduler=address)
+                prediction = dataclasses.replace(prediction, calibration=options.calibration)
+                advance(2, STAGES[2])
+                tick = time.perf_counter()
+                write_predictions(output, prediction, query_rows, query_rows.rows, out_format)  # type: ignore[arg-type]
+                timings = {"load": loaded, **prediction.timings, "output": time.perf_counter() - tick}
+                advance(3)
             _report(prediction, query_rows, support_fs.num_rows, options, timings, quiet)  # type: ignore[arg-type]
-        return
-    query_fs, rows = load_rows(
-        query, query_split, drop_nonfinite, drop_zero, require_labels=False, allow_external=allow_external_data
-    )
-    loaded = time.perf_counter() - start
-    prediction = run_predict(support_fs, query_fs, run, options, torch_device)
-    if torch_device.type == "cuda" and not faiss_has_gpu() and not quiet:
-        stderr.print("notice: this faiss has no GPU support; the kNN graph was built on the CPU")
-    tick = time.perf_counter()
-    write_predictions(output, prediction, query_fs, rows, out_format)
-    timings = {"load": loaded, **prediction.timings, "output": time.perf_counter() - tick}
+            return
+        query_fs, rows = load_rows(
+            query, query_split, drop_nonfinite, drop_zero, require_labels=False, allow_external=allow_external_data
+        )
+        loaded = time.perf_counter() - start
+        advance(1, STAGES[1])
+        prediction = run_predict(support_fs, query_fs, run, options, torch_device)
+        if torch_device.type == "cuda" and not faiss_has_gpu() and not quiet:
+            stderr.print("notice: this faiss has no GPU support; the kNN graph was built on the CPU")
+        advance(2, STAGES[2])
+        tick = time.perf_counter()
+        write_predictions(output, prediction, query_fs, rows, out_format)
+        timings = {"load": loaded, **prediction.timings, "output": time.perf_counter() - tick}
+        advance(3)
     _report(prediction, query_fs, support_fs.num_rows, options, timings, quiet)
 
 
@@ -215,11 +234,12 @@ def _report(
         return
     scored = accuracy(prediction, query_fs)
     show(_summary(prediction.counts(), query_fs.num_rows))
-    settings = ", ".join(f"{key} {value}" for key, value in prediction.details.items())
+    settings = settings_text(prediction.details)
     calibrated_on = f", calibrated on {escape(prediction.calibration)}" if prediction.calibration else ""
+    index = f", index {prediction.index}" if prediction.index != NO_INDEX else ""
     stdout.print(
         f"{query_fs.num_rows} query rows, {support_rows} support rows, {len(prediction.class_names)} classes; "
-        f"method {escape(prediction.method)}, index {prediction.index}" + (f", {settings}" if settings else "") + "; "
+        f"method {escape(prediction.method)}{index}" + (f", {settings}" if settings else "") + "; "
         f"confidence = softmax(score / {options.temperature:g})" + calibrated_on,
         highlight=False,
     )

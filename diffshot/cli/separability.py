@@ -10,11 +10,23 @@ import typer
 from rich.console import RenderableType
 from rich.markup import escape
 
-from diffshot.atomic import check_writable, write_text_atomic
-from diffshot.cli.common import AllowExternal, Threads, show, stdout, user_errors
+from diffshot.atomic import write_text_atomic
+from diffshot.cli.common import (
+    AllowExternal,
+    Force,
+    ProgressMode,
+    Quiet,
+    Threads,
+    check_extension,
+    claim_outputs,
+    progress,
+    show,
+    stdout,
+    user_errors,
+)
 from diffshot.device import resolve_device, set_threads
 from diffshot.episodes import EpisodeSpec
-from diffshot.errors import DiffshotError
+from diffshot.errors import UsageError
 from diffshot.features import load_features
 from diffshot.report.table import Column, fit
 from diffshot.run.separability import QUANTITIES, episode_view, measure, parse_layers, pca_2d, to_document
@@ -64,6 +76,9 @@ def separability(
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON here (atomically).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table|json (what is printed).")] = "table",
+    quiet: Quiet = False,
+    progress_mode: ProgressMode = "auto",
+    force: Force = False,
     allow_external_data: AllowExternal = False,
     threads: Threads = None,
 ) -> None:
@@ -73,25 +88,24 @@ def separability(
     """
     set_threads(threads)
     if fmt not in ("table", "json"):
-        raise DiffshotError(f"--format {fmt!r}: choose table or json")
+        raise UsageError(f"--format {fmt!r}: choose table or json")
+    check_extension("--output", output, (".json",))
     wanted = parse_layers(layers)
-    for path in (output, plot):
-        if path is not None:
-            check_writable(path)
+    if show_episode is not None and plot is None:
+        raise UsageError("--show-episode needs --plot FIG (the episode view is written beside it)")
+    view = None if show_episode is None or plot is None else episode_plot_path(plot, show_episode)
+    claim_outputs([output], [features], binary=[plot, view], force=force)
     if plot is not None:
         from diffshot.plot.backend import figure, figure_format
 
         figure_format(plot)
         figure()  # fails now, with the one-line missing-extra error, rather than after the run
-    if show_episode is not None:
-        if plot is None:
-            raise DiffshotError("--show-episode needs --plot FIG (the episode view is written beside it)")
-        check_writable(episode_plot_path(plot, show_episode))
     overrides = {"step_size": step_size, "n_top": n_top, "sigma": sigma, "shift": shift, "knn": knn}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     spec = EpisodeSpec(ways, shots, queries)
     fs = load_features(features, allow_external=allow_external_data)
-    result = measure(fs, spec, wanted, episodes, seed, split, overrides, resolve_device(device))
+    with progress(quiet, episodes, "separability: episodes", progress_mode) as advance:
+        result = measure(fs, spec, wanted, episodes, seed, split, overrides, resolve_device(device), on_chunk=advance)
     document = to_document(result, features, fs)
     if output is not None:
         write_text_atomic(output, json.dumps(document, indent=2) + "\n")

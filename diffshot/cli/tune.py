@@ -10,7 +10,19 @@ from typing import Annotated
 import typer
 from rich.console import RenderableType
 
-from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, progress, show, stdout, user_errors
+from diffshot.cli.common import (
+    AllowExternal,
+    Force,
+    ProgressMode,
+    Quiet,
+    Threads,
+    check_extension,
+    claim_outputs,
+    progress,
+    show,
+    stdout,
+    user_errors,
+)
 from diffshot.device import resolve_device, set_threads
 from diffshot.episodes import EpisodeSpec
 from diffshot.errors import UsageError
@@ -65,7 +77,8 @@ def tune(
             help="Also fit the best's confidence temperature on the same episodes (minimum NLL) into [calibration].",
         ),
     ] = True,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Quiet = False,
+    progress_mode: ProgressMode = "auto",
     force: Force = False,
     allow_external_data: AllowExternal = False,
     threads: Threads = None,
@@ -78,6 +91,8 @@ def tune(
             f"--shots {', '.join(map(str, counts))}: tune ranks one shot count at a time; run it once per count"
         )
     shots = counts[0]
+    check_extension("--output", output, (".toml",))
+    check_extension("--grid-json", grid_json, (".json",))
     replacing = output.exists() and str(output) != "-"
     claim_outputs([output, grid_json], [features], force=force)
     axes = {"step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
@@ -86,7 +101,7 @@ def tune(
     spec = EpisodeSpec(ways, shots, queries)
     fs = load_features(features, allow_external=allow_external_data)
     setting = f"tuning {ways}-way {shots}-shot"
-    with progress(quiet, episodes, setting) as advance:
+    with progress(quiet, episodes, setting, progress_mode) as advance:
         result = run_tune(
             fs,
             spec,

@@ -45,6 +45,7 @@ OUTPUT_FORMATS = ("csv", "json")
 METADATA_COLUMNS = ("path", "text")
 ROW_KEY = "__file_row__"
 UNKNOWN_NAME = "unknown"
+NO_INDEX = "none"  # Prediction.index of a method that searched no neighbours (built no graph)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +252,13 @@ def predict(
     tick = time.perf_counter()
     kind = choose_index(options.index, support.num_rows + query.num_rows, options.exact_limit)
     task = make_task(support, query, kind, device.type == "cuda" and kind != "hnsw" and faiss_has_gpu(), device)
-    scores = run.method.label(task, run.params)  # type: ignore[misc]
+    searched: list[int] = []
+
+    def search(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        searched.append(k)
+        return task.search(points, k)
+
+    scores = run.method.label(dataclasses.replace(task, search=search), run.params)  # type: ignore[misc]
     timings["method"] = time.perf_counter() - tick
     tick = time.perf_counter()
     labels = np.empty(query.num_rows, dtype=np.int64)
@@ -270,7 +277,7 @@ def predict(
         support.class_names,
         run.label,
         run.as_dict(),
-        kind,
+        kind if searched else NO_INDEX,
         scores.details,
         options.temperature,
         timings,

@@ -21,7 +21,7 @@ Everything is batched over the episodes of a chunk; the only Python loop is over
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -149,8 +149,12 @@ def measure(
     params: dict[str, object] | None = None,
     device: str | torch.device = "cpu",
     chunk_size: int | None = None,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> Separability:
-    """The separability quantities of ``episodes`` seeded episodes after each layer in ``layers``."""
+    """The separability quantities of ``episodes`` seeded episodes after each layer in ``layers``.
+
+    ``on_chunk`` is called with the number of episodes done after each chunk.
+    """
     check_episodes(episodes)
     if spec.skewed:
         raise DiffshotError("separability runs balanced episodes only")
@@ -173,6 +177,8 @@ def measure(
             if t == wanted[column]:
                 values[start : start + count, column] = episode_quantities(x, labels, spec.num_support, spec.ways).cpu()
                 column += 1
+        if on_chunk is not None:
+            on_chunk(start + count)
     n_top, sigma = _graph_size_for(spec, resolved)
     shown = {**resolved, "n_top": n_top, "sigma": sigma}
     return Separability(

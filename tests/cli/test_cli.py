@@ -146,7 +146,7 @@ def test_bad_files_give_one_line_errors(tmp_path: Path) -> None:
     assert_one_line_error(invoke("evaluate", garbage), "garbage.bin")
     with h5py.File(tmp_path / "nolabels.h5", "w") as handle:
         handle.create_dataset("features", data=np.ones((5, 3)))
-    assert_one_line_error(invoke("info", tmp_path / "nolabels.h5"), "missing dataset 'labels'")
+    assert_one_line_error(invoke("evaluate", tmp_path / "nolabels.h5"), "missing dataset 'labels'")
 
 
 def test_nonfinite_rows_error_or_drop(tmp_path: Path, synthetic: FeatureSet) -> None:
