@@ -173,13 +173,14 @@ def test_small_classes_warned_and_left_out(tmp_path: Path, synthetic: FeatureSet
 
 
 def test_output_in_missing_or_read_only_folder_writes_nothing(demo: Path, tmp_path: Path) -> None:
-    assert_one_line_error(invoke("evaluate", demo, "--output", tmp_path / "no" / "r.json"), "does not exist")
+    (tmp_path / "a-file").write_text("not a folder")
+    assert_one_line_error(invoke("evaluate", demo, "--output", tmp_path / "a-file" / "r.json"), "Not a directory")
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
     try:
         target = locked / "r.json" if not os.access(locked, os.W_OK) else Path("/proc/diffshot-r.json")
-        assert_one_line_error(invoke("evaluate", demo, "--output", target), str(target))
+        assert_one_line_error(invoke("evaluate", demo, "--output", target, "-q"), str(target))
         assert list(locked.iterdir()) == []
     finally:
         locked.chmod(0o700)
