@@ -24,19 +24,25 @@ ROOT = Path(__file__).resolve().parents[1]
 FEATURES = Path("../shared/data/banking77/banking77-minilm.h5")  # as the pages name it, relative to the repository
 BLOCK = re.compile(r"(<!-- example: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /example -->)", re.DOTALL)
 TIMINGS = re.compile(r'("(?:seconds|episodes_per_second|utc)": )[^,}\n]+|(│\s*)[\d,]+(\s*│\s*$)', re.MULTILINE)
-WIDTH = 110
+WIDTH = 116
 
 
-def compact(value: object, indent: int = 0) -> str:
-    """JSON with each object or list on one line when it fits in WIDTH columns, else one key per line."""
+def compact(value: object, indent: int = 0, lead: int = 0) -> str:
+    """JSON with each object or list on one line when it fits in WIDTH columns (``lead`` characters already on the
+    line), else one item per line, indented by two."""
     flat = json.dumps(value, ensure_ascii=False)
-    if len(flat) + indent <= WIDTH or not isinstance(value, dict | list) or not value:
+    if indent + lead + len(flat) <= WIDTH or not isinstance(value, dict | list) or not value:
         return flat
     inner = " " * (indent + 2)
     if isinstance(value, dict):
-        items = [f"{inner}{json.dumps(k)}: {compact(v, indent + 2 + len(json.dumps(k)) + 2)}" for k, v in value.items()]
-        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
-    return "[\n" + ",\n".join(f"{inner}{compact(v, indent + 2)}" for v in value) + "\n" + " " * indent + "]"
+        items = []
+        for key, item in value.items():
+            head = f"{json.dumps(key, ensure_ascii=False)}: "
+            items.append(f"{inner}{head}{compact(item, indent + 2, len(head))}")
+    else:
+        items = [f"{inner}{compact(item, indent + 2)}" for item in value]
+    close = "}" if isinstance(value, dict) else "]"
+    return ("{" if isinstance(value, dict) else "[") + "\n" + ",\n".join(items) + "\n" + " " * indent + close
 
 
 def diffshot(*args: str, columns: int = 80) -> str:
