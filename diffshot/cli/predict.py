@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import time
 from pathlib import Path
@@ -19,24 +18,22 @@ from diffshot.device import resolve_device, set_threads
 from diffshot.errors import DiffshotError, UsageError
 from diffshot.features import FeatureSet
 from diffshot.ops.knn import EXACT_LIMIT, faiss_has_gpu
+from diffshot.prediction import UNKNOWN_NAME, Prediction
+from diffshot.report.predictions import OUTPUT_FORMATS, write_predictions
 from diffshot.run.config import method_runs, parse_assignments, read_calibration, read_config
 from diffshot.run.predict import (
     DEFAULT_METHOD,
-    OUTPUT_FORMATS,
-    UNKNOWN_NAME,
-    Prediction,
     PredictOptions,
     accuracy,
     load_rows,
     parse_reject,
     predict_run,
     rejection_quality,
-    write_predictions,
 )
 from diffshot.run.predict import (
     predict as run_predict,
 )
-from diffshot.run.stream import BLOCK_ROWS, open_query, predict_stream, wants_stream
+from diffshot.run.stream import BLOCK_ROWS, open_query, wants_stream
 
 
 def _format(fmt: str | None, output: Path) -> str:
@@ -152,8 +149,7 @@ def predict(
                 stack, query, query_split, drop_nonfinite, drop_zero, allow_external_data, block_rows or BLOCK_ROWS
             )
             loaded = time.perf_counter() - start
-            prediction = predict_stream(support_fs, query_rows, run, options, scheduler=address)
-            prediction = dataclasses.replace(prediction, calibration=options.calibration)
+            prediction = run_predict(support_fs, query_rows, run, options, scheduler=address)
             tick = time.perf_counter()
             write_predictions(output, prediction, query_rows, query_rows.rows, out_format)  # type: ignore[arg-type]
             timings = {"load": loaded, **prediction.timings, "output": time.perf_counter() - tick}
