@@ -14,8 +14,8 @@ import numpy as np
 
 from diffshot.atomic import atomic_path
 from diffshot.errors import DiffshotError
-from diffshot.prediction import Prediction
 from diffshot.report.document import spreadsheet_safe
+from diffshot.results import Prediction
 
 CHUNK_ROWS = 65_536
 OUTPUT_FORMATS = ("csv", "json")

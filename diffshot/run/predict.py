@@ -31,7 +31,7 @@ from diffshot.methods.base import TaskScores
 from diffshot.ops.classify import confidence
 from diffshot.ops.knn import EXACT_LIMIT, INDEX_CHOICES, choose_index, faiss_has_gpu
 from diffshot.ops.reject import otsu_threshold, support_threshold
-from diffshot.prediction import UNKNOWN_NAME, Prediction
+from diffshot.results import UNKNOWN_NAME, Prediction
 from diffshot.run.config import MethodRun, method_runs
 from diffshot.run.stream import QueryRows
 from diffshot.task import CHUNK_ROWS, GRAPH_BUDGET, Task, block_search, memory_search, memory_task
@@ -188,6 +188,11 @@ def large_task(
     points = torch.from_numpy(np.asarray(support.features, dtype=np.float32))
     task = Task(points, torch.from_numpy(labels), support.num_classes, torch.from_numpy(centre), query, search)
     return task, kind
+
+
+def search_falls_back_to_cpu(device: torch.device | str) -> bool:
+    """Whether a run on a GPU ``device`` searches neighbours on the CPU (this faiss has no GPU support)."""
+    return torch.device(device).type == "cuda" and not faiss_has_gpu()
 
 
 def check_unknown_name(support: FeatureSet, options: PredictOptions) -> None:
