@@ -15,6 +15,7 @@ import numpy as np
 from diffshot.calibration import DEFAULT_TEMPERATURE, ece
 from diffshot.episodes import EpisodeSpec
 from diffshot.lazy import torch
+from diffshot.methods.base import ParamValue
 from diffshot.stats import Summary, paired_difference, summarise
 
 
@@ -253,3 +254,34 @@ class Prediction:
         if self.rejected is not None and self.rejected[i]:
             return self.unknown_name
         return self.class_names[int(self.labels[i])]
+
+
+QUANTITIES = ("min_inter", "max_diameter", "mean_intra", "ratio", "accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Separability:
+    """Per-episode quantities [E, len(layers)] after each requested layer, and how they were made."""
+
+    spec: EpisodeSpec
+    seed: int
+    episodes: int
+    split: str
+    centring: str
+    layers: tuple[int, ...]
+    params: dict[str, ParamValue]
+    values: dict[str, np.ndarray]
+
+    def summary(self, quantity: str) -> list[Summary]:
+        """Mean ± 95% interval over episodes of ``quantity`` at every requested layer."""
+        return [summarise(_finite(self.values[quantity][:, i])) for i in range(len(self.layers))]
+
+    def peak(self, quantity: str) -> int:
+        """The layer where the mean of ``quantity`` over episodes is largest (the first, on ties)."""
+        means = [s.mean for s in self.summary(quantity)]
+        return self.layers[int(np.nanargmax(means))]
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    """The finite entries (a ratio is NaN in an episode whose classes all collapsed to single points)."""
+    return values[np.isfinite(values)]

@@ -14,8 +14,9 @@ from diffshot.episodes import EpisodeSpec, build_pool, sample_episodes
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet, load_features
 from diffshot.plot import render
+from diffshot.results import QUANTITIES
 from diffshot.run.evaluate import evaluate
-from diffshot.run.separability import QUANTITIES, episode_view, measure, parse_layers, pca_2d
+from diffshot.run.separability import episode_view, measure, parse_layers, pca_2d
 
 DEMO = Path(__file__).resolve().parents[2] / "features" / "synthetic-demo.h5"
 runner = CliRunner()
