@@ -87,7 +87,7 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         stdout.stderr = False
         stdout.width = output_width()  # type: ignore[assignment]
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, atomic.run_scope():
             warnings.simplefilter("always")
             try:
                 return command(*args, **kwargs)

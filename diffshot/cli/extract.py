@@ -29,7 +29,7 @@ from diffshot.cli.common import (
     user_errors,
 )
 from diffshot.device import resolve_device, set_threads
-from diffshot.errors import UsageError
+from diffshot.errors import DiffshotError, UsageError
 from diffshot.extract.archs import ARCHS, MIN_INPUT_SIDE
 from diffshot.extract.images import ImageList, check_splits, collect_images, parse_split_option, read_class_splits
 from diffshot.extract.result import BASE_MEAN_CHOICES, assemble_featureset
@@ -278,6 +278,10 @@ def extract(
     inputs = [checkpoint, *images, class_split, root, *(p for p, _ in split.pairs)]
     claim_outputs([], inputs, binary=[output, partial_path(output)], force=force)
     image_list = collect_images(images, [p for p, _ in split.pairs], root)
+    for path in (output, partial_path(output)):
+        image = image_list.linked(path)
+        if image is not None:
+            raise DiffshotError(f"{path}: is the input {image} (a hard link to it); choose another output")
     check_splits(image_list.items, split.splits)
     from diffshot.extract.model import build_encoder
 

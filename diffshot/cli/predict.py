@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import time
 from pathlib import Path
@@ -31,26 +30,25 @@ from diffshot.cli.common import (
 from diffshot.device import resolve_device, set_threads
 from diffshot.errors import UsageError
 from diffshot.features import FeatureSet
-from diffshot.ops.knn import EXACT_LIMIT, faiss_has_gpu
+from diffshot.report.predictions import write_predictions
 from diffshot.report.table import Column, fit
+from diffshot.results import UNKNOWN_NAME, Prediction
 from diffshot.run.config import method_runs, parse_assignments, read_calibration, read_config
 from diffshot.run.predict import (
     DEFAULT_METHOD,
     NO_INDEX,
-    UNKNOWN_NAME,
-    Prediction,
     PredictOptions,
     accuracy,
     load_rows,
     parse_reject,
     predict_run,
     rejection_quality,
-    write_predictions,
+    search_falls_back_to_cpu,
 )
 from diffshot.run.predict import (
     predict as run_predict,
 )
-from diffshot.run.stream import BLOCK_ROWS, open_query, predict_stream, wants_stream
+from diffshot.run.stream import BLOCK_ROWS, open_query, wants_stream
 
 STAGES = ("predict: reading the inputs", "predict: labelling the queries", "predict: writing the predictions")
 
@@ -104,7 +102,9 @@ def predict(
             help="kNN index: auto|flat|hnsw|ivf|ivfpq (auto: flat up to --exact-limit, hnsw, ivfpq above 200k)."
         ),
     ] = "auto",
-    exact_limit: Annotated[int, typer.Option(help="Largest point count for the exact index under auto.")] = EXACT_LIMIT,
+    exact_limit: Annotated[
+        int, typer.Option(help="Largest point count for the exact index under auto.")
+    ] = PredictOptions.exact_limit,
     block_rows: Annotated[
         int,
         typer.Option(help="Stream the HDF5 query file in blocks of this many rows (0: only above 500,000 rows)."),
@@ -167,8 +167,7 @@ def predict(
                 )
                 loaded = time.perf_counter() - start
                 advance(1, STAGES[1])
-                prediction = predict_stream(support_fs, query_rows, run, options, scheduler=address)
-                prediction = dataclasses.replace(prediction, calibration=options.calibration)
+                prediction = run_predict(support_fs, query_rows, run, options, scheduler=address)
                 advance(2, STAGES[2])
                 tick = time.perf_counter()
                 write_predictions(output, prediction, query_rows, query_rows.rows, out_format)  # type: ignore[arg-type]
@@ -182,7 +181,7 @@ def predict(
         loaded = time.perf_counter() - start
         advance(1, STAGES[1])
         prediction = run_predict(support_fs, query_fs, run, options, torch_device)
-        if torch_device.type == "cuda" and not faiss_has_gpu() and not quiet:
+        if search_falls_back_to_cpu(torch_device) and not quiet:
             stderr.print("notice: this faiss has no GPU support; the kNN graph was built on the CPU")
         advance(2, STAGES[2])
         tick = time.perf_counter()
@@ -235,8 +234,8 @@ def _report(
     scored = accuracy(prediction, query_fs)
     show(_summary(prediction.counts(), query_fs.num_rows))
     settings = settings_text(prediction.details)
-    calibrated_on = f", calibrated on {escape(prediction.calibration)}" if prediction.calibration else ""
     index = f", index {prediction.index}" if prediction.index != NO_INDEX else ""
+    calibrated_on = f", calibrated on {escape(prediction.calibration)}" if prediction.calibration else ""
     stdout.print(
         f"{query_fs.num_rows} query rows, {support_rows} support rows, {len(prediction.class_names)} classes; "
         f"method {escape(prediction.method)}{index}" + (f", {settings}" if settings else "") + "; "
