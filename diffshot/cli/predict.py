@@ -16,7 +16,7 @@ from rich.table import Table
 from diffshot.calibration import DEFAULT_TEMPERATURE
 from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, stderr, stdout, user_errors
 from diffshot.device import resolve_device, set_threads
-from diffshot.errors import DiffshotError, UsageError
+from diffshot.errors import DiffshotError, UsageError, printable
 from diffshot.features import FeatureSet
 from diffshot.ops.knn import EXACT_LIMIT, faiss_has_gpu
 from diffshot.run.config import method_runs, parse_assignments, read_calibration, read_config
@@ -246,5 +246,5 @@ def _summary(counts: dict[str, int], total: int) -> Table:
     table.add_column("rows", justify="right")
     table.add_column("share", justify="right")
     for name, count in counts.items():
-        table.add_row(escape(name), str(count), f"{100.0 * count / total:.1f}%")
+        table.add_row(printable(name), str(count), f"{100.0 * count / total:.1f}%")
     return table
