@@ -20,6 +20,9 @@ from diffshot.features.canonical import UNLABELLED, is_canonical, read_canonical
 from diffshot.features.featureset import FeatureSet, make_featureset
 from diffshot.features.hdf5_guard import open_hdf5, read_dataset
 from diffshot.features.limits import Budget
+from diffshot.fingerprint import read_hashed
+
+READ_ONCE_BYTES = 512 * 2**20  # HDF5 files up to this size are read once into memory, hashed as they are read
 
 KNOWN = (
     "expected the canonical HDF5, CloserLookFewShot's HDF5 (all_feats, all_labels, count), "
@@ -48,8 +51,18 @@ def unknown(path: Path, what: str) -> DiffshotError:
 
 
 def read_hdf5_layout(path: Path, allow_external: bool = False, require_labels: bool = True) -> FeatureSet:
-    """A canonical or CloserLookFewShot HDF5 file; otherwise an error naming the missing datasets."""
-    with open_hdf5(path, allow_external) as handle:
+    """A canonical or CloserLookFewShot HDF5 file; otherwise an error naming the missing datasets.
+
+    A self-contained file up to ``READ_ONCE_BYTES`` is read once into memory and hashed on the way, so the
+    provenance hash (:func:`~diffshot.fingerprint.file_sha256`) reads nothing again.
+    """
+    image = None
+    if not allow_external and path.stat().st_size <= READ_ONCE_BYTES:
+        try:
+            image = read_hashed(path)
+        except OSError as exc:
+            raise DiffshotError(f"{path}: cannot read file ({exc.strerror or type(exc).__name__})") from None
+    with open_hdf5(path, allow_external, image) as handle:
         if is_canonical(handle, require_labels):
             return read_canonical(handle, str(path), require_labels)
         if "all_feats" in handle or "all_labels" in handle:
