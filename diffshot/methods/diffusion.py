@@ -10,14 +10,24 @@ One large task (``predict``) runs the same recipe on a sparse FAISS graph, stepp
 from __future__ import annotations
 
 import dataclasses
-import math
-import warnings
-from typing import Any
+import functools
+from collections.abc import Iterator
 
-from diffshot.episodes import Episodes, Task
-from diffshot.errors import DiffshotError
+from diffshot.episodes import Episodes
+from diffshot.errors import UsageError
 from diffshot.lazy import torch
-from diffshot.methods.base import AUTO, Method, OpenSetScores, TaskScores, param
+from diffshot.methods._graph import (
+    graph_inputs,
+    knn_param,
+    layers_param,
+    method_graph_size,
+    n_top_param,
+    resolved_graph,
+    sigma_param,
+    step_size_param,
+    task_graph,
+)
+from diffshot.methods.base import Method, OpenSetScores, TaskScores, param
 from diffshot.ops.classify import (
     gram_cosine,
     gram_squared_distances,
@@ -27,108 +37,18 @@ from diffshot.ops.classify import (
     squared_distances,
     support_averaging,
 )
-from diffshot.ops.diffusion import diffuse_, diffuse_gram, diffused_prototype_scores, diffusion_operator
-from diffshot.ops.graph import episode_laplacian, sparse_graph, sparse_laplacian_of
-from diffshot.ops.knn import EPISODE_BACKENDS, gram
+from diffshot.ops.diffusion import diffuse, diffuse_, diffuse_gram, diffused_prototype_scores, diffusion_operator
+from diffshot.ops.graph import episode_laplacian, sparse_laplacian_of
+from diffshot.ops.knn import gram
 from diffshot.ops.openset import otsu_rejection
 from diffshot.ops.preprocess import transductive_gram, transductive_points
 from diffshot.ops.proportions import anchor_support_, proportion_em
 from diffshot.ops.reject import max_cosine_unknown
 from diffshot.ops.sinkhorn import PTMAP_ALPHA, PTMAP_STEPS, balanced_assignment
-from diffshot.ops.spectrum import stable_step_batched, stable_step_sparse
+from diffshot.ops.spectrum import checked_step
+from diffshot.task import Prepared, Task
 
-PAPER_N_TOP = 8
-PAPER_SIGMA = 4
-MAX_STEP_SIZE = 2.0
-MAX_LAYERS = 1000
-STEP_NOTICE = (
-    "diffusion: the step τ = {tau:g} was reduced in {where}, so that τ·λ_max ≤ 1.9 "
-    "(the explicit step x − τLx diverges once τ·λ_max ≥ 2)"
-)
-
-
-def step_size_param() -> Any:
-    """τ, shared by the diffusion family."""
-    return param(0.5, "τ, the strength of each diffusion step (paper: 0.5)", minimum=0.0, maximum=MAX_STEP_SIZE)
-
-
-def layers_param() -> Any:
-    """T, shared by the diffusion family."""
-    return param(6, "T, the number of diffusion steps (paper's example: 6)", minimum=0, maximum=MAX_LAYERS)
-
-
-def knn_param() -> Any:
-    """The neighbour search of an episode graph, shared by the graph methods."""
-    return param("torch", "episode neighbour search: batched dense torch, or FAISS", choices=EPISODE_BACKENDS)
-
-
-def n_top_param(default: int | str = AUTO) -> Any:
-    """The graph size of the diffusion family."""
-    return param(
-        default,
-        "keep entries below the n_top-th smallest distance, the point itself included "
-        "(paper: 8; auto: adapts to queries per shot, see README)",
-        kind=int,
-        auto=default == AUTO,
-        minimum=2,
-    )
-
-
-def sigma_param(default: int | str = AUTO) -> Any:
-    """The Gaussian width rank of the diffusion family."""
-    return param(
-        default,
-        "Gaussian width σ_i = the sigma-th smallest distance of row i (paper: 4; auto: min(4, n_top))",
-        kind=int,
-        auto=default == AUTO,
-        minimum=1,
-    )
-
-
-def auto_n_top(shots: float, points_per_class: float, balanced: bool = False) -> int:
-    """n_top adapted to the task: a point keeps about as many neighbours as there are queries per shot.
-
-    With m = points per class and q = m − shots queries per class: n_top = 8 (the paper's) when
-    m ≥ 16, the regime the paper tuned for (16 or 20 points per class); n_top = 2 when several shots
-    face no more queries than shots — the graph keeps only the point itself, so only the shift acts
-    (diffusion among many labelled and few unlabelled points mixes neighbouring classes' prototypes);
-    else 2 + ⌈q / shots⌉, capped at 8 (one shot and one query gives 3, measured best). Under the
-    ``balanced`` assignment n_top = 2 already from q ≤ shots: the Sinkhorn does the transductive work,
-    and a graph over one shot and one query per class only blurs it (measured on BANKING77's val split).
-    """
-    queries = points_per_class - shots
-    if points_per_class >= 16:
-        return PAPER_N_TOP
-    if (shots > 1 or balanced) and queries <= shots:
-        return 2
-    return min(PAPER_N_TOP, 2 + math.ceil(queries / shots - 1e-9))
-
-
-def graph_size(
-    shots: float, points_per_class: float, n_top: int | str, sigma: int | str, balanced: bool = False
-) -> tuple[int, int]:
-    """The n_top and sigma to use: explicit values win; ``auto`` follows :func:`auto_n_top`, sigma = min(4, n_top)."""
-    top = auto_n_top(shots, points_per_class, balanced) if n_top == AUTO else int(n_top)
-    return top, (min(PAPER_SIGMA, top) if sigma == AUTO else int(sigma))
-
-
-def episode_graph_size(
-    episodes: Episodes, n_top: int | str, sigma: int | str, balanced: bool = False
-) -> tuple[int, int]:
-    """:func:`graph_size` for a batch of episodes."""
-    return graph_size(episodes.num_support / episodes.ways, episodes.points_per_class, n_top, sigma, balanced)
-
-
-def method_graph_size(episodes: Episodes, params: object) -> tuple[int, int]:
-    """The graph size of a diffusion-family method's parameters (``assign = balanced`` has its own auto rule)."""
-    balanced = getattr(params, "assign", "nearest") == "balanced"
-    return episode_graph_size(episodes, params.n_top, params.sigma, balanced)  # type: ignore[attr-defined]
-
-
-def resolved_graph(episodes: Episodes, params: object) -> dict[str, object]:
-    """The graph size the ``auto`` rule picked for these episodes."""
-    n_top, sigma = method_graph_size(episodes, params)
-    return {"n_top": n_top, "sigma": sigma}
+SLAB_BUDGET = 2**29
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,14 +101,6 @@ class DiffusionParams:
     )
 
 
-def graph_inputs(episodes: Episodes, shift: bool, knn: str) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """The prepared points (only FAISS needs them; None for torch) and their Gram matrix [E, n, n]."""
-    if knn == "torch":
-        return None, transductive_gram(episodes.points, episodes.centre, episodes.num_support, shift)
-    points = transductive_points(episodes.points, episodes.centre, episodes.num_support, shift)
-    return points, gram(points)
-
-
 def diffused_gram(episodes: Episodes, params: DiffusionParams, anchored: bool = False) -> torch.Tensor:
     """Gram matrix [E, n, n] of the diffused support + query points of every episode (``anchored``: support kept)."""
     inner, operator = diffusion_parts(episodes, params)
@@ -206,9 +118,7 @@ def graph_and_steps(episodes: Episodes, params: DiffusionParams) -> tuple[torch.
     points, inner = graph_inputs(episodes, params.shift, params.knn)
     n_top, sigma = method_graph_size(episodes, params)
     lap = episode_laplacian(points, n_top, sigma, params.knn, inner)
-    steps, _ = stable_step_batched(lap, params.step_size)
-    if bool((steps < params.step_size).any()):
-        warnings.warn(STEP_NOTICE.format(tau=params.step_size, where="some episodes"), stacklevel=4)
+    steps, _ = checked_step(lap, params.step_size, stacklevel=3)
     return inner, lap, steps
 
 
@@ -316,36 +226,34 @@ def query_to_diffused_cosine(
     return dots[..., rows, :] / (norms[..., None] * proto_norms[..., None, :])
 
 
-def task_graph(
-    task: Task, n_top: int | str, sigma: int | str, shift: bool
-) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """One large task's transductive points and sparse graph W̃, with the graph size the ``auto`` rule gives it."""
-    points = transductive_points(task.points, task.centre, task.num_support, shift)
-    n = points.shape[0]
-    top, width = graph_size(task.shots, task.points_per_class, n_top, sigma)
-    top, width = min(top, n), min(width, n)
-    dist, ids = task.search(points.cpu().numpy(), max(top, width))
-    return points, sparse_graph(dist, ids, top, width), top, width
+def large_task(task: Task, params: DiffusionParams) -> TaskScores:
+    """The same recipe on one large task: a sparse FAISS graph, T sparse steps, nearest (rectified) prototype.
 
-
-def label(task: Task, params: DiffusionParams) -> TaskScores:
-    """The same recipe on one large task: a sparse FAISS graph, T sparse steps on the features, nearest prototype.
-
-    Its unknown score is −max cosine of the diffused query to the diffused (rectified) prototypes.
+    Rows in memory: the features are stepped. Streamed rows: diffusion is linear, so it runs on
+    class-sized state instead (:func:`streamed_scores`; rectification needs the features, so the rows
+    in memory). Its unknown score is −max cosine of the diffused query to the diffused prototypes.
     """
     if params.assign != "nearest":
-        raise DiffshotError(f"parameter diffusion.assign: {params.assign} is for episodes; one large task uses nearest")
-    ns = task.num_support
-    points, graph, n_top, sigma = task_graph(task, params.n_top, params.sigma, params.shift)
-    lap = sparse_laplacian_of(graph).to(points.device)
+        raise UsageError(f"parameter diffusion.assign: {params.assign} is for episodes; one large task uses nearest")
+    prepared = task.prepared(params.shift)
+    if params.rectify:
+        prepared.in_memory("diffusion with rectify")
+    graph, n_top, sigma = task_graph(task, prepared, params.n_top, params.sigma)
+    device = prepared.support.device
+    lap = sparse_laplacian_of(graph).to(device)
     del graph
-    step, bound = stable_step_sparse(lap, params.step_size)
-    if step < params.step_size:
-        warnings.warn(
-            STEP_NOTICE.format(tau=params.step_size, where=f"this graph (λ_max ≤ {bound:.3g}): τ = {step:.3g}"),
-            stacklevel=2,
-        )
-    x = diffuse_(points, lap, step, params.layers)
+    step, bound = checked_step(lap, params.step_size)
+    details = {
+        "n_top": n_top,
+        "sigma": sigma,
+        "step_size": step,
+        "lambda_max_bound": round(bound, 4),
+        "layers": params.layers,
+    }
+    if prepared.dense is None:
+        return streamed_scores(task, prepared, lap, step, params.layers, details)
+    ns = task.num_support
+    x = diffuse_(prepared.dense, lap, step, params.layers)
     del lap
     protos = prototypes(x[:ns], task.support_labels, task.ways)
     if params.rectify:
@@ -354,14 +262,92 @@ def label(task: Task, params: DiffusionParams) -> TaskScores:
         block=lambda start, stop: -squared_distances(x[ns + start : ns + stop], protos),
         unknown=lambda start, stop: max_cosine_unknown(x[ns + start : ns + stop], protos),
         support=lambda: x[:ns],
-        details={
-            "n_top": n_top,
-            "sigma": sigma,
-            "step_size": step,
-            "lambda_max_bound": round(bound, 4),
-            "layers": params.layers,
-        },
+        details=details,
     )
+
+
+def streamed_scores(
+    task: Task, prepared: Prepared, lap: torch.Tensor, step: float, layers: int, details: dict[str, object]
+) -> TaskScores:
+    """Nearest diffused prototype scores of a streamed task from class-sized state, the features never stepped.
+
+    With P = (I − τL)^T (symmetric, as L is), the diffused points are P·x, the prototypes p_c = a_cᵀP·x
+    with a_c the class-mean indicator of the support, and −‖(Px)_q − p_c‖² = 2·(P·x·pᵀ)_qc − ‖p_c‖² − ‖(Px)_q‖².
+    The last term is the same for every class of a query, so argmax and softmax need only B = P·A
+    ([n, C], A the indicators), p = Bᵀx (one pass over the blocks) and Y = P·(x·pᵀ) ([n, C]): 2·T
+    sparse products on [n, C] instead of T on [n, d]. Same predictions as the in-memory path up to
+    float rounding. The unknown score (−max cosine of the diffused query to the diffused prototypes)
+    needs ‖(Px)_q‖ and the diffused support rows: :func:`diffused_rows_and_norms`, on first use.
+    """
+    ns, ways, dim, n = task.num_support, task.ways, prepared.dim, prepared.n
+    labels = task.support_labels.cpu()
+    counts = torch.bincount(labels, minlength=ways).to(torch.float32)
+    indicator = torch.zeros((n, ways), dtype=torch.float32)
+    indicator[torch.arange(ns), labels] = 1.0 / counts[labels]
+    spread = diffuse_(indicator, lap, step, layers)
+    protos = torch.zeros((ways, dim), dtype=torch.float64)
+    for start, x in prepared.blocks():
+        protos += spread[start : start + len(x)].T.double() @ x.double()
+    del spread
+    protos32 = protos.to(torch.float32)
+    along = torch.empty((n, ways), dtype=torch.float32)
+    for start, x in prepared.blocks():
+        along[start : start + len(x)] = x @ protos32.T
+    along = diffuse_(along, lap, step, layers)
+    scores = 2.0 * along[ns:] - (protos32 * protos32).sum(dim=1)
+
+    @functools.cache
+    def unknown_parts() -> tuple[torch.Tensor, torch.Tensor]:
+        rows, norms = diffused_rows_and_norms(prepared, lap, step, layers)
+        return rows, norms[:, None].clamp_min(1e-12) * protos32.norm(dim=1).clamp_min(1e-12)
+
+    return TaskScores(
+        block=lambda start, stop: scores[start:stop],
+        unknown=lambda start, stop: -(along[ns + start : ns + stop] / unknown_parts()[1][start:stop]).max(-1).values,
+        support=lambda: unknown_parts()[0],
+        details=details,
+    )
+
+
+def diffused_rows_and_norms(
+    prepared: Prepared, lap: torch.Tensor, step: float, layers: int, budget: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The diffused support rows [ns, d] and the norms ‖(P·x)_q‖ [nq] of the queries, P·x stepped slab by slab.
+
+    A slab is ``width`` feature columns of all n points ([n, width] float32, and one product of that
+    size while stepping; ``budget`` bytes for both, default ``SLAB_BUDGET``), read again from the blocks
+    for every slab.
+    """
+    n, ns, dim = prepared.n, prepared.num_support, prepared.dim
+    width = max(1, min(dim, (budget or SLAB_BUDGET) // (8 * n)))
+    rows = torch.empty((ns, dim), dtype=torch.float32)
+    squares = torch.zeros(n - ns, dtype=torch.float64)
+    for first in range(0, dim, width):
+        cols = slice(first, min(dim, first + width))
+        state = torch.empty((n, cols.stop - cols.start), dtype=torch.float32)
+        for start, x in prepared.blocks():
+            state[start : start + len(x)] = x[:, cols]
+        state = diffuse_(state, lap, step, layers)
+        rows[:, cols] = state[:ns]
+        squares += state[ns:].double().square().sum(dim=1)
+        del state
+    return rows, squares.sqrt().to(torch.float32)
+
+
+def layerwise(episodes: Episodes, params: DiffusionParams) -> Iterator[torch.Tensor]:
+    """The points [E, n, d] after layer 0, 1, 2, …: CL2N, the shift, one checked step x ← x − τ·L·x at a time.
+
+    The graph is built once from the undiffused points and τ is the one ``evaluate`` uses, so the
+    nearest-prototype decision after layer t is diffusion's with ``layers = t``.
+    """
+    x = transductive_points(episodes.points, episodes.centre, episodes.num_support, params.shift)
+    n_top, sigma = method_graph_size(episodes, params)
+    lap = episode_laplacian(x, n_top, sigma, params.knn, gram(x))
+    steps, _ = checked_step(lap, params.step_size)
+    step = steps if bool((steps < params.step_size).any()) else params.step_size
+    while True:
+        yield x
+        x = diffuse(x, lap, step, 1)
 
 
 METHOD = Method(
@@ -373,6 +359,16 @@ METHOD = Method(
     transductive=True,
     resolve_auto=resolved_graph,
     assumes_balance=lambda params: params.assign == "balanced",
-    label=label,
+    large_task=large_task,
     open_set=open_set,
+    layerwise=layerwise,
+    layer_params=("step_size", "n_top", "sigma", "shift", "knn"),
+    grid=(
+        ("step_size", (0.1, 0.25, 0.5, 0.75, 1.0)),
+        ("layers", (1, 2, 4, 6, 8, 12)),
+        ("n_top", ("auto",)),
+        ("sigma", ("auto",)),
+        ("rectify", (False,)),
+        ("shift", (True,)),
+    ),
 )
