@@ -154,6 +154,10 @@ def run_extraction(request: ExtractionRequest, on_batch: ProgressHook | None = N
     splits = read_class_splits(pairs, request.class_split)
     images = collect_images(list(request.images), [path for path, _ in pairs], request.root)
     try:
+        for path in request.outputs:
+            image = images.linked(path)
+            if image is not None:
+                raise DiffshotError(f"{path}: is the input {image} (a hard link to it); choose another output")
         check_splits(images.items, splits)
         from diffshot.extract.model import build_encoder
 

@@ -67,11 +67,17 @@ class EpisodeSource:
     split: str
     classes: tuple[str, ...]
 
-    def batch(self, seed: int, start: int, count: int) -> tuple[Episodes, EpisodeIndices]:
-        """Episodes start..start+count-1 of ``seed`` as tensors, and their indices (query labels included)."""
+    def batch(
+        self, seed: int, start: int, count: int, out: torch.Tensor | None = None
+    ) -> tuple[Episodes, EpisodeIndices]:
+        """Episodes start..start+count-1 of ``seed`` as tensors, and their indices (query labels included).
+
+        ``out`` is a buffer the points are gathered into (:func:`diffshot.episodes.gather`); they are valid until
+        the next call that reuses it.
+        """
         indices = sample_episodes(self.pool, self.spec, seed, start, count)
         episodes = Episodes(
-            points=gather(self.features, indices),
+            points=gather(self.features, indices, out),
             support_labels=torch.from_numpy(indices.support_labels).to(self.features.device),
             ways=self.spec.ways,
             centre=self.centre,
@@ -171,11 +177,14 @@ def evaluate(
     temps = [confidence_temperature(run, temperatures) for run in runs]
     bins = [np.zeros((3, ECE_BINS)) for _ in runs]
     sampling = 0.0
+    rows = spec.num_support + spec.num_query + spec.num_unknown
+    features = source.features
+    buffer = torch.empty((min(chunk, episodes), rows, fs.dim), dtype=features.dtype, device=features.device)
     for start in range(0, episodes, chunk):
         interrupt.check()
         count = min(chunk, episodes - start)
         tick = time.perf_counter()
-        batch, indices = source.batch(seed, start, count)
+        batch, indices = source.batch(seed, start, count, buffer)
         query_labels = torch.from_numpy(indices.query_labels).to(source.features.device)
         sampling += time.perf_counter() - tick
         for i, run in enumerate(runs):
@@ -252,6 +261,7 @@ def prepare_runs(request: EvaluationRequest) -> tuple[list[EpisodeSpec], list[Me
             request.imbalance,
             unknown_queries=request.unknown_queries,
             query_classes=request.query_classes,
+            zipf=request.zipf,
         )
         for k in dict.fromkeys(request.shots)
     ]
@@ -263,7 +273,7 @@ def prepare_runs(request: EvaluationRequest) -> tuple[list[EpisodeSpec], list[Me
         raise UsageError(
             f"baseline {request.baseline}: not among the methods run ({', '.join(labels)}); add it to the methods"
         )
-    if request.imbalance is not None or specs[0].query_classes not in (None, specs[0].ways):
+    if specs[0].skewed or specs[0].query_classes not in (None, specs[0].ways):
         for run in runs:
             if run.method.balance_assumed(run.params):
                 warnings.warn(
