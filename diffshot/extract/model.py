@@ -72,9 +72,3 @@ def build_encoder(arch: str, checkpoint: Path, in_channels: int, device: torch.d
     module = build_backbone(arch, in_channels, state.keys())
     report = load_into(module, state, arch, checkpoint, in_channels)
     return Encoder(module.to(device).eval(), arch, device, report)
-
-
-def random_encoder(arch: str, in_channels: int, device: torch.device, seed: int = 0) -> Encoder:
-    """A backbone with seeded random weights (for benchmarks and tests)."""
-    torch.manual_seed(seed)
-    return Encoder(build_backbone(arch, in_channels).to(device).eval(), arch, device)

@@ -9,7 +9,6 @@ from pathlib import Path
 from diffshot.errors import DiffshotError
 
 RESULTS, EPISODES, TUNE, PREDICT, SEPARABILITY = "results", "episodes", "tune", "predict", "separability"
-KINDS = (RESULTS, EPISODES, TUNE, PREDICT, SEPARABILITY)
 PREDICT_COLUMNS = {"row", "class", "confidence"}
 
 
