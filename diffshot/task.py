@@ -116,7 +116,7 @@ class Prepared:
         """All prepared points [n, d]; a usage error naming ``what`` when the rows are streamed."""
         if self.dense is None:
             raise UsageError(
-                f"{what} needs every query row in memory; streamed predict (--block-rows, --workers, --scheduler, "
+                f"{what} needs every query row in memory; streamed predict (block_rows, workers, scheduler, "
                 "or a query file above 500,000 rows) keeps them on disk"
             )
         return self.dense
