@@ -31,8 +31,8 @@ def read_features(
 def clean_features(fs: FeatureSet, drop_nonfinite: bool = False, drop_zero: bool = False) -> FeatureSet:
     """Refuse (or, when asked, drop with a warning) rows with NaN/Inf and all-zero rows."""
     for mask, what, flag, drop in (
-        (fs.nonfinite_rows(), "contain NaN or Inf", "--drop-nonfinite", drop_nonfinite),
-        (fs.zero_rows(), "are all-zero vectors", "--drop-zero", drop_zero),
+        (fs.nonfinite_rows(), "contain NaN or Inf", "drop_nonfinite=True", drop_nonfinite),
+        (fs.zero_rows(), "are all-zero vectors", "drop_zero=True", drop_zero),
     ):
         count = int(mask.sum())
         if count == 0:

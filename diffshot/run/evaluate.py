@@ -118,7 +118,7 @@ def episode_source(
     if centring != "base_mean":
         warnings.warn(
             f"{fs.source}: no base mean stored; features are centred by the {centring} "
-            "(give the backbone's base-class mean with --base-mean FILE)",
+            "(give the backbone's base-class mean with base_mean=FILE)",
             stacklevel=stacklevel + 1,
         )
     device = torch.device(device)
@@ -236,7 +236,7 @@ def check_open_set(runs: Sequence[MethodRun]) -> None:
         if run.method.open_set is None:
             able = ", ".join(sorted(m.name for m in REGISTRY.values() if m.open_set is not None))
             raise UsageError(
-                f"method {run.method.name} has no unknown score, so it cannot run under --open-set "
+                f"method {run.method.name} has no unknown score, so it cannot run on open-set episodes "
                 f"(methods with one: {able})"
             )
 

@@ -63,12 +63,10 @@ def parse_reject(text: str) -> Rejection:
         value = float("nan")
     if head == "auto" and sep:
         if not 0.0 < value < 1.0:
-            raise UsageError(f"--reject {text!r}: auto:Q needs a quantile Q between 0 and 1, e.g. auto:0.9")
+            raise UsageError(f"reject={text!r}: auto:Q needs a quantile Q between 0 and 1, e.g. auto:0.9")
         return Rejection("auto", quantile=value)
     if not math.isfinite(value):
-        raise UsageError(
-            f"--reject {text!r}: expected auto, none or a finite threshold on the unknown score (e.g. -0.5)"
-        )
+        raise UsageError(f"reject={text!r}: expected auto, none or a finite threshold on the unknown score (e.g. -0.5)")
     return Rejection("threshold", threshold=value)
 
 
@@ -103,7 +101,7 @@ class PredictOptions:
         if isinstance(self.exact_limit, bool) or not isinstance(self.exact_limit, int) or self.exact_limit < 1:
             raise UsageError(f"exact_limit must be a positive integer, got {self.exact_limit!r}")
         if not isinstance(self.unknown_name, str) or not self.unknown_name.strip():
-            raise UsageError(f"--unknown-name must be a non-empty class name, got {self.unknown_name!r}")
+            raise UsageError(f"unknown_name must be a non-empty class name, got {self.unknown_name!r}")
 
 
 def select_rows(fs: FeatureSet, split: str | None) -> tuple[FeatureSet, np.ndarray]:

@@ -55,7 +55,7 @@ def parse_layers(text: str) -> tuple[int, ...]:
     except ValueError:
         out = set()
     if not out or min(out) < 0:
-        raise DiffshotError(f"--layers {text!r}: expected layers ≥ 0 as 0..20, 0,2,6 or 6")
+        raise DiffshotError(f"layers={text!r}: expected layers ≥ 0 as 0..20, 0,2,6 or 6")
     return tuple(sorted(out))
 
 
@@ -178,7 +178,7 @@ def episode_view(
 ) -> EpisodeView:
     """Episode ``index`` of the seed (the same episode evaluate would draw) before and after ``layer`` layers."""
     if index < 0:
-        raise DiffshotError(f"--show-episode must be a non-negative episode index, got {index}")
+        raise DiffshotError(f"show_episode must be a non-negative episode index, got {index}")
     run = separability_run(method, params)
     batch, labels = labelled_batch(episode_source(fs, spec, split, "cpu", stacklevel=2), seed, index, 1)
     views = run.method.layerwise(batch, run.params)  # type: ignore[misc]

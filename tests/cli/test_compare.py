@@ -13,6 +13,7 @@ from diffshot.cli import app
 from diffshot.cli.evaluate import parse_imbalance
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet, write_canonical
+from diffshot.methods import REGISTRY
 
 runner = CliRunner()
 
@@ -156,8 +157,30 @@ def test_baseline_must_be_run(demo: Path) -> None:
     assert_one_line_error(invoke("evaluate", demo, "--episodes", 5, "--baseline", "ptmap"), "baseline ptmap")
 
 
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of a Rich box table, each cell's wrapped lines joined by one space."""
+    rows: list[list[str]] = []
+    current: list[list[str]] | None = None
+    for line in text.splitlines():
+        if line.startswith("│"):
+            cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
+            current = current or [[] for _ in cells]
+            for column, cell in zip(current, cells, strict=True):
+                column.append(cell)
+        elif current is not None:  # a rule or the bottom border ends the row
+            rows.append([" ".join(part for part in column if part) for column in current])
+            current = None
+    return rows
+
+
 def test_methods_lists_every_method_with_defaults() -> None:
+    """Every registered method is a row, and each of its parameters is shown with its default."""
     result = invoke("methods")
     assert result.exit_code == 0
-    for name in ("bdcspn", "laplacianshot", "ptmap", "tim", "labelprop", "diffresnet", "assign"):
-        assert name in result.stdout
+    rows = {row[0]: row for row in table_rows(result.stdout)}
+    assert set(rows) == set(REGISTRY)
+    for name, method in REGISTRY.items():
+        shown = rows[name][2]
+        expected = [f"{p.name} = {p.default!r}" for p in method.declared] or ["none"]
+        missing = [text for text in expected if text not in shown]
+        assert not missing, f"{name}: {missing} not in {shown!r}"
