@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from diffshot.cli.common import AllowExternal, Force, claim_outputs, stdout, user_errors
+from diffshot.cli.common import AllowExternal, Force, Labels, claim_outputs, stdout, user_errors
 from diffshot.features import read_features, write_canonical
 
 
@@ -18,11 +18,12 @@ def convert(
     base_mean: Annotated[
         Path | None, typer.Option(readable=False, help="Base-mean file (e.g. Diff-ResNet's *_base_mean.plk).")
     ] = None,
+    labels: Labels = None,
     allow_external_data: AllowExternal = False,
     force: Force = False,
 ) -> None:
     """Convert a field format (PT-MAP/S2M2/Diff-ResNet pickles, TIM, CloserLook, EASY, .npz) to canonical HDF5."""
-    claim_outputs([], [src, base_mean], binary=[dst], force=force)
-    fs = read_features(src, base_mean, allow_external=allow_external_data)
+    claim_outputs([], [src, base_mean, labels], binary=[dst], force=force)
+    fs = read_features(src, base_mean, allow_external=allow_external_data, labels_path=labels)
     write_canonical(fs, dst, {"converted_from": str(src)})
     stdout.print(f"wrote {dst}: {fs.num_rows:,} rows, {fs.dim}-d, {fs.num_classes} classes")

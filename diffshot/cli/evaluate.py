@@ -11,7 +11,17 @@ from typing import Annotated
 import typer
 
 from diffshot.atomic import write_text_atomic
-from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, comma_list, progress, stdout, user_errors
+from diffshot.cli.common import (
+    AllowExternal,
+    Force,
+    Labels,
+    Threads,
+    claim_outputs,
+    comma_list,
+    progress,
+    stdout,
+    user_errors,
+)
 from diffshot.cli.demo import default_features
 from diffshot.device import resolve_device, set_threads
 from diffshot.errors import UsageError
@@ -137,6 +147,7 @@ def evaluate(
     base_mean: Annotated[
         Path | None, typer.Option(help="Base-mean file for pickled features (e.g. *_base_mean.plk).")
     ] = None,
+    labels: Labels = None,
     drop_nonfinite: Annotated[bool, typer.Option(help="Drop rows with NaN/Inf instead of failing.")] = False,
     drop_zero: Annotated[bool, typer.Option(help="Drop all-zero rows instead of failing.")] = False,
     chunk_size: Annotated[int | None, typer.Option(help="Episodes per batch (default: sized to memory).")] = None,
@@ -188,7 +199,7 @@ def evaluate(
     set_threads(threads)
     fmt = output_format(fmt, output)
     path = features if features is not None else default_features()
-    claim_outputs([output], [path, base_mean, config], binary=[save_episodes, plot], force=force)
+    claim_outputs([output], [path, base_mean, labels, config], binary=[save_episodes, plot], force=force)
     if plot is not None:
         from diffshot.plot.backend import figure_format
 
@@ -214,6 +225,7 @@ def evaluate(
         shared=shared,
         assignments=parse_assignments(set_params or []),
         base_mean=base_mean,
+        labels=labels,
         drop_nonfinite=drop_nonfinite,
         drop_zero=drop_zero,
         allow_external=allow_external_data,

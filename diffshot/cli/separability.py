@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from diffshot.atomic import check_writable, write_text_atomic
-from diffshot.cli.common import AllowExternal, Threads, stdout, user_errors
+from diffshot.cli.common import AllowExternal, Labels, Threads, stdout, user_errors
 from diffshot.device import resolve_device, set_threads
 from diffshot.episodes import EpisodeSpec
 from diffshot.errors import DiffshotError
@@ -62,6 +62,7 @@ def separability(
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON here (atomically).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table|json (what is printed).")] = "table",
+    labels: Labels = None,
     allow_external_data: AllowExternal = False,
     threads: Threads = None,
 ) -> None:
@@ -88,7 +89,7 @@ def separability(
     overrides = {"step_size": step_size, "n_top": n_top, "sigma": sigma, "shift": shift, "knn": knn}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     spec = EpisodeSpec(ways, shots, queries)
-    fs = load_features(features, allow_external=allow_external_data)
+    fs = load_features(features, allow_external=allow_external_data, labels_path=labels)
     result = measure(fs, spec, wanted, episodes, seed, split, overrides, resolve_device(device))
     document = to_document(result, features, fs)
     if output is not None:

@@ -346,6 +346,7 @@ class EvaluationRequest:
     assignments: Mapping[str, Mapping[str, object]] = dataclasses.field(default_factory=dict)
     temperatures: Mapping[str, float] = dataclasses.field(default_factory=dict)
     base_mean: Path | None = None
+    labels: Path | None = None  # --labels FILE for a features file stored without labels
     drop_nonfinite: bool = False
     drop_zero: bool = False
     allow_external: bool = False
@@ -416,6 +417,7 @@ def run_evaluation(
         drop_nonfinite=request.drop_nonfinite,
         drop_zero=request.drop_zero,
         allow_external=request.allow_external,
+        labels_path=request.labels,
     )
     device = torch.device(request.device)
     evaluations: list[Evaluation] = []

@@ -167,9 +167,10 @@ def load_rows(
     drop_zero: bool = False,
     require_labels: bool = True,
     allow_external: bool = False,
+    labels_path: str | os.PathLike[str] | None = None,
 ) -> tuple[FeatureSet, np.ndarray]:
-    """Read, clean and split-select a features file; also the file row number of every kept row."""
-    fs = read_features(path, require_labels=require_labels, allow_external=allow_external)
+    """Read, clean and split-select a features file (labelled from ``labels_path`` when given); its file row numbers."""
+    fs = read_features(path, require_labels=require_labels, allow_external=allow_external, labels_path=labels_path)
     fs = dataclasses.replace(fs, metadata={**fs.metadata, ROW_KEY: np.arange(fs.num_rows)})
     fs, _ = select_rows(clean_features(fs, drop_nonfinite=drop_nonfinite, drop_zero=drop_zero), split)
     rows = fs.metadata[ROW_KEY]
