@@ -26,14 +26,13 @@ HEADER_NAMES = ("label", "labels", "class")
 
 def read_labels(path: str | os.PathLike[str]) -> np.ndarray:
     """The labels a .npy, .txt (one per line) or .csv file holds, as a 1-D integer or string array."""
-    from diffshot.features.formats import _read_npy
-    from diffshot.features.load import check_readable
+    from diffshot.features.containers import check_readable, read_npy
 
     p = check_readable(path)
     with open(p, "rb") as handle:
         head = handle.read(len(NPY_MAGIC))
     if head.startswith(NPY_MAGIC):
-        return _npy_labels(_read_npy(p), p)
+        return _npy_labels(read_npy(p), p)
     size = p.stat().st_size
     Budget(p).take(size * 8, size, 8, "the labels")
     try:

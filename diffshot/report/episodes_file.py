@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,9 +12,7 @@ from diffshot import __version__
 from diffshot.atomic import atomic_path
 from diffshot.calibration import reliability
 from diffshot.errors import DiffshotError
-
-if TYPE_CHECKING:
-    from diffshot.run.evaluate import EvaluationRun
+from diffshot.results import EvaluationRun
 
 EPISODES_FORMAT = "diffshot-episodes/1"
 PROTOCOL_KEYS = ("features_sha256", "seed", "ways", "queries", "imbalance", "query_classes", "episodes", "split")
@@ -156,15 +153,14 @@ class StoredEpisodes:
 def load_stored_episodes(path: Path | str) -> list[StoredEpisodes]:
     """The episodes a file stores: a ``--save-episodes`` .npz (or a JSON naming one), one set per shot count,
     or a plain .npz of ``support`` [E, ns] and ``query`` [E, nq] row indices (a paper's fixed episodes)."""
-    from diffshot.features.formats import _read_npz
-    from diffshot.features.load import check_readable
+    from diffshot.features.containers import check_readable, read_npz
 
     path = check_readable(path)
     if path.suffix.lower() == ".json":
         path = _episodes_file_of(path)
     if not sniff_zip(path):
         raise DiffshotError(f"{path}: not an .npz of episodes")
-    arrays = _read_npz(path)
+    arrays = read_npz(path)
     if "meta" not in arrays:
         if "support" not in arrays or "query" not in arrays:
             raise DiffshotError(

@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from diffshot.episodes import EpisodeIndices, Episodes, EpisodeSpec
+from diffshot.episodes import EpisodeIndices, Episodes, EpisodeSpec, gather
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet
 from diffshot.lazy import torch
@@ -68,8 +68,13 @@ class FixedSource:
     labels: np.ndarray
     rows_in_source: None = None
 
-    def batch(self, seed: int, start: int, count: int) -> tuple[Episodes, EpisodeIndices]:
-        """Stored episodes start..start+count-1 as tensors and indices (``seed`` is not used: they are fixed)."""
+    def batch(
+        self, seed: int, start: int, count: int, out: torch.Tensor | None = None
+    ) -> tuple[Episodes, EpisodeIndices]:
+        """Stored episodes start..start+count-1 as tensors and indices (``seed`` is not used: they are fixed).
+
+        ``out`` is a buffer the points are gathered into, as for sampled episodes.
+        """
         rows = self.rows[start : start + count]
         ways, shots = self.spec.ways, self.spec.shots
         support_labels = np.broadcast_to(np.repeat(np.arange(ways), shots), (rows.shape[0], ways * shots)).copy()
@@ -80,7 +85,7 @@ class FixedSource:
             classes=self.labels[rows[:, : ways * shots : shots]],
         )
         episodes = Episodes(
-            points=self.features[torch.from_numpy(rows).to(self.features.device)],
+            points=gather(self.features, indices, out),
             support_labels=torch.from_numpy(support_labels).to(self.features.device),
             ways=ways,
             centre=self.centre,

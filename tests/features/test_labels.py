@@ -1,4 +1,4 @@
-"""``--labels FILE``: a bare features.npy labelled from .npy, .txt or .csv, through the one loader every command uses."""
+"""``--labels FILE``: a bare features.npy labelled from .npy, .txt or .csv, through the loader every command uses."""
 
 from __future__ import annotations
 
