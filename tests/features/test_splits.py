@@ -51,8 +51,8 @@ def test_a_split_file_names_every_class(tmp_path: Path) -> None:
 
 def test_convert_writes_the_split(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(20), 10)
-    source = write_canonical(make_featureset(rng.normal(size=(200, 8)), labels), tmp_path / "flat.h5")
+    labels = np.repeat(np.arange(20), 20)
+    source = write_canonical(make_featureset(rng.normal(size=(400, 8)), labels), tmp_path / "flat.h5")
     out = tmp_path / "split.h5"
     result = runner.invoke(
         app, ["convert", str(source), str(out), "--class-split", "base:0.5,val:0.25,novel:0.25", "--seed", "3"]
