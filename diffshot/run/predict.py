@@ -435,3 +435,30 @@ def reject_head(prediction: Prediction) -> dict[str, object]:
             "rejected": int(prediction.rejected.sum()),
         }
     return head
+
+
+def task_scores(
+    support: FeatureSet,
+    query: FeatureSet,
+    method: str | tuple[str, dict[str, object]] | MethodRun = DEFAULT_METHOD,
+    options: PredictOptions = PredictOptions(),
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, dict[str, object]]:
+    """Scores [query rows, support classes] (higher = more likely) of support + queries run as one task, and how.
+
+    A method with a large-task hook runs it as ``predict`` does; any other runs the task as one dense episode
+    (its ``score``; small tasks only). What the scikit-learn estimators (:mod:`diffshot.sklearn`) call.
+    """
+    run = method_runs([method])[0]
+    check_inputs(support, query)
+    device = torch.device(device)
+    kind = choose_index(options.index, support.num_rows + query.num_rows, options.exact_limit)
+    task = make_task(support, query, kind, device.type == "cuda" and kind != "hnsw" and faiss_has_gpu(), device)
+    if run.method.label is None:
+        return run.method.score(task.as_episode(), run.params)[0].cpu().numpy(), {}
+    scored = run.method.label(task, run.params)
+    out = np.empty((query.num_rows, support.num_classes), dtype=np.float32)
+    for start in range(0, query.num_rows, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, query.num_rows)
+        out[start:stop] = scored.block(start, stop).cpu().numpy()
+    return out, scored.details
