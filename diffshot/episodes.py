@@ -21,10 +21,12 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _STREAM_CLASSES, _STREAM_ROWS, _STREAM_IMBALANCE = 1, 2, 3
 _STREAM_UNKNOWN_CLASSES, _STREAM_UNKNOWN_ROWS = 4, 5  # open-set streams: the closed-set draws never see them
 _STREAM_QUERY_CLASSES = 6  # which classes have queries (--query-classes); a stream of its own
+_STREAM_ZIPF = 7  # the class order of a Zipf draw (--imbalance zipf:S); a stream of its own
 _GAMMA_TRIES = 16
 MAX_EPISODE_SIZE = 100_000
 MIN_CONCENTRATION = 1e-3  # below it Gamma draws underflow to zero and every query falls to one class
 SEED_LIMIT = 2**64
+MAX_ZIPF = 100.0
 
 
 def check_seed(seed: int) -> int:
@@ -48,6 +50,10 @@ class EpisodeSpec:
     ``unknown_queries`` (open set): U queries from each of ``ways`` further classes of the split that
     are not in the episode's support, appended after the known queries; ``None`` means closed set.
 
+    ``zipf`` S: per-class query shares ∝ 1/rank^S over a class order drawn by the seed (a long tail; the
+    same rounding as the Dirichlet draw: total kept, at least one query per class, capped by the rows a class
+    has); exclusive with ``imbalance``. ``None`` means no Zipf shares.
+
     ``query_classes`` M (PADDLE's realistic setting, Martin et al., NeurIPS 2022): the queries come
     from only M of the ``ways`` support classes, chosen by the seed; the total stays ways × queries,
     spread over the M classes by the Dirichlet draw (over those M) under ``imbalance``, else as
@@ -61,6 +67,7 @@ class EpisodeSpec:
     imbalance: float | None = None
     unknown_queries: int | None = None
     query_classes: int | None = None
+    zipf: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("ways", "shots", "queries", "unknown_queries"):
@@ -78,6 +85,13 @@ class EpisodeSpec:
                 f"the Dirichlet concentration must be a finite number of at least {MIN_CONCENTRATION:g}, "
                 f"got {self.imbalance}"
             )
+        if self.zipf is not None:
+            if isinstance(self.zipf, bool) or not isinstance(self.zipf, int | float) or not 0 < self.zipf <= MAX_ZIPF:
+                raise UsageError(
+                    f"the Zipf exponent must be a number above 0 and at most {MAX_ZIPF:g}, got {self.zipf}"
+                )
+            if self.imbalance is not None:
+                raise UsageError("give either a Dirichlet or a Zipf imbalance, not both")
         m = self.query_classes
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= self.ways):
             raise UsageError(f"query_classes must be an integer from 1 to ways ({self.ways}), got {m!r}")
@@ -85,6 +99,18 @@ class EpisodeSpec:
     @property
     def num_support(self) -> int:
         return self.ways * self.shots
+
+    @property
+    def skewed(self) -> bool:
+        """Whether the per-class query counts are drawn (Dirichlet or Zipf) rather than even."""
+        return self.imbalance is not None or self.zipf is not None
+
+    @property
+    def imbalance_text(self) -> str | None:
+        """The query-share protocol as outputs write it (``dirichlet:2``, ``zipf:1.1``); None when even."""
+        if self.imbalance is not None:
+            return f"dirichlet:{self.imbalance:g}"
+        return None if self.zipf is None else f"zipf:{self.zipf:g}"
 
     @property
     def num_query(self) -> int:
@@ -298,8 +324,15 @@ def _gamma(seed: int, episode_ids: np.ndarray, ways: int, alpha: float) -> np.nd
     return draws
 
 
+def _zipf_weights(seed: int, episode_ids: np.ndarray, present: np.ndarray, exponent: float) -> np.ndarray:
+    """Zipf weights [E, ways]: 1/rank^S over the present classes, in an order drawn by the seed; 0 where absent."""
+    keys = np.where(present, _uniform(seed, _STREAM_ZIPF, episode_ids, present.shape[1]), 2.0)
+    rank = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1, kind="stable")
+    return np.where(present, (rank + 1.0) ** -exponent, 0.0)
+
+
 def _query_counts(seed: int, episode_ids: np.ndarray, spec: EpisodeSpec, class_sizes: np.ndarray) -> np.ndarray:
-    """Per-class query counts [E, ways]: ``queries`` each, or a Dirichlet draw summing to ways × queries.
+    """Per-class query counts [E, ways]: ``queries`` each, or a Dirichlet or Zipf draw summing to ways × queries.
 
     Under ``query_classes`` M only M classes (the seed's choice) get queries, the same total spread over them.
     """
@@ -309,12 +342,15 @@ def _query_counts(seed: int, episode_ids: np.ndarray, spec: EpisodeSpec, class_s
         keys = _uniform(seed, _STREAM_QUERY_CLASSES, episode_ids, spec.ways)
         rank = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1, kind="stable")
         present = rank < spec.query_classes
-        if spec.imbalance is None:
+        if not spec.skewed:
             share, extra = divmod(spec.num_query, spec.query_classes)
             return np.where(present, share + (rank < extra), 0).astype(np.int64)
-    elif spec.imbalance is None:
+    elif not spec.skewed:
         return np.full((count, spec.ways), spec.queries, dtype=np.int64)
-    weights = np.where(present, _gamma(seed, episode_ids, spec.ways, spec.imbalance), 0.0)
+    if spec.zipf is not None:
+        weights = _zipf_weights(seed, episode_ids, present, spec.zipf)
+    else:
+        weights = np.where(present, _gamma(seed, episode_ids, spec.ways, spec.imbalance), 0.0)
     share = weights / weights.sum(axis=1, keepdims=True)
     spare = spec.num_query - present.sum(axis=1, keepdims=True)
     raw = share * spare

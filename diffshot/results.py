@@ -119,6 +119,7 @@ class EvaluationRequest:
     seed: int = 0
     split: str | None = None
     imbalance: float | None = None
+    zipf: float | None = None
     unknown_queries: int | None = None
     query_classes: int | None = None
     device: str | torch.device = "cpu"

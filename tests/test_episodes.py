@@ -81,3 +81,47 @@ def test_non_positive_sizes_are_refused(field: str) -> None:
     values = {"ways": 5, "shots": 1, "queries": 15, field: 0}
     with pytest.raises(DiffshotError, match=f"^{field} must be"):
         EpisodeSpec(**values)
+
+
+def _zipf_counts(spec: EpisodeSpec, labels: np.ndarray, count: int = 400, start: int = 0) -> np.ndarray:
+    chunk = sample_episodes(build_pool(labels, spec), spec, seed=3, start=start, count=count)
+    return np.stack([np.bincount(q, minlength=spec.ways) for q in chunk.query_labels])
+
+
+def test_zipf_shares_follow_one_over_rank_in_a_seeded_order() -> None:
+    spec = EpisodeSpec(6, 1, 20, zipf=1.1)
+    labels = _labels(12, 200)
+    counts = _zipf_counts(spec, labels)
+    assert (counts.sum(1) == 120).all() and counts.min() >= 1
+    expected = np.arange(1, 7) ** -1.1
+    expected = 1 + expected / expected.sum() * (120 - 6)
+    assert np.abs(np.sort(counts, axis=1)[:, ::-1] - expected).max() <= 1.0
+    firsts = np.argmax(counts, axis=1)
+    assert np.bincount(firsts, minlength=6).min() > 30  # the order is drawn, not the support order
+    assert np.array_equal(_zipf_counts(spec, labels, 7, start=50), counts[50:57])
+
+
+def test_zipf_with_query_classes_spreads_over_the_present_classes_only() -> None:
+    spec = EpisodeSpec(10, 1, 6, zipf=1.0, query_classes=4)
+    counts = _zipf_counts(spec, _labels(12, 80))
+    assert ((counts > 0).sum(1) == 4).all() and (counts.sum(1) == 60).all()
+    present = np.sort(counts, axis=1)[:, ::-1][:, :4]
+    assert (present[:, 0] > present[:, 3]).all()
+    same = sample_episodes(build_pool(_labels(12, 80), spec), spec, seed=3, start=0, count=400)
+    plain = EpisodeSpec(10, 1, 6, query_classes=4)
+    other = sample_episodes(build_pool(_labels(12, 80), plain), plain, seed=3, start=0, count=400)
+    assert np.array_equal(same.classes, other.classes)
+    assert np.array_equal(counts > 0, np.stack([np.bincount(q, minlength=10) for q in other.query_labels]) > 0)
+
+
+def test_zipf_respects_class_sizes_and_rejects_bad_exponents() -> None:
+    spec = EpisodeSpec(5, 1, 15, zipf=3.0)
+    chunk = sample_episodes(build_pool(_labels(6, 30), spec), spec, seed=0, start=0, count=200)
+    for e in range(chunk.num_episodes):
+        assert len(set(chunk.rows[e].tolist())) == chunk.rows.shape[1]
+    assert np.stack([np.bincount(q, minlength=5) for q in chunk.query_labels]).max() <= 29
+    for bad in (0.0, -1.0, float("inf"), 1e9):
+        with pytest.raises(DiffshotError, match="Zipf exponent"):
+            EpisodeSpec(5, 1, 15, zipf=bad)
+    with pytest.raises(DiffshotError, match="not both"):
+        EpisodeSpec(5, 1, 15, imbalance=2.0, zipf=1.0)

@@ -24,6 +24,7 @@ from diffshot.cli.common import (
 )
 from diffshot.cli.demo import default_features
 from diffshot.device import resolve_device, set_threads
+from diffshot.episodes import MAX_ZIPF
 from diffshot.errors import UsageError
 from diffshot.report.document import to_csv, to_json_document
 from diffshot.report.episodes_file import save_episode_accuracies
@@ -38,16 +39,32 @@ DEFAULT_UNKNOWN_QUERIES = 15
 
 def parse_imbalance(text: str | None) -> float | None:
     """``dirichlet:ALPHA`` as the Dirichlet concentration α (> 0); ``None`` or ``none`` for balanced queries."""
-    if text is None or text.strip().lower() in ("none", "balanced"):
-        return None
-    kind, sep, value = text.partition(":")
-    try:
-        alpha = float(value)
-    except ValueError:
-        alpha = float("nan")
-    if kind.strip().lower() != "dirichlet" or not sep or not alpha > 0 or alpha == float("inf"):
+    alpha, zipf = parse_query_shares(text)
+    if zipf is not None:
         raise UsageError(f"--imbalance {text!r}: expected dirichlet:ALPHA with ALPHA > 0, e.g. dirichlet:2")
     return alpha
+
+
+def parse_query_shares(text: str | None) -> tuple[float | None, float | None]:
+    """``--imbalance``: (Dirichlet α, None) for ``dirichlet:ALPHA``, (None, S) for ``zipf:S``, (None, None) balanced."""
+    if text is None or text.strip().lower() in ("none", "balanced"):
+        return None, None
+    kind, sep, value = text.partition(":")
+    kind = kind.strip().lower()
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not sep or kind not in ("dirichlet", "zipf") or not 0 < number < float("inf"):
+        raise UsageError(
+            f"--imbalance {text!r}: expected dirichlet:ALPHA (ALPHA > 0, e.g. dirichlet:2) or zipf:S "
+            f"(0 < S ≤ {MAX_ZIPF:g}, e.g. zipf:1.1)"
+        )
+    if kind == "zipf":
+        if number > MAX_ZIPF:
+            raise UsageError(f"--imbalance {text!r}: the Zipf exponent S must be at most {MAX_ZIPF:g}")
+        return None, number
+    return number, None
 
 
 def episodes_reference(episodes_file: Path, output: Path | None) -> str:
@@ -159,7 +176,8 @@ def evaluate(
         str | None,
         typer.Option(
             help="Imbalanced queries: dirichlet:ALPHA draws per-class query counts from Dirichlet(α), total kept "
-            "(α-TIM protocol; α = 2 in its tables). PT-MAP and --assign balanced assume balance."
+            "(α-TIM protocol; α = 2 in its tables); zipf:S gives shares ∝ 1/rank^S over a seeded class order "
+            "(a long tail). PT-MAP and --assign balanced assume balance."
         ),
     ] = None,
     open_set: Annotated[
@@ -236,7 +254,8 @@ def evaluate(
         episodes=episodes,
         seed=seed,
         split=split,
-        imbalance=parse_imbalance(imbalance),
+        imbalance=parse_query_shares(imbalance)[0],
+        zipf=parse_query_shares(imbalance)[1],
         unknown_queries=open_set_queries(open_set, unknown_queries),
         query_classes=query_classes,
         chunk_size=chunk_size,

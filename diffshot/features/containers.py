@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from diffshot.atomic import note_input
 from diffshot.errors import DiffshotError
 from diffshot.features.limits import COMPRESSED_RATIO, Budget, human
 
@@ -28,7 +29,8 @@ HEAD_BYTES = 16
 
 
 def check_readable(path: str | os.PathLike[str]) -> Path:
-    """The path, or a one-line error when it is missing, a dangling or looping link, a folder, or unreadable."""
+    """The path, noted as an input of the run, or a one-line error when it is missing, a dangling or looping link,
+    a folder, or unreadable."""
     p = Path(path)
     try:
         info = os.stat(p)
@@ -43,6 +45,7 @@ def check_readable(path: str | os.PathLike[str]) -> Path:
             pass
     except OSError as exc:
         raise DiffshotError(f"{p}: file is not readable ({exc.strerror or type(exc).__name__})") from None
+    note_input(p)
     return p
 
 

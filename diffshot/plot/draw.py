@@ -146,6 +146,8 @@ def draw_episodes(path: Path, method: str | None = None, baseline: str | None = 
     if not panels:
         raise DiffshotError(f"{path}: {a} and {b} never ran at the same shots")
     imbalance = "balanced" if meta.get("imbalance") is None else f"dirichlet:{meta['imbalance']:g}"
+    if meta.get("zipf") is not None:
+        imbalance = f"zipf:{meta['zipf']:g}"
     title = protocol_title(
         _name(meta.get("features_path", path)),
         meta.get("split"),

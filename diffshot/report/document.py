@@ -61,9 +61,8 @@ def rounded(value: float, digits: int = 4) -> float | None:
 
 
 def imbalance_text(evaluation: Evaluation) -> str | None:
-    """The query-balance protocol as written in outputs (``dirichlet:2``), None when balanced."""
-    alpha = evaluation.spec.imbalance
-    return None if alpha is None else f"dirichlet:{alpha:g}"
+    """The query-balance protocol as written in outputs (``dirichlet:2``, ``zipf:1.1``), None when balanced."""
+    return evaluation.spec.imbalance_text
 
 
 def result_record(run: EvaluationRun, evaluation: Evaluation, result: MethodResult) -> dict[str, object]:

@@ -15,14 +15,25 @@ from diffshot.errors import DiffshotError
 from diffshot.results import EvaluationRun
 
 EPISODES_FORMAT = "diffshot-episodes/1"
-PROTOCOL_KEYS = ("features_sha256", "seed", "ways", "queries", "imbalance", "query_classes", "episodes", "split")
+PROTOCOL_KEYS = (
+    "features_sha256",
+    "seed",
+    "ways",
+    "queries",
+    "imbalance",
+    "zipf",
+    "query_classes",
+    "episodes",
+    "split",
+)
 
 
 def save_episode_accuracies(path: Path | str, run: EvaluationRun) -> Path:
     """Write per-episode accuracies (percent) of every (method, shots) run to an .npz, atomically.
 
     Arrays ``run0``, ``run1``, …; the JSON string ``meta`` holds the protocol (seed, ways, queries,
-    imbalance, query_classes, episodes, split, features sha256 and path) and, per run, its method, shots and params;
+    imbalance, zipf, query_classes, episodes, split, features sha256 and path) and, per run, its method, shots and
+    params;
     ``runN_reliability`` [3, 15] holds its reliability diagram (query count, mean confidence, accuracy
     per confidence bin, NaN where empty), named with its temperature and ECE in the run's entry.
     When the run recorded its episodes, ``episodesN_rows`` [E, ns + nq] holds each episode's rows of the
@@ -60,6 +71,7 @@ def save_episode_accuracies(path: Path | str, run: EvaluationRun) -> Path:
         "ways": first.spec.ways,
         "queries": first.spec.queries,
         "imbalance": first.spec.imbalance,
+        "zipf": first.spec.zipf,
         "query_classes": first.spec.query_classes,
         "episodes": first.episodes,
         "split": first.split,

@@ -13,10 +13,10 @@ def protocol_title(run: EvaluationRun) -> str:
     """What is the same for every row: features, split, seed, ways, queries and episodes."""
     first = run.evaluations[0]
     queries = f"{first.spec.queries} queries per class" + (
-        f" on average ({imbalance_text(first)})" if first.spec.imbalance is not None else ""
+        f" on average ({imbalance_text(first)})" if first.spec.skewed else ""
     )
     if first.spec.query_classes is not None:
-        balance = f" ({imbalance_text(first)})" if first.spec.imbalance is not None else ""
+        balance = f" ({imbalance_text(first)})" if first.spec.skewed else ""
         queries = f"{first.spec.num_query} queries{balance} from {first.spec.query_classes} of the classes"
     if first.spec.unknown_queries is not None:
         queries += f" + {first.spec.ways} unknown classes × {first.spec.unknown_queries} queries"

@@ -278,6 +278,7 @@ def prepare_runs(request: EvaluationRequest) -> tuple[list[EpisodeSpec], list[Me
             request.imbalance,
             unknown_queries=request.unknown_queries,
             query_classes=request.query_classes,
+            zipf=request.zipf,
         )
         for k in dict.fromkeys(request.shots)
     ]
@@ -289,7 +290,7 @@ def prepare_runs(request: EvaluationRequest) -> tuple[list[EpisodeSpec], list[Me
         raise UsageError(
             f"baseline {request.baseline}: not among the methods run ({', '.join(labels)}); add it to the methods"
         )
-    if request.imbalance is not None or specs[0].query_classes not in (None, specs[0].ways):
+    if specs[0].skewed or specs[0].query_classes not in (None, specs[0].ways):
         for run in runs:
             if run.method.balance_assumed(run.params):
                 warnings.warn(

@@ -152,7 +152,7 @@ def measure(
 ) -> Separability:
     """The separability quantities of ``episodes`` seeded episodes after each layer in ``layers``."""
     check_episodes(episodes)
-    if spec.imbalance is not None:
+    if spec.skewed:
         raise DiffshotError("separability runs balanced episodes only")
     wanted = tuple(sorted(set(int(t) for t in layers)))
     if not wanted or wanted[0] < 0:

@@ -106,6 +106,47 @@ def test_bad_imbalance_is_a_one_line_error(demo: Path, text: str) -> None:
     assert_one_line_error(invoke("evaluate", demo, "--episodes", 5, "--imbalance", text), "--imbalance")
 
 
+def test_zipf_imbalance_runs_is_recorded_and_compared_as_its_own_protocol(demo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "zipf.json"
+    result = invoke(
+        "evaluate",
+        demo,
+        "--episodes",
+        30,
+        "-q",
+        "-m",
+        "simpleshot",
+        "--imbalance",
+        "zipf:1.1",
+        "--output",
+        out,
+        "--save-episodes",
+        tmp_path / "zipf.npz",
+    )
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(out.read_text())["results"][0]["imbalance"] == "zipf:1.1"
+    other = tmp_path / "zipf2.json"
+    result = invoke(
+        "evaluate",
+        demo,
+        "--episodes",
+        30,
+        "-q",
+        "-m",
+        "simpleshot",
+        "--imbalance",
+        "zipf:2",
+        "--output",
+        other,
+        "--save-episodes",
+        tmp_path / "zipf2.npz",
+    )
+    assert result.exit_code == 0, result.stderr
+    assert_one_line_error(invoke("compare", tmp_path / "zipf.npz", tmp_path / "zipf2.npz"), "zipf")
+    for bad in ("zipf:0", "zipf:-1", "zipf:x", "zipf:1000"):
+        assert_one_line_error(invoke("evaluate", demo, "--episodes", 5, "--imbalance", bad), "--imbalance")
+
+
 def test_parse_imbalance_values() -> None:
     assert parse_imbalance(None) is None and parse_imbalance("none") is None
     assert parse_imbalance("dirichlet:2") == 2.0 and parse_imbalance("Dirichlet:0.5") == 0.5
