@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import time
 from pathlib import Path
@@ -18,25 +17,23 @@ from diffshot.cli.common import LABELS_HELP, AllowExternal, Force, Threads, clai
 from diffshot.device import resolve_device, set_threads
 from diffshot.errors import DiffshotError, UsageError
 from diffshot.features import FeatureSet
-from diffshot.ops.knn import EXACT_LIMIT, faiss_has_gpu
+from diffshot.report.predictions import OUTPUT_FORMATS, write_predictions
+from diffshot.results import UNKNOWN_NAME, Prediction
 from diffshot.run.config import method_runs, parse_assignments, read_calibration, read_config
 from diffshot.run.predict import (
     DEFAULT_METHOD,
-    OUTPUT_FORMATS,
-    UNKNOWN_NAME,
-    Prediction,
     PredictOptions,
     accuracy,
     load_rows,
     parse_reject,
     predict_run,
     rejection_quality,
-    write_predictions,
+    search_falls_back_to_cpu,
 )
 from diffshot.run.predict import (
     predict as run_predict,
 )
-from diffshot.run.stream import BLOCK_ROWS, open_query, predict_stream, wants_stream
+from diffshot.run.stream import BLOCK_ROWS, open_query, wants_stream
 
 
 def _format(fmt: str | None, output: Path) -> str:
@@ -99,7 +96,9 @@ def predict(
             help="kNN index: auto|flat|hnsw|ivf|ivfpq (auto: flat up to --exact-limit, hnsw, ivfpq above 200k)."
         ),
     ] = "auto",
-    exact_limit: Annotated[int, typer.Option(help="Largest point count for the exact index under auto.")] = EXACT_LIMIT,
+    exact_limit: Annotated[
+        int, typer.Option(help="Largest point count for the exact index under auto.")
+    ] = PredictOptions.exact_limit,
     block_rows: Annotated[
         int,
         typer.Option(help="Stream the HDF5 query file in blocks of this many rows (0: only above 500,000 rows)."),
@@ -163,8 +162,7 @@ def predict(
                 stack, query, query_split, drop_nonfinite, drop_zero, allow_external_data, block_rows or BLOCK_ROWS
             )
             loaded = time.perf_counter() - start
-            prediction = predict_stream(support_fs, query_rows, run, options, scheduler=address)
-            prediction = dataclasses.replace(prediction, calibration=options.calibration)
+            prediction = run_predict(support_fs, query_rows, run, options, scheduler=address)
             tick = time.perf_counter()
             write_predictions(output, prediction, query_rows, query_rows.rows, out_format)  # type: ignore[arg-type]
             timings = {"load": loaded, **prediction.timings, "output": time.perf_counter() - tick}
@@ -181,7 +179,7 @@ def predict(
     )
     loaded = time.perf_counter() - start
     prediction = run_predict(support_fs, query_fs, run, options, torch_device)
-    if torch_device.type == "cuda" and not faiss_has_gpu() and not quiet:
+    if search_falls_back_to_cpu(torch_device) and not quiet:
         stderr.print("notice: this faiss has no GPU support; the kNN graph was built on the CPU")
     tick = time.perf_counter()
     write_predictions(output, prediction, query_fs, rows, out_format)

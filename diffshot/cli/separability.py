@@ -15,7 +15,9 @@ from diffshot.device import resolve_device, set_threads
 from diffshot.episodes import EpisodeSpec
 from diffshot.errors import DiffshotError
 from diffshot.features import load_features
-from diffshot.run.separability import QUANTITIES, episode_view, measure, parse_layers, pca_2d, to_document
+from diffshot.report.separability import to_document
+from diffshot.results import QUANTITIES
+from diffshot.run.separability import episode_view, measure, parse_layers, pca_2d
 
 HEADERS = {
     "min_inter": "min inter-class",

@@ -259,3 +259,53 @@ def test_other_methods_label_one_task_as_their_episode_code_path(synthetic: Feat
     method = get_method(name)
     assert_same_labels_up_to_ties(method.score(task, method.parse())[0], prediction.labels)
     assert float(np.mean(prediction.labels == query.labels)) > 0.5
+
+
+def split_task(fs: FeatureSet, per_class: int = 3) -> tuple[FeatureSet, FeatureSet]:
+    """``per_class`` support rows of every novel class of ``fs``; the other novel rows are the queries."""
+    novel, _ = select_rows(fs, "novel")
+    rng = np.random.default_rng(1)
+    chosen = np.zeros(novel.num_rows, dtype=bool)
+    for c in range(novel.num_classes):
+        chosen[rng.choice(np.flatnonzero(novel.labels == c), per_class, replace=False)] = True
+    return novel.take_rows(chosen), novel.take_rows(~chosen)
+
+
+def test_a_method_with_the_large_task_hook_predicts_in_memory_and_streamed(synthetic: FeatureSet, tmp_path) -> None:
+    """The suite's own ``testguess`` declares ``large_task`` and nothing else: predict runs it on both paths."""
+    import contextlib
+
+    from diffshot.ops.classify import prototypes
+    from diffshot.run.stream import open_query
+
+    support, query = split_task(synthetic)
+    protos = prototypes(torch.from_numpy(support.features), torch.from_numpy(support.labels), support.num_classes)
+    expected = torch.sin(2e3 * torch.from_numpy(query.features) @ protos.T).argmax(-1).numpy()
+    in_memory = predict(support, query, ("testguess", {"scale": 2e3}))
+    path = write_canonical(query, tmp_path / "query.h5")
+    with contextlib.ExitStack() as stack:
+        streamed = predict(support, open_query(stack, path, block_rows=7), ("testguess", {"scale": 2e3}))
+    assert np.array_equal(in_memory.labels, expected) and np.array_equal(streamed.labels, expected)
+    assert streamed.details == {"scale": 2e3, "block_rows": 7} and in_memory.details == {"scale": 2e3}
+    support_path = write_canonical(support, tmp_path / "support.h5")
+    outputs = []
+    for extra in ([], ["--block-rows", "7"]):
+        out = tmp_path / f"p{len(outputs)}.csv"
+        result = invoke("predict", "--support", support_path, "--query", path, "-o", out, "-m", "testguess", *extra)
+        assert result.exit_code == 0, result.output
+        outputs.append([row["class"] for row in csv.DictReader(out.open(encoding="utf-8"))])
+    assert outputs[0] == outputs[1] and len(outputs[0]) == query.num_rows
+
+
+@pytest.mark.parametrize("extra", [[], ["--block-rows", "1000"]])
+@pytest.mark.parametrize("assign", ["balanced", "estimated"])
+def test_an_episode_only_parameter_is_a_usage_error_on_every_path(synthetic, tmp_path, assign, extra) -> None:
+    """``--set diffusion.assign=…`` other than nearest: exit 2 naming the parameter, in memory and streamed alike."""
+    support, query = split_task(synthetic)
+    support_path, query_path = write_canonical(support, tmp_path / "s.h5"), write_canonical(query, tmp_path / "q.h5")
+    out = tmp_path / "p.csv"
+    setting = f"diffusion.assign={assign}"
+    result = invoke("predict", "--support", support_path, "--query", query_path, "-o", out, "--set", setting, *extra)
+    assert result.exit_code == 2
+    assert_one_line_error(result, f"parameter diffusion.assign: {assign} is for episodes")
+    assert not out.exists()
