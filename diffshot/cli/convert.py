@@ -10,7 +10,7 @@ import typer
 
 from diffshot.cli.common import AllowExternal, Force, Labels, claim_outputs, stdout, user_errors
 from diffshot.features import SPLITS, read_features, write_canonical
-from diffshot.features.splits import parse_fractions, with_class_split
+from diffshot.run.class_split import parse_fractions, with_class_split
 
 
 @user_errors

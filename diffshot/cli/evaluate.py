@@ -298,7 +298,7 @@ def evaluate(
 
 def stored_episodes(path: Path) -> int:
     """How many episodes an --episodes-file holds over all its settings (for the progress bar)."""
-    from diffshot.report.episodes_file import load_stored_episodes
+    from diffshot.run.replay import load_stored_episodes
 
     return sum(stored.support.shape[0] for stored in load_stored_episodes(path))
 

@@ -372,8 +372,7 @@ def _replay(
     on_progress: Progress | None,
 ) -> EvaluationRun:
     """``request`` run on the episodes its ``episodes_file`` stores, checked against the features first."""
-    from diffshot.report.episodes_file import load_stored_episodes
-    from diffshot.run.replay import fixed_episodes
+    from diffshot.run.replay import fixed_episodes, load_stored_episodes
 
     assert request.episodes_file is not None
     sha = file_sha256(request.features)

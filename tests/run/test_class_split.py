@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from diffshot.cli import app
 from diffshot.errors import DiffshotError, UsageError
 from diffshot.features import make_featureset, read_features, write_canonical
-from diffshot.features.splits import parse_fractions, random_split, split_from_file
+from diffshot.run.class_split import parse_fractions, random_split, split_from_file
 from tests.conftest import one_line_error
 
 runner = CliRunner()
