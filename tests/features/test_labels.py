@@ -108,6 +108,8 @@ def test_commands_that_read_features_take_labels(bare: tuple[Path, np.ndarray], 
     )
     assert predicted.exit_code == 0, predicted.output
     assert (tmp_path / "p.csv").read_text().count("\n") == 201
+    separated = runner.invoke(app, ["separability", str(path), "--labels", y, "--episodes", "10", "--layers", "0,2"])
+    assert separated.exit_code == 0, separated.output
     refused = runner.invoke(app, ["evaluate", str(path), "--episodes", "20"])
     assert refused.exit_code == 1
     assert "--labels FILE" in refused.output
