@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from diffshot.cli.common import (
     AllowExternal,
@@ -24,7 +23,7 @@ from diffshot.cli.common import (
     user_errors,
 )
 from diffshot.device import resolve_device, set_threads
-from diffshot.errors import UsageError
+from diffshot.errors import UsageError, printable
 from diffshot.report.batch import output_paths, write_outputs
 from diffshot.report.table import Column, fit
 from diffshot.results import Entry, Outcome
@@ -152,11 +151,11 @@ def _results_columns(outcomes: list[Outcome]) -> list[Column]:
     """Entry, method and accuracy ± 95% interval, or why an entry or method has none (skipped, error)."""
     rows: list[tuple[str, str, str]] = []
     for outcome in outcomes:
-        name = escape(outcome.entry.name)
-        rows += [(name, escape(m), f"{mean:.2f} ± {ci:.2f}") for m, (mean, ci, _, _) in outcome.accuracies().items()]
+        name = printable(outcome.entry.name)
+        rows += [(name, printable(m), f"{mean:.2f} ± {ci:.2f}") for m, (mean, ci, _, _) in outcome.accuracies().items()]
         if outcome.skipped:
-            rows.append((name, "—", f"skipped ({escape(outcome.skipped)})"))
-        rows += [(name, escape(m), f"error ({escape(why)})") for m, why in outcome.errors.items()]
+            rows.append((name, "—", f"skipped ({printable(outcome.skipped)})"))
+        rows += [(name, printable(m), f"error ({printable(why)})") for m, why in outcome.errors.items()]
     entries, methods, results = zip(*rows, strict=True) if rows else ((), (), ())
     return [
         Column("entry", entries, justify="left"),

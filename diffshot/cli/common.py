@@ -7,9 +7,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import sys
 import threading
 import time
+import typing
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -18,9 +20,10 @@ from typing import Annotated, ParamSpec, TypeVar
 import typer
 from rich.console import Console, RenderableType
 from rich.markup import escape
+from typer.models import ArgumentInfo, ParameterInfo
 
 from diffshot import SPIN_COUNT, atomic, interrupt
-from diffshot.errors import DiffshotError, UsageError
+from diffshot.errors import DiffshotError, UsageError, printable
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -55,6 +58,8 @@ AllowExternal = Annotated[
     ),
 ]
 Force = Annotated[bool, typer.Option("--force", help="Replace output files even when they are read-only.")]
+LABELS_HELP = "Labels of a features file stored without them (a bare features.npy): .npy, .txt (one per line) or .csv."
+Labels = Annotated[Path | None, typer.Option("--labels", metavar="FILE", readable=False, help=LABELS_HELP)]
 
 
 def output_width() -> int | None:
@@ -73,8 +78,49 @@ def show(renderables: Iterable[RenderableType]) -> None:
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``error: message`` on stderr as one line and return the Exit to raise."""
-    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
+    stderr.print(f"[bold red]error:[/] {printable(message)}", highlight=False, markup=True)
     return typer.Exit(code)
+
+
+def command_flags(command: Callable[..., object]) -> dict[str, tuple[str, str | None]]:
+    """Each option of a command function: its parameter name → (its flag, its negative flag or None)."""
+    flags: dict[str, tuple[str, str | None]] = {}
+    for name, hint in typing.get_type_hints(command, include_extras=True).items():
+        info = next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, ParameterInfo)), None)
+        if name == "return" or isinstance(info, ArgumentInfo):
+            continue
+        decls: tuple[str, ...] = ()
+        if info is not None:  # under Annotated, typer takes a first argument that starts with '-' as a declaration
+            first = (info.default,) if isinstance(info.default, str) and info.default.startswith("-") else ()
+            decls = (*first, *(info.param_decls or ()))
+        declared = [d for decl in decls for d in decl.split("/")]
+        long = [d.strip() for d in declared if d.strip().startswith("--")]
+        on = long[0] if long else "--" + name.replace("_", "-")
+        off = long[1] if len(long) > 1 else (None if declared else "--no-" + name.replace("_", "-"))
+        flags[name] = (on, off)
+    return flags
+
+
+def as_flags(message: str, command: Callable[..., object]) -> str:
+    """A library message in the command's words: its parameters, as the library names them, become its flags.
+
+    The library names a parameter as Python does: ``drop_nonfinite=True`` becomes ``--drop-nonfinite``,
+    ``shift=False`` ``--no-shift``, ``base_mean=FILE`` ``--base-mean FILE``, and a bare name with an underscore
+    (``batch_size``) its flag; a one-word name without a value (``arch``) stays a word.
+    """
+    try:
+        flags = command_flags(command)
+    except (NameError, TypeError):  # annotations that do not resolve: the message as the library wrote it
+        return message
+    before = r"(?<![\w.-])"  # not inside a longer name, nor METHOD.param
+    for name, (on, off) in flags.items():
+        message = re.sub(rf"{before}{name}=True\b", on, message)
+        if off is not None:
+            message = re.sub(rf"{before}{name}=False\b", off, message)
+        message = re.sub(rf"{before}{name}=(?=[^\s=])", f"{on} ", message)
+        if "_" in name:
+            message = re.sub(rf"{before}{name}\b", on, message)
+    return message
 
 
 def user_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -92,19 +138,19 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
             try:
                 return command(*args, **kwargs)
             except UsageError as exc:
-                raise fail(str(exc).replace("\n", " "), 2) from None
+                raise fail(as_flags(str(exc), command).replace("\n", " "), 2) from None
             except DiffshotError as exc:
-                raise fail(str(exc).replace("\n", " ")) from None
+                raise fail(as_flags(str(exc), command).replace("\n", " ")) from None
             except KeyboardInterrupt:
                 interrupt.mark_reported()
                 raise fail("interrupted", 130) from None
             finally:
                 shown = set()
                 for item in caught:
-                    text = str(item.message)
+                    text = as_flags(str(item.message), command)
                     if issubclass(item.category, UserWarning | RuntimeWarning) and text not in shown:
                         shown.add(text)
-                        stderr.print(f"[yellow]warning:[/] {escape(text)}", highlight=False)
+                        stderr.print(f"[yellow]warning:[/] {printable(text)}", highlight=False)
 
     return wrapper
 

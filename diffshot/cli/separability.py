@@ -14,6 +14,7 @@ from diffshot.atomic import write_text_atomic
 from diffshot.cli.common import (
     AllowExternal,
     Force,
+    Labels,
     ProgressMode,
     Quiet,
     Threads,
@@ -78,6 +79,7 @@ def separability(
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON here (atomically).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table|json (what is printed).")] = "table",
+    labels: Labels = None,
     quiet: Quiet = False,
     progress_mode: ProgressMode = "auto",
     force: Force = False,
@@ -96,7 +98,7 @@ def separability(
     if show_episode is not None and plot is None:
         raise UsageError("--show-episode needs --plot FIG (the episode view is written beside it)")
     view = None if show_episode is None or plot is None else episode_plot_path(plot, show_episode)
-    claim_outputs([output], [features], binary=[plot, view], force=force)
+    claim_outputs([output], [features, labels], binary=[plot, view], force=force)
     if plot is not None:
         from diffshot.plot.backend import figure, figure_format
 
@@ -105,7 +107,7 @@ def separability(
     overrides = {"step_size": step_size, "n_top": n_top, "sigma": sigma, "shift": shift, "knn": knn}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     spec = EpisodeSpec(ways, shots, queries)
-    fs = load_features(features, allow_external=allow_external_data)
+    fs = load_features(features, allow_external=allow_external_data, labels_path=labels)
     with progress(quiet, episodes, "separability: episodes", progress_mode) as advance:
         result = measure(fs, spec, wanted, episodes, seed, split, overrides, resolve_device(device), on_chunk=advance)
     document = to_document(result, features, fs)

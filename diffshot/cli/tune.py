@@ -13,6 +13,7 @@ from rich.console import RenderableType
 from diffshot.cli.common import (
     AllowExternal,
     Force,
+    Labels,
     ProgressMode,
     Quiet,
     Threads,
@@ -80,6 +81,7 @@ def tune(
     quiet: Quiet = False,
     progress_mode: ProgressMode = "auto",
     force: Force = False,
+    labels: Labels = None,
     allow_external_data: AllowExternal = False,
     threads: Threads = None,
 ) -> None:
@@ -94,12 +96,12 @@ def tune(
     check_extension("--output", output, (".toml",))
     check_extension("--grid-json", grid_json, (".json",))
     replacing = output.exists() and str(output) != "-"
-    claim_outputs([output, grid_json], [features], force=force)
+    claim_outputs([output, grid_json], [features, labels], force=force)
     axes = {"step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
     axes |= {"rectify": rectify, "shift": shift}
     grid = {k: v for k, v in ((k, _axis(t)) for k, t in axes.items()) if v is not None}
     spec = EpisodeSpec(ways, shots, queries)
-    fs = load_features(features, allow_external=allow_external_data)
+    fs = load_features(features, allow_external=allow_external_data, labels_path=labels)
     setting = f"tuning {ways}-way {shots}-shot"
     with progress(quiet, episodes, setting, progress_mode) as advance:
         result = run_tune(

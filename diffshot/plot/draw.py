@@ -136,7 +136,7 @@ def draw_episodes(path: Path, method: str | None = None, baseline: str | None = 
         if name not in methods:
             raise DiffshotError(f"{path}: no method {name!r} in it (it has {', '.join(methods)})")
     if a == b:
-        raise DiffshotError(f"{path}: --method and --baseline are both {a}")
+        raise DiffshotError(f"{path}: method and baseline are both {a}")
     panels = []
     queries = int(meta.get("ways", 1)) * int(meta.get("queries", 1))
     for shots in dict.fromkeys(r.shots for r in runs):
@@ -323,7 +323,7 @@ def draw_predict(payload: object, source: Path, labels: Path | None, support: Pa
     most errors are drawn.
     """
     if labels is None:
-        raise DiffshotError(f"{source}: a predict output; give the query file with --labels QUERY so truth is known")
+        raise DiffshotError(f"{source}: a predict output; give the query file with labels=QUERY so truth is known")
     from diffshot.features import load_features, read_features
 
     rows, predicted, classes = _predictions(payload, source)

@@ -175,7 +175,7 @@ def test_confusion_matrix_from_predict_csv_and_json(tmp_path: Path) -> None:
         assert np.trace(drawn.data["counts"]) / drawn.data["counts"].sum() == pytest.approx(correct)
         assert np.allclose(drawn.data["per_class_accuracy"], 100 * np.diag(matrix))
         assert drawn.data["classes"] == list(truth.class_names)
-    with pytest.raises(DiffshotError, match="--labels"):
+    with pytest.raises(DiffshotError, match="labels=QUERY"):
         render([tmp_path / "p.csv"])
 
 
