@@ -66,9 +66,7 @@ def parse_reject(text: str) -> Rejection:
             raise UsageError(f"reject={text!r}: auto:Q needs a quantile Q between 0 and 1, e.g. auto:0.9")
         return Rejection("auto", quantile=value)
     if not math.isfinite(value):
-        raise UsageError(
-            f"reject={text!r}: expected auto, none or a finite threshold on the unknown score (e.g. -0.5)"
-        )
+        raise UsageError(f"reject={text!r}: expected auto, none or a finite threshold on the unknown score (e.g. -0.5)")
     return Rejection("threshold", threshold=value)
 
 
