@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("run", "extract", "synth"),
     ("report",),
     ("plot",),
-    ("cli",),
+    ("cli", "sklearn"),
     ("entry",),
     ("__main__",),
 )

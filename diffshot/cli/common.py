@@ -10,6 +10,7 @@ import sys
 import typing
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
 import typer
@@ -39,6 +40,8 @@ AllowExternal = Annotated[
     ),
 ]
 Force = Annotated[bool, typer.Option("--force", help="Replace output files even when they are read-only.")]
+LABELS_HELP = "Labels of a features file stored without them (a bare features.npy): .npy, .txt (one per line) or .csv."
+Labels = Annotated[Path | None, typer.Option("--labels", metavar="FILE", readable=False, help=LABELS_HELP)]
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -1,4 +1,4 @@
-"""`diffshot compare A B`: paired difference between two saved runs on the same seeded episodes."""
+"""`diffshot compare`: paired differences between runs on the same seeded episodes (two files, or methods of one)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from diffshot.cli.common import user_errors
-from diffshot.errors import DiffshotError
+from diffshot.errors import DiffshotError, UsageError
 from diffshot.report.episodes_file import EpisodeRecord, load_episode_accuracies, protocol_mismatch
 from diffshot.stats import paired_difference, summarise
 
@@ -19,6 +19,23 @@ def pairs(first: list[EpisodeRecord], second: list[EpisodeRecord]) -> list[tuple
     return [(a, b) for a in first for b in second if a.shots == b.shots and (not shared or a.method == b.method)]
 
 
+def pairs_within(
+    runs: list[EpisodeRecord], baseline: str | None, path: Path
+) -> list[tuple[EpisodeRecord, EpisodeRecord]]:
+    """Runs of one file to compare: every other method against ``baseline`` (default: the first) at each shot count."""
+    methods = list(dict.fromkeys(r.method for r in runs))
+    if len(methods) < 2:
+        raise DiffshotError(f"{path}: holds one method ({methods[0]}); pairing needs two, or a second file")
+    base = baseline if baseline is not None else methods[0]
+    if base not in methods:
+        raise UsageError(f"--baseline {base}: not among the methods of {path} ({', '.join(methods)})")
+    anchors = {r.shots: r for r in runs if r.method == base}
+    matched = [(anchors[r.shots], r) for r in runs if r.method != base and r.shots in anchors]
+    if not matched:
+        raise DiffshotError(f"{path}: no other method shares a shots setting with {base}")
+    return matched
+
+
 def label(record: EpisodeRecord, name: str) -> str:
     """A run's name in the table: its method, and which file it came from."""
     return f"{record.method} ({name})"
@@ -27,10 +44,34 @@ def label(record: EpisodeRecord, name: str) -> str:
 @user_errors
 def compare(
     first: Annotated[Path, typer.Argument(help="A run: a --save-episodes .npz, or a JSON result that names one.")],
-    second: Annotated[Path, typer.Argument(help="The run compared with it (same seed, protocol and features).")],
+    second: Annotated[
+        Path | None,
+        typer.Argument(
+            help="The run compared with it (same seed, protocol and features); omitted: pair FIRST's methods."
+        ),
+    ] = None,
+    baseline: Annotated[
+        str | None, typer.Option(help="With one file: the method the others are paired with (default: its first).")
+    ] = None,
 ) -> None:
-    """Paired difference (second − first) ± 95% interval over identical episodes of two saved runs."""
+    """Paired difference (second − first) ± 95% interval over identical episodes of two saved runs, or of the
+    methods of one saved run (each − the baseline)."""
     meta_a, runs_a = load_episode_accuracies(first)
+    if second is None:
+        matched = pairs_within(runs_a, baseline, first)
+        typer.echo(
+            f"{first.name}, each − {matched[0][0].method}: seed {meta_a['seed']}, {meta_a['episodes']} paired episodes"
+        )
+        for a, b in matched:
+            sa, sb = summarise(a.accuracies), summarise(b.accuracies)
+            diff = paired_difference(b.accuracies, a.accuracies)
+            typer.echo(
+                f"{a.shots}-shot  {a.method} {sa.mean:.2f} ± {sa.ci95:.2f}  vs  {b.method} {sb.mean:.2f} ± "
+                f"{sb.ci95:.2f}  Δ {diff.mean:+.2f} ± {diff.ci95:.2f}"
+            )
+        return
+    if baseline is not None:
+        raise UsageError("--baseline pairs the methods of one file; with two files, runs pair by method")
     meta_b, runs_b = load_episode_accuracies(second)
     field = protocol_mismatch(meta_a, meta_b)
     if field is not None:

@@ -11,7 +11,17 @@ from typing import Annotated
 import typer
 
 from diffshot.atomic import write_text_atomic
-from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, comma_list, progress, stdout, user_errors
+from diffshot.cli.common import (
+    AllowExternal,
+    Force,
+    Labels,
+    Threads,
+    claim_outputs,
+    comma_list,
+    progress,
+    stdout,
+    user_errors,
+)
 from diffshot.cli.demo import default_features
 from diffshot.device import resolve_device, set_threads
 from diffshot.episodes import MAX_ZIPF
@@ -154,6 +164,7 @@ def evaluate(
     base_mean: Annotated[
         Path | None, typer.Option(help="Base-mean file for pickled features (e.g. *_base_mean.plk).")
     ] = None,
+    labels: Labels = None,
     drop_nonfinite: Annotated[bool, typer.Option(help="Drop rows with NaN/Inf instead of failing.")] = False,
     drop_zero: Annotated[bool, typer.Option(help="Drop all-zero rows instead of failing.")] = False,
     chunk_size: Annotated[int | None, typer.Option(help="Episodes per batch (default: sized to memory).")] = None,
@@ -195,6 +206,15 @@ def evaluate(
     config: Annotated[
         Path | None, typer.Option(help="TOML of method parameters (e.g. from `diffshot tune`); flags override it.")
     ] = None,
+    episodes_file: Annotated[
+        Path | None,
+        typer.Option(
+            readable=False,
+            help="Run on the episodes this file stores instead of sampling: a --save-episodes .npz (or its JSON), or "
+            "an .npz of 'support' and 'query' row indices [episodes, rows] (a paper's fixed episodes); it sets ways, "
+            "shots, queries and episodes.",
+        ),
+    ] = None,
     force: Force = False,
     plot: Annotated[
         Path | None, typer.Option(help="Also draw accuracy ± 95% interval per method (png/svg/pdf; diffshot[plot]).")
@@ -206,7 +226,19 @@ def evaluate(
     set_threads(threads)
     fmt = output_format(fmt, output)
     path = features if features is not None else default_features()
-    claim_outputs([output], [path, base_mean, config], binary=[save_episodes, plot], force=force)
+    if episodes_file is not None:
+        given = {
+            "--ways": ways != 5,
+            "--shots": bool(shots),
+            "--queries": queries != 15,
+            "--episodes": episodes != 10_000,
+        }
+        given |= {"--imbalance": imbalance is not None, "--open-set": open_set or unknown_queries is not None}
+        given |= {"--query-classes": query_classes is not None, "--split": split is not None}
+        clash = [flag for flag, there in given.items() if there]
+        if clash:
+            raise UsageError(f"--episodes-file sets the episodes; drop {', '.join(clash)}")
+    claim_outputs([output], [path, base_mean, labels, config, episodes_file], binary=[save_episodes, plot], force=force)
     if plot is not None:
         from diffshot.plot.backend import figure_format
 
@@ -233,15 +265,21 @@ def evaluate(
         shared=shared,
         assignments=parse_assignments(set_params or []),
         base_mean=base_mean,
+        labels=labels,
+        episodes_file=episodes_file,
+        record_rows=save_episodes is not None,
         drop_nonfinite=drop_nonfinite,
         drop_zero=drop_zero,
         allow_external=allow_external_data,
     )
     prepare_runs(request)
     request = _on_device(request, device)
-    with progress(quiet, request.episodes * len(set(request.shots)), "episodes") as advance:
+    total = request.episodes * len(set(request.shots)) if episodes_file is None else stored_episodes(episodes_file)
+    with progress(quiet, total, "episodes") as advance:
         run = run_evaluation(request, advance)
     document = to_json_document(run)
+    if episodes_file is not None:
+        document["episodes_replayed_from"] = str(episodes_file)
     if save_episodes is not None:
         save_episode_accuracies(save_episodes, run)
         document["episodes_file"] = episodes_reference(save_episodes, output)
@@ -256,6 +294,13 @@ def evaluate(
         typer.echo(rendered[fmt](), nl=False)
     else:
         stdout.print(results_table(run))
+
+
+def stored_episodes(path: Path) -> int:
+    """How many episodes an --episodes-file holds over all its settings (for the progress bar)."""
+    from diffshot.run.replay import load_stored_episodes
+
+    return sum(stored.support.shape[0] for stored in load_stored_episodes(path))
 
 
 def _on_device(request: EvaluationRequest, device: str) -> EvaluationRequest:

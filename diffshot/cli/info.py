@@ -9,7 +9,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from diffshot.cli.common import AllowExternal, stdout, user_errors
+from diffshot.cli.common import AllowExternal, Labels, stdout, user_errors
 from diffshot.cli.demo import default_features
 from diffshot.errors import printable
 from diffshot.features import SPLITS, read_features
@@ -21,11 +21,12 @@ def info(
         Path | None, typer.Argument(readable=False, help="Features file (HDF5 or a field format); default: the demo.")
     ] = None,
     base_mean: Annotated[Path | None, typer.Option(readable=False, help="Base-mean file for pickled features.")] = None,
+    labels: Labels = None,
     allow_external_data: AllowExternal = False,
 ) -> None:
     """Rows, dimension, classes per split, rows per class, base mean, non-finite rows and provenance."""
     features = features if features is not None else default_features()
-    fs = read_features(features, base_mean, allow_external=allow_external_data)
+    fs = read_features(features, base_mean, allow_external=allow_external_data, labels_path=labels)
     counts = fs.rows_per_class()
     table = Table(title=printable(str(features)), show_header=False)
     table.add_column("field", style="bold")

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from diffshot.calibration import DEFAULT_TEMPERATURE
-from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, stderr, stdout, user_errors
+from diffshot.cli.common import LABELS_HELP, AllowExternal, Force, Threads, claim_outputs, stderr, stdout, user_errors
 from diffshot.device import resolve_device, set_threads
 from diffshot.errors import DiffshotError, UsageError, printable
 from diffshot.features import FeatureSet
@@ -55,6 +55,13 @@ def predict(
     ] = DEFAULT_METHOD,
     fmt: Annotated[str | None, typer.Option("--format", help="csv|json (default: from --output's extension).")] = None,
     support_split: Annotated[str | None, typer.Option(help="Use only this class split of the support file.")] = None,
+    support_labels: Annotated[
+        Path | None, typer.Option(metavar="FILE", readable=False, help=f"The support's labels. {LABELS_HELP}")
+    ] = None,
+    query_labels: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", readable=False, help="The query labels (for its accuracy line)."),
+    ] = None,
     query_split: Annotated[str | None, typer.Option(help="Use only this class split of the query file.")] = None,
     config: Annotated[Path | None, typer.Option(help="Tuned TOML config; its [METHOD] table is used.")] = None,
     step_size: Annotated[float | None, typer.Option(help="Diffusion step τ (default 0.5).")] = None,
@@ -121,7 +128,7 @@ def predict(
     """Label a query set by running a method on support + queries as one task (diffusion: a sparse FAISS graph)."""
     start = time.perf_counter()
     out_format = _format(fmt, output)
-    claim_outputs([output], [support, query, config], force=force)
+    claim_outputs([output], [support, query, config, support_labels, query_labels], force=force)
     rejection = parse_reject(reject)
     set_threads(threads)
     on_dask = _check_dask(workers, scheduler)
@@ -141,10 +148,14 @@ def predict(
         unknown_score=unknown_score,
     )
     torch_device = resolve_device(device)
-    support_fs, _ = load_rows(support, support_split, drop_nonfinite, drop_zero, allow_external=allow_external_data)
+    support_fs, _ = load_rows(
+        support, support_split, drop_nonfinite, drop_zero, True, allow_external_data, support_labels
+    )
     if block_rows < 0:
         raise DiffshotError(f"--block-rows must be 0 or a positive number of rows, got {block_rows}")
     if on_dask or wants_stream(query, block_rows):
+        if query_labels is not None:
+            raise UsageError("--query-labels is not read when the query file is streamed (--block-rows, Dask)")
         with contextlib.ExitStack() as stack:
             address = _dask_scheduler(stack, workers, scheduler, threads, quiet) if on_dask else None
             query_rows = open_query(
@@ -158,7 +169,13 @@ def predict(
             _report(prediction, query_rows, support_fs.num_rows, options, timings, quiet)  # type: ignore[arg-type]
         return
     query_fs, rows = load_rows(
-        query, query_split, drop_nonfinite, drop_zero, require_labels=False, allow_external=allow_external_data
+        query,
+        query_split,
+        drop_nonfinite,
+        drop_zero,
+        require_labels=False,
+        allow_external=allow_external_data,
+        labels_path=query_labels,
     )
     loaded = time.perf_counter() - start
     prediction = run_predict(support_fs, query_fs, run, options, torch_device)

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from diffshot.atomic import write_text_atomic
-from diffshot.cli.common import AllowExternal, Threads, claim_outputs, stdout, user_errors
+from diffshot.cli.common import AllowExternal, Labels, Threads, claim_outputs, stdout, user_errors
 from diffshot.device import resolve_device, set_threads
 from diffshot.episodes import EpisodeSpec
 from diffshot.errors import DiffshotError
@@ -64,6 +64,7 @@ def separability(
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON here (atomically).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table|json (what is printed).")] = "table",
+    labels: Labels = None,
     allow_external_data: AllowExternal = False,
     threads: Threads = None,
 ) -> None:
@@ -76,7 +77,7 @@ def separability(
         raise DiffshotError(f"--format {fmt!r}: choose table or json")
     wanted = parse_layers(layers)
     views = [] if show_episode is None or plot is None else [episode_plot_path(plot, show_episode)]
-    claim_outputs([output], [features], binary=[plot, *views])
+    claim_outputs([output], [features, labels], binary=[plot, *views])
     if plot is not None:
         from diffshot.plot.backend import figure, figure_format
 
@@ -87,7 +88,7 @@ def separability(
     overrides = {"step_size": step_size, "n_top": n_top, "sigma": sigma, "shift": shift, "knn": knn}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     spec = EpisodeSpec(ways, shots, queries)
-    fs = load_features(features, allow_external=allow_external_data)
+    fs = load_features(features, allow_external=allow_external_data, labels_path=labels)
     result = measure(fs, spec, wanted, episodes, seed, split, overrides, resolve_device(device))
     document = to_document(result, features, fs)
     if output is not None:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, progress, stdout, user_errors
+from diffshot.cli.common import AllowExternal, Force, Labels, Threads, claim_outputs, progress, stdout, user_errors
 from diffshot.device import resolve_device, set_threads
 from diffshot.episodes import EpisodeSpec
 from diffshot.errors import UsageError
@@ -66,6 +66,7 @@ def tune(
     ] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     force: Force = False,
+    labels: Labels = None,
     allow_external_data: AllowExternal = False,
     threads: Threads = None,
 ) -> None:
@@ -78,12 +79,12 @@ def tune(
         )
     shots = counts[0]
     replacing = output.exists() and str(output) != "-"
-    claim_outputs([output, grid_json], [features], force=force)
+    claim_outputs([output, grid_json], [features, labels], force=force)
     axes = {"step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
     axes |= {"rectify": rectify, "shift": shift}
     grid = {k: v for k, v in ((k, _axis(t)) for k, t in axes.items()) if v is not None}
     spec = EpisodeSpec(ways, shots, queries)
-    fs = load_features(features, allow_external=allow_external_data)
+    fs = load_features(features, allow_external=allow_external_data, labels_path=labels)
     setting = f"tuning {ways}-way {shots}-shot"
     with progress(quiet, episodes, setting) as advance:
         result = run_tune(

@@ -122,9 +122,10 @@ def load_rows(
     drop_zero: bool = False,
     require_labels: bool = True,
     allow_external: bool = False,
+    labels_path: str | os.PathLike[str] | None = None,
 ) -> tuple[FeatureSet, np.ndarray]:
-    """Read, clean and split-select a features file; also the file row number of every kept row."""
-    fs = read_features(path, require_labels=require_labels, allow_external=allow_external)
+    """Read, clean and split-select a features file (labelled from ``labels_path`` when given); its file row numbers."""
+    fs = read_features(path, require_labels=require_labels, allow_external=allow_external, labels_path=labels_path)
     fs = dataclasses.replace(fs, metadata={**fs.metadata, ROW_KEY: np.arange(fs.num_rows)})
     fs, _ = select_rows(clean_features(fs, drop_nonfinite=drop_nonfinite, drop_zero=drop_zero), split)
     rows = fs.metadata[ROW_KEY]
@@ -317,3 +318,31 @@ def rejection_quality(prediction: Prediction, query: FeatureSet | QueryRows) -> 
     rejected = prediction.rejected
     precision = float(100.0 * unknown[rejected].mean()) if rejected.any() else float("nan")
     return float(100.0 * rejected[unknown].mean()), precision, int(unknown.sum())
+
+
+def task_scores(
+    support: FeatureSet,
+    query: FeatureSet,
+    method: str | tuple[str, dict[str, object]] | MethodRun = DEFAULT_METHOD,
+    options: PredictOptions = PredictOptions(),
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, dict[str, object]]:
+    """Scores [query rows, support classes] (higher = more likely) of support + queries run as one task, and how.
+
+    A method with a large-task hook runs it as ``predict`` does; any other runs the task as one dense episode
+    (its ``score``; small tasks only). What the scikit-learn estimators (:mod:`diffshot.sklearn`) call.
+    """
+    from diffshot.episodes import Episodes
+
+    run = method_runs([method])[0]
+    check_inputs(support, query)
+    task, _ = large_task(support, query, options, torch.device(device))
+    if run.method.large_task is None:
+        episode = Episodes(task.points[None], task.support_labels[None], task.ways, task.centre)  # type: ignore[index]
+        return run.method.score(episode, run.params)[0].cpu().numpy(), {}
+    scored = run.method.large_task(task, run.params)
+    out = np.empty((query.num_rows, support.num_classes), dtype=np.float32)
+    for start in range(0, query.num_rows, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, query.num_rows)
+        out[start:stop] = scored.block(start, stop).cpu().numpy()
+    return out, scored.details

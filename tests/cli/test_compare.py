@@ -184,3 +184,19 @@ def test_methods_lists_every_method_with_defaults() -> None:
         expected = [f"{p.name} = {p.default!r}" for p in method.declared] or ["none"]
         missing = [text for text in expected if text not in shown]
         assert not missing, f"{name}: {missing} not in {shown!r}"
+
+
+def test_compare_pairs_the_methods_of_one_file(demo: Path, tmp_path: Path) -> None:
+    out = run(demo, tmp_path, "one", "-m", "simpleshot,diffusion,bdcspn", "--baseline", "simpleshot")
+    result = invoke("compare", out)
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    for record in document["results"][1:]:
+        paired = record["paired"]
+        assert f"Δ {paired['difference']:+.2f} ± {paired['ci95']:.2f}" in result.stdout, result.stdout
+    assert result.stdout.count("Δ") == 2 and "each − simpleshot" in result.stdout
+    flipped = invoke("compare", tmp_path / "one.npz", "--baseline", "diffusion")
+    assert flipped.exit_code == 0 and "each − diffusion" in flipped.stdout and flipped.stdout.count("Δ") == 2
+    assert_one_line_error(invoke("compare", out, "--baseline", "ptmap"), "not among the methods", "simpleshot")
+    single = run(demo, tmp_path, "single", "-m", "simpleshot")
+    assert_one_line_error(invoke("compare", single), "holds one method")
