@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from diffshot import atomic, interrupt
-from diffshot.errors import DiffshotError, UsageError
+from diffshot.errors import DiffshotError, UsageError, printable
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -43,7 +43,7 @@ Labels = Annotated[Path | None, typer.Option("--labels", metavar="FILE", readabl
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``error: message`` on stderr as one line and return the Exit to raise."""
-    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
+    stderr.print(f"[bold red]error:[/] {printable(message)}", highlight=False, markup=True)
     return typer.Exit(code)
 
 
@@ -73,7 +73,7 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
                     text = str(item.message)
                     if issubclass(item.category, UserWarning | RuntimeWarning) and text not in shown:
                         shown.add(text)
-                        stderr.print(f"[yellow]warning:[/] {escape(text)}", highlight=False)
+                        stderr.print(f"[yellow]warning:[/] {printable(text)}", highlight=False)
 
     return wrapper
 

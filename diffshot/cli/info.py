@@ -7,11 +7,11 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from diffshot.cli.common import AllowExternal, Labels, stdout, user_errors
 from diffshot.cli.demo import default_features
+from diffshot.errors import printable
 from diffshot.features import SPLITS, read_features
 
 
@@ -28,7 +28,7 @@ def info(
     features = features if features is not None else default_features()
     fs = read_features(features, base_mean, allow_external=allow_external_data, labels_path=labels)
     counts = fs.rows_per_class()
-    table = Table(title=escape(str(features)), show_header=False)
+    table = Table(title=printable(str(features)), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     table.add_row("rows", f"{fs.num_rows:,}")
@@ -47,7 +47,7 @@ def info(
     table.add_row("base mean", "present" if fs.base_mean is not None else "absent (centring falls back)")
     table.add_row("non-finite rows", str(int(fs.nonfinite_rows().sum())))
     table.add_row("all-zero rows", str(int(fs.zero_rows().sum())))
-    table.add_row("per-row metadata", escape(", ".join(fs.metadata)) or "none")
+    table.add_row("per-row metadata", printable(", ".join(fs.metadata)) or "none")
     for key, value in fs.attrs.items():
-        table.add_row(f"attr {escape(str(key))}", escape(str(value)))
+        table.add_row(f"attr {printable(str(key))}", printable(str(value)))
     stdout.print(table)

@@ -15,7 +15,7 @@ from rich.table import Table
 from diffshot.calibration import DEFAULT_TEMPERATURE
 from diffshot.cli.common import LABELS_HELP, AllowExternal, Force, Threads, claim_outputs, stderr, stdout, user_errors
 from diffshot.device import resolve_device, set_threads
-from diffshot.errors import DiffshotError, UsageError
+from diffshot.errors import DiffshotError, UsageError, printable
 from diffshot.features import FeatureSet
 from diffshot.report.predictions import OUTPUT_FORMATS, write_predictions
 from diffshot.results import UNKNOWN_NAME, Prediction
@@ -261,5 +261,5 @@ def _summary(counts: dict[str, int], total: int) -> Table:
     table.add_column("rows", justify="right")
     table.add_column("share", justify="right")
     for name, count in counts.items():
-        table.add_row(escape(name), str(count), f"{100.0 * count / total:.1f}%")
+        table.add_row(printable(name), str(count), f"{100.0 * count / total:.1f}%")
     return table

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from diffshot import __version__
 from diffshot.atomic import atomic_path
 from diffshot.calibration import reliability
 from diffshot.errors import DiffshotError
+from diffshot.features.containers import check_npz_sizes
+from diffshot.features.documents import loads
 from diffshot.results import EvaluationRun
 from diffshot.run.replay import EPISODES_FORMAT, episodes_file_of
 
@@ -102,8 +105,9 @@ def load_episode_accuracies(path: Path | str) -> tuple[dict[str, object], list[E
     if path.suffix.lower() == ".json":
         path = episodes_file_of(path)
     try:
+        check_npz_sizes(path)
         with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
+            meta = loads(str(data["meta"]), path)
             records = [
                 EpisodeRecord(
                     r["method"],
@@ -114,7 +118,7 @@ def load_episode_accuracies(path: Path | str) -> tuple[dict[str, object], list[E
                 )
                 for r in meta["runs"]
             ]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
         raise DiffshotError(f"{path}: not a diffshot --save-episodes file ({type(exc).__name__})") from None
     if meta.get("format") != EPISODES_FORMAT:
         raise DiffshotError(f"{path}: not a diffshot --save-episodes file")
@@ -122,6 +126,8 @@ def load_episode_accuracies(path: Path | str) -> tuple[dict[str, object], list[E
         values = record.accuracies
         if values.ndim != 1 or values.dtype.kind not in "fiu" or values.size != meta.get("episodes"):
             raise DiffshotError(f"{path}: run {record.method} does not hold one number per episode")
+        if not np.isfinite(values).all() or values.min(initial=0) < 0 or values.max(initial=0) > 100:
+            raise DiffshotError(f"{path}: run {record.method} holds accuracies outside 0-100 (or NaN/Inf)")
     return meta, records
 
 

@@ -282,7 +282,7 @@ def reject_rows(
             threshold, why = found[0], "auto: " + found[1]
         else:
             threshold = otsu_threshold(torch.from_numpy(unknown))
-            why = "auto: Otsu's split of the query rows' unknown scores (no support class has 2 rows)"
+            why = "auto: Otsu's split of the query rows' unknown scores (no support reference)"
     return out | {"rejected": unknown > threshold, "threshold": threshold, "threshold_rule": why}
 
 

@@ -9,7 +9,6 @@ is one line naming the episodes file, the episode and the row.
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from pathlib import Path
 
@@ -130,10 +129,9 @@ def load_stored_episodes(path: Path | str) -> list[StoredEpisodes]:
         support, query = _index_array(arrays, "support", path), _index_array(arrays, "query", path)
         _same_episodes(support, query, path)
         return [StoredEpisodes(str(path), support, query)]
-    try:
-        meta = json.loads(str(arrays["meta"]))
-    except ValueError:
-        meta = None
+    from diffshot.features.documents import loads
+
+    meta = loads(str(arrays["meta"]), path)
     if not isinstance(meta, dict) or meta.get("format") != EPISODES_FORMAT:
         raise DiffshotError(f"{path}: not a diffshot --save-episodes file")
     sets = meta.get("episode_sets")
@@ -195,10 +193,9 @@ def _same_episodes(support: np.ndarray, query: np.ndarray, path: Path) -> None:
 
 def episodes_file_of(path: Path) -> Path:
     """The .npz named by the ``episodes_file`` key of a JSON result (relative to the JSON's folder)."""
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DiffshotError(f"{path}: not a JSON result ({type(exc).__name__})") from None
+    from diffshot.features.documents import read_json
+
+    document = read_json(path)
     name = document.get("episodes_file") if isinstance(document, dict) else None
     if not name:
         raise DiffshotError(f"{path}: holds no per-episode accuracies; rerun evaluate with --save-episodes FILE.npz")

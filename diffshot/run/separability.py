@@ -1,9 +1,10 @@
 """The paper's separability, measured layer by layer on the user's features (Diff-ResNet, TPAMI 2024, §4).
 
-Episodes are sampled exactly as ``evaluate`` samples them, preprocessed as the ``diffusion`` method
-preprocesses them (CL2N with the file's centring mean, cross-domain shift), and diffused one step
-x ← x − τ·L·x at a time on the same kNN graph (``diffshot.graph.episode_laplacian``, built once from
-the undiffused points, as the method does). After every layer t each episode gets:
+Episodes are sampled exactly as ``evaluate`` samples them and handed to a method's ``layerwise`` hook,
+which yields the points it decides on after layer 0, 1, 2, … — for ``diffusion`` (the default) its own
+preprocessing (CL2N with the file's centring mean, cross-domain shift) and one checked step
+x ← x − τ·L·x at a time on its kNN graph, built once from the undiffused points, so layer t's accuracy
+is ``evaluate``'s with ``layers = t``. After every layer t each episode gets:
 
 - the minimum distance between two points of different classes (``min_inter``);
 - the maximum distance between two points of one class, over classes (``max_diameter``);

@@ -69,7 +69,7 @@ def official_head_logits(
         return classifier(diffuse(fc2(torch.relu(fc1(x))) + x, lap, 0.5, 6))
 
     ns = labels.shape[0]
-    distance = torch.cdist(points[ns:], dr.rectified_prototypes(points[None], labels[None], ways)[0])
+    distance = torch.cdist(points[ns:], dr.official_rectified_prototypes(points[None], labels[None], ways)[0])
     for _ in range(epochs):
         out = forward(points)
         loss = F.cross_entropy(out[:ns], labels) + alpha * (out[ns:].softmax(-1) * distance).sum()

@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 from diffshot.cli import app
 from diffshot.features import FeatureSet, write_canonical
-from diffshot.ops.graph import episode_laplacian, sparse_laplacian
-from diffshot.ops.knn import choose_index, knn_graph, neighbour_recall
+from diffshot.ops.graph import episode_laplacian
+from diffshot.ops.knn import choose_index, knn_graph
 from diffshot.run.predict import PredictOptions, accuracy, predict, select_rows
+from tests.reference import neighbour_recall, sparse_laplacian
 
 runner = CliRunner()
 
