@@ -147,6 +147,7 @@ def load_stored_episodes(path: Path | str) -> list[StoredEpisodes]:
             labels = _index_array(arrays, entry["query_labels"], path)
             ns = int(meta["ways"]) * int(entry["shots"])
             protocol = {k: meta[k] for k in ("ways", "queries", "imbalance", "query_classes")}
+            protocol["zipf"] = meta.get("zipf")
             protocol |= {"shots": int(entry["shots"]), "unknown_queries": entry["unknown_queries"]}
         except (KeyError, TypeError, ValueError):
             raise DiffshotError(f"{path}: its episode_sets entry is malformed") from None
@@ -300,7 +301,13 @@ def _spec(stored: StoredEpisodes, ways: int, shots: int, queries: int, where: st
         return EpisodeSpec(ways, shots, queries // ways)
     p = stored.protocol
     spec = EpisodeSpec(
-        p["ways"], p["shots"], p["queries"], p["imbalance"], p["unknown_queries"], query_classes=p["query_classes"]
+        p["ways"],
+        p["shots"],
+        p["queries"],
+        p["imbalance"],
+        p["unknown_queries"],
+        query_classes=p["query_classes"],
+        zipf=p.get("zipf"),
     )
     if (spec.ways, spec.shots, spec.num_query + spec.num_unknown) != (ways, shots, queries):
         raise DiffshotError(f"{where}: its stored rows do not fit its stored protocol ({ways}-way {shots}-shot)")
