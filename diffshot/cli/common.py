@@ -103,7 +103,7 @@ def comma_list(values: list[str] | None) -> list[str]:
         for part in value.split(","):
             part = part.strip()
             if not part:
-                continue
+                raise UsageError(f"{value!r}: an empty item in a comma-separated list (two commas, or nothing given)")
             if items and "=" in part and ":" not in part and ":" in items[-1]:
                 items[-1] += "," + part
             else:
