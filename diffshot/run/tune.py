@@ -7,6 +7,7 @@ call, so all of them see identical episodes and their differences are paired.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -20,6 +21,8 @@ from diffshot.methods import get_method
 from diffshot.results import Ranked, TuneResult
 from diffshot.run.config import MethodRun
 from diffshot.run.evaluate import chunk_size_for, episode_source, evaluate
+
+MAX_GRID_POINTS = 10_000  # settings one tune run evaluates (docs/security.md)
 
 METHOD = "diffusion"
 
@@ -97,6 +100,10 @@ def tune(
     """
     check_split(fs, split, allow_novel)
     full = make_grid(grid, method)
+    size = math.prod(len(values) for values in full.values())
+    if size > MAX_GRID_POINTS:
+        axes = " x ".join(f"{len(values)} {key}" for key, values in full.items())
+        raise DiffshotError(f"the grid has {size:,} points ({axes}); tune runs at most {MAX_GRID_POINTS:,}")
     points = grid_points(full)
     found = get_method(method)
     runs = [MethodRun(variant_label(found.name, p), found, found.parse(p)) for p in points]
