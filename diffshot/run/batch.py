@@ -85,7 +85,7 @@ def parse_suite(path: str | Path, config: Path | None = None) -> list[Entry]:
     try:
         base = read_config(config) if config is not None else {}
     except DiffshotError as exc:
-        raise SuiteError(f"--config: {exc}") from None
+        raise SuiteError(f"config: {exc}") from None
     parsed = [_parse_entry(suite, i, defaults, raw, base) for i, raw in enumerate(entries)]
     names = [e.name for e in parsed]
     dupes = sorted({n for n in names if names.count(n) > 1})
