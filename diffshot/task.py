@@ -122,7 +122,7 @@ class Prepared:
 def _streamed(what: str) -> UsageError:
     """The one-line error of a computation that needs every query row in memory, on a streamed task."""
     return UsageError(
-        f"{what} needs every query row in memory; streamed predict (--block-rows, --workers, --scheduler, "
+        f"{what} needs every query row in memory; streamed predict (block_rows, workers, scheduler, "
         "or a query file above 500,000 rows) keeps them on disk"
     )
 

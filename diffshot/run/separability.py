@@ -22,7 +22,7 @@ Everything is batched over the episodes of a chunk; the only Python loop is over
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -55,7 +55,7 @@ def parse_layers(text: str) -> tuple[int, ...]:
     except ValueError:
         out = set()
     if not out or min(out) < 0:
-        raise DiffshotError(f"--layers {text!r}: expected layers ≥ 0 as 0..20, 0,2,6 or 6")
+        raise DiffshotError(f"layers={text!r}: expected layers ≥ 0 as 0..20, 0,2,6 or 6")
     return tuple(sorted(out))
 
 
@@ -120,8 +120,12 @@ def measure(
     device: str | torch.device = "cpu",
     chunk_size: int | None = None,
     method: str = "diffusion",
+    on_chunk: Callable[[int], None] | None = None,
 ) -> Separability:
-    """The separability quantities of ``episodes`` seeded episodes after each layer in ``layers`` of ``method``."""
+    """The separability quantities of ``episodes`` seeded episodes after each layer in ``layers`` of ``method``.
+
+    ``on_chunk`` is called with the number of episodes done after each chunk.
+    """
     check_episodes(episodes)
     if spec.skewed:
         raise DiffshotError("separability runs balanced episodes only")
@@ -142,6 +146,8 @@ def measure(
             if t == wanted[column]:
                 values[start : start + count, column] = episode_quantities(x, labels, spec.num_support, spec.ways).cpu()
                 column += 1
+        if on_chunk is not None:
+            on_chunk(start + count)
     return Separability(
         spec,
         seed,
@@ -178,7 +184,7 @@ def episode_view(
 ) -> EpisodeView:
     """Episode ``index`` of the seed (the same episode evaluate would draw) before and after ``layer`` layers."""
     if index < 0:
-        raise DiffshotError(f"--show-episode must be a non-negative episode index, got {index}")
+        raise DiffshotError(f"show_episode must be a non-negative episode index, got {index}")
     run = separability_run(method, params)
     batch, labels = labelled_batch(episode_source(fs, spec, split, "cpu", stacklevel=2), seed, index, 1)
     views = run.method.layerwise(batch, run.params)  # type: ignore[misc]

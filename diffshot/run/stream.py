@@ -19,7 +19,8 @@ import numpy as np
 
 from diffshot.errors import DiffshotError
 from diffshot.features.canonical import UNLABELLED
-from diffshot.features.hdf5_guard import open_hdf5
+from diffshot.features.hdf5_guard import check_stored, open_hdf5, read_dataset
+from diffshot.features.limits import Budget
 from diffshot.features.load import check_readable, is_hdf5
 from diffshot.lazy import torch
 
@@ -105,7 +106,7 @@ def _feature_rows(path: Path) -> int | None:
     try:
         if not Path(path).is_file() or not is_hdf5(Path(path)):
             return None
-        with h5py.File(path, "r") as handle:
+        with open_hdf5(path, allow_external=True) as handle:
             ds = handle.get("features")
             return int(ds.shape[0]) if isinstance(ds, h5py.Dataset) and len(ds.shape or ()) == 2 else None
     except (OSError, DiffshotError):
@@ -135,23 +136,26 @@ def open_query(
         raise DiffshotError(f"{p}: streamed predict needs an HDF5 query file with a 2-D 'features' dataset")
     handle = stack.enter_context(open_hdf5(p, allow_external))
     ds = handle["features"]
+    check_stored(ds, p, "dataset")
     total, dim = (int(v) for v in ds.shape)
     if total == 0:
         raise DiffshotError(f"{p}: the query set has zero rows")
     labels, names = np.zeros(total, dtype=np.int64), (UNLABELLED,)
+    budget = Budget(p)
     if isinstance(handle.get("labels"), h5py.Dataset):
-        labels = np.asarray(handle["labels"][()]).astype(np.int64).reshape(-1)
+        labels = np.asarray(read_dataset(handle["labels"], budget, "labels")).astype(np.int64).reshape(-1)
         if labels.shape[0] != total:
             raise DiffshotError(f"{p}: {labels.shape[0]} labels for {total} feature rows")
         count = int(labels.max()) + 1 if total else 0
         names = tuple(f"class {c}" for c in range(count))
         if isinstance(handle.get("class_names"), h5py.Dataset):
-            stored = handle["class_names"][()]
+            stored = read_dataset(handle["class_names"], budget, "class_names")
             names = tuple(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in stored)
     keep = np.ones(total, dtype=bool)
     if split is not None and split != "all":
         stored = handle.get("class_split")
-        splits = [] if stored is None else [v.decode() if isinstance(v, bytes) else str(v) for v in stored[()]]
+        stored = None if not isinstance(stored, h5py.Dataset) else read_dataset(stored, budget, "class_split")
+        splits = [] if stored is None else [v.decode() if isinstance(v, bytes) else str(v) for v in stored]
         chosen = np.array([c for c, s in enumerate(splits) if s == split], dtype=np.int64)
         if chosen.size == 0:
             raise DiffshotError(f"{p}: no classes in split {split!r}")
@@ -164,8 +168,8 @@ def open_query(
         bad["zero"] += int((zero & keep[start : start + len(window)]).sum())
         keep[start : start + len(window)] &= ~((nonfinite & drop_nonfinite) | (zero & drop_zero))
     for key, what, flag, drop in (
-        ("nonfinite", "contain NaN or Inf", "--drop-nonfinite", drop_nonfinite),
-        ("zero", "are all-zero vectors", "--drop-zero", drop_zero),
+        ("nonfinite", "contain NaN or Inf", "drop_nonfinite=True", drop_nonfinite),
+        ("zero", "are all-zero vectors", "drop_zero=True", drop_zero),
     ):
         if bad[key] and not drop:
             raise DiffshotError(f"{p}: {bad[key]} of {total} rows {what}; drop them with {flag}")
