@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from diffshot.cli.common import user_errors
-from diffshot.errors import DiffshotError, UsageError
+from diffshot.cli.common import Quiet, show, stdout, user_errors
+from diffshot.errors import DiffshotError, UsageError, printable
 from diffshot.report.episodes_file import EpisodeRecord, load_episode_accuracies, protocol_mismatch
+from diffshot.report.table import Column, fit
 from diffshot.stats import paired_difference, summarise
 
 
@@ -53,22 +55,17 @@ def compare(
     baseline: Annotated[
         str | None, typer.Option(help="With one file: the method the others are paired with (default: its first).")
     ] = None,
+    quiet: Quiet = False,
 ) -> None:
     """Paired difference (second − first) ± 95% interval over identical episodes of two saved runs, or of the
     methods of one saved run (each − the baseline)."""
     meta_a, runs_a = load_episode_accuracies(first)
     if second is None:
         matched = pairs_within(runs_a, baseline, first)
-        typer.echo(
-            f"{first.name}, each − {matched[0][0].method}: seed {meta_a['seed']}, {meta_a['episodes']} paired episodes"
-        )
-        for a, b in matched:
-            sa, sb = summarise(a.accuracies), summarise(b.accuracies)
-            diff = paired_difference(b.accuracies, a.accuracies)
-            typer.echo(
-                f"{a.shots}-shot  {a.method} {sa.mean:.2f} ± {sa.ci95:.2f}  vs  {b.method} {sb.mean:.2f} ± "
-                f"{sb.ci95:.2f}  Δ {diff.mean:+.2f} ± {diff.ci95:.2f}"
-            )
+        title = f"{printable(first.name)}, each − {printable(matched[0][0].method)}: seed {meta_a['seed']}, "
+        title += f"{meta_a['episodes']} paired episodes"
+        columns = comparison_columns(matched, lambda r: r.method, lambda r: r.method, ("baseline", "method"))
+        show(fit(title, columns, stdout.width))
         return
     if baseline is not None:
         raise UsageError("--baseline pairs the methods of one file; with two files, runs pair by method")
@@ -82,10 +79,29 @@ def compare(
     matched = pairs(runs_a, runs_b)
     if not matched:
         raise DiffshotError(f"{first} and {second} share no shots setting to compare")
-    typer.echo(f"{second.name} − {first.name}: seed {meta_a['seed']}, {meta_a['episodes']} paired episodes")
+    title = f"{printable(second.name)} − {printable(first.name)}: seed {meta_a['seed']}, "
+    title += f"{meta_a['episodes']} paired episodes"
+    columns = comparison_columns(matched, lambda r: label(r, first.name), lambda r: label(r, second.name))
+    show(fit(title, columns, stdout.width))
+
+
+def comparison_columns(
+    matched: list[tuple[EpisodeRecord, EpisodeRecord]],
+    name_a: Callable[[EpisodeRecord], str],
+    name_b: Callable[[EpisodeRecord], str],
+    headers: tuple[str, str] = ("first", "second"),
+) -> list[Column]:
+    """Shots, each run with its accuracy ± 95% interval, and the paired difference (second − first)."""
+    cells: list[list[str]] = [[] for _ in range(6)]
     for a, b in matched:
         sa, sb, diff = summarise(a.accuracies), summarise(b.accuracies), paired_difference(b.accuracies, a.accuracies)
-        typer.echo(
-            f"{a.shots}-shot  {label(a, first.name)} {sa.mean:.2f} ± {sa.ci95:.2f}  vs  "
-            f"{label(b, second.name)} {sb.mean:.2f} ± {sb.ci95:.2f}  Δ {diff.mean:+.2f} ± {diff.ci95:.2f}"
-        )
+        row = [str(a.shots), printable(name_a(a)), f"{sa.mean:.2f} ± {sa.ci95:.2f}"]
+        row += [printable(name_b(b)), f"{sb.mean:.2f} ± {sb.ci95:.2f}", f"{diff.mean:+.2f} ± {diff.ci95:.2f}"]
+        for column, cell in zip(cells, row, strict=True):
+            column.append(cell)
+    first, second = headers
+    titles = ("shots", first, "accuracy (%)", second, "accuracy (%)", f"Δ ({second} − {first})")
+    return [
+        Column(h, c, justify="left" if i in (1, 3) else "right")
+        for i, (h, c) in enumerate(zip(titles, cells, strict=True))
+    ]

@@ -11,14 +11,18 @@ from typing import Annotated
 import typer
 
 from diffshot.atomic import write_text_atomic
+from diffshot.cli import common
 from diffshot.cli.common import (
     AllowExternal,
     Force,
     Labels,
+    ProgressMode,
+    Quiet,
     Threads,
     claim_outputs,
     comma_list,
     progress,
+    show,
     stdout,
     user_errors,
 )
@@ -26,15 +30,17 @@ from diffshot.cli.demo import default_features
 from diffshot.device import resolve_device, set_threads
 from diffshot.episodes import MAX_ZIPF
 from diffshot.errors import UsageError
+from diffshot.methods import REGISTRY
 from diffshot.report.document import to_csv, to_json_document
 from diffshot.report.episodes_file import save_episode_accuracies
-from diffshot.report.table import results_table
+from diffshot.report.table import results_tables
 from diffshot.run.config import parse_assignments, read_calibration, read_config
 from diffshot.run.evaluate import EvaluationRequest, prepare_runs, run_evaluation
 
 DEFAULT_METHODS = ("simpleshot", "diffusion")
 FORMATS = ("table", "json", "csv")
 DEFAULT_UNKNOWN_QUERIES = 15
+ASSIGN = ", ".join(next(p for p in REGISTRY["diffusion"].declared if p.name == "assign").choices)
 
 
 def parse_imbalance(text: str | None) -> float | None:
@@ -75,16 +81,15 @@ def episodes_reference(episodes_file: Path, output: Path | None) -> str:
 
 
 def output_format(fmt: str | None, output: Path | None) -> str:
-    """The format to write: explicit, else from the output's extension, else the table."""
+    """The format to write: explicit, else from the output's extension (.json, .csv; another is an error), else
+    the table on the terminal."""
     if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: choose table, json or csv")
-    if fmt is not None and not (output is not None and fmt == "table"):
-        return fmt
-    if output is not None and fmt == "table":
+    if output is None:
+        return fmt or "table"
+    if fmt == "table":
         raise UsageError("--format table prints to the terminal; write --output as json or csv")
-    if output is not None and output.suffix.lower() in (".json", ".csv"):
-        return output.suffix.lower()[1:]
-    return "json" if output is not None else "table"
+    return common.output_format("--output", output, fmt, {".json": "json", ".csv": "csv"}, "json")
 
 
 def open_set_queries(open_set: bool, unknown_queries: int | None) -> int | None:
@@ -97,7 +102,7 @@ def open_set_queries(open_set: bool, unknown_queries: int | None) -> int | None:
 def shot_counts(values: list[str] | None) -> tuple[int, ...]:
     """``--shots 1 --shots 5`` or ``--shots 1,5`` as integers."""
     counts = []
-    for text in comma_list(values) or ["1"]:
+    for text in comma_list(values, "--shots") or ["1"]:
         try:
             counts.append(int(text))
         except ValueError:
@@ -113,7 +118,9 @@ def evaluate(
     ways: Annotated[int, typer.Option(help="Classes per episode (N).")] = 5,
     shots: Annotated[
         list[str] | None,
-        typer.Option(metavar="K[,K...]", help="Labelled rows per class (K); repeat or comma-separate for several."),
+        typer.Option(
+            metavar="K[,K...]", help="Labelled rows per class (K); repeat or comma-separate for several (default 1)."
+        ),
     ] = None,
     queries: Annotated[int, typer.Option(help="Unlabelled query rows per class (Q).")] = 15,
     episodes: Annotated[int, typer.Option(help="Episodes per setting (the field reports 10,000).")] = 10_000,
@@ -147,8 +154,9 @@ def evaluate(
     assign: Annotated[
         str | None,
         typer.Option(
-            help="diffusion's decision: nearest (default) or balanced (PT-MAP's Sinkhorn step on the diffused "
-            "features; assumes every class has the same number of queries, and drops under --imbalance)."
+            help=f"diffusion's decision: {ASSIGN} (default nearest; balanced: PT-MAP's Sinkhorn step on the "
+            "diffused features, assumes every class has the same number of queries; estimated: class shares "
+            "estimated from the queries; see `diffshot methods`)."
         ),
     ] = None,
     set_params: Annotated[
@@ -158,9 +166,8 @@ def evaluate(
         str | None, typer.Option("--format", help="table|json|csv (default: from --output, else table).")
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the results here (atomically).")] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bar or notices; results still print.")
-    ] = False,
+    quiet: Quiet = False,
+    progress_mode: ProgressMode = "auto",
     base_mean: Annotated[
         Path | None, typer.Option(help="Base-mean file for pickled features (e.g. *_base_mean.plk).")
     ] = None,
@@ -247,7 +254,7 @@ def evaluate(
     shared |= {"rectify": rectify, "shift": shift, "assign": assign}
     request = EvaluationRequest(
         features=path,
-        methods=tuple(comma_list(method) or DEFAULT_METHODS),
+        methods=tuple(comma_list(method, "--method") or DEFAULT_METHODS),
         ways=ways,
         shots=shot_counts(shots),
         queries=queries,
@@ -275,7 +282,7 @@ def evaluate(
     prepare_runs(request)
     request = _on_device(request, device)
     total = request.episodes * len(set(request.shots)) if episodes_file is None else stored_episodes(episodes_file)
-    with progress(quiet, total, "episodes") as advance:
+    with progress(quiet, total, "episodes", progress_mode) as advance:
         run = run_evaluation(request, advance)
     document = to_json_document(run)
     if episodes_file is not None:
@@ -293,7 +300,7 @@ def evaluate(
     if output is None and fmt in rendered:
         typer.echo(rendered[fmt](), nl=False)
     else:
-        stdout.print(results_table(run))
+        show(results_tables(run, stdout.width))
 
 
 def stored_episodes(path: Path) -> int:

@@ -11,7 +11,20 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from diffshot.cli.common import Force, Threads, claim_outputs, interactive, stderr, stdout, user_errors
+from diffshot.cli.common import (
+    HDF5_SUFFIXES,
+    Force,
+    ProgressMode,
+    Quiet,
+    Threads,
+    check_extension,
+    claim_outputs,
+    progress,
+    resolve_progress,
+    stderr,
+    stdout,
+    user_errors,
+)
 from diffshot.device import set_threads
 from diffshot.extract.archs import ARCHS
 from diffshot.extract.pipeline import Extraction, ExtractionRequest, check_extraction, run_extraction
@@ -28,10 +41,15 @@ class RateColumn(ProgressColumn):
 
 
 @contextmanager
-def progress_hook(quiet: bool = False) -> Iterator[ProgressHook | None]:
-    """A Rich progress bar (images/s, ETA) on an interactive stderr unless quiet; nothing otherwise."""
-    if quiet or not interactive():
+def progress_hook(quiet: bool = False, mode: str = "auto") -> Iterator[ProgressHook | None]:
+    """``--progress``: a Rich bar (images/s, ETA), status lines (:func:`diffshot.cli.common.progress`) or nothing."""
+    chosen = resolve_progress(mode, quiet)
+    if chosen == "none":
         yield None
+        return
+    if chosen == "lines":
+        with progress(quiet, None, "extract: images", chosen) as advance:
+            yield lambda done, of: advance(done, None, of)
         return
     columns = (TextColumn("extract"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn())
     with Progress(*columns, console=stderr) as bar:
@@ -124,7 +142,8 @@ def extract(
     skip_bad_images: Annotated[
         bool, typer.Option("--skip-bad-images", help="Skip (and count) images that cannot be decoded.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar (the summary still prints).")] = False,
+    quiet: Quiet = False,
+    progress_mode: ProgressMode = "auto",
     force: Force = False,
     threads: Threads = None,
 ) -> None:
@@ -157,10 +176,11 @@ def extract(
         trust_checkpoint=trust_checkpoint,
         skip_bad_images=skip_bad_images,
     )
+    check_extension("--output", output, HDF5_SUFFIXES)
     check_extraction(request)
     claim_outputs([], request.inputs, binary=request.outputs, force=force)
     try:
-        with progress_hook(quiet) as hook:
+        with progress_hook(quiet, progress_mode) as hook:
             result = run_extraction(request, on_batch=hook)
     except KeyboardInterrupt:
         if partial_path(output).exists():

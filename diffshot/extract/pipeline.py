@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from diffshot.device import resolve_device
-from diffshot.errors import DiffshotError
+from diffshot.errors import DiffshotError, UsageError
 from diffshot.extract.archs import ARCHS, MIN_INPUT_SIDE
 from diffshot.extract.images import check_splits, collect_images, parse_split_option, read_class_splits
 from diffshot.extract.result import BASE_MEAN_CHOICES, assemble_featureset
@@ -101,7 +101,7 @@ class Extraction:
 def _choice(value: str, choices: tuple[str, ...], parameter: str) -> str:
     """``value`` when it is one of ``choices``, else a one-line error naming the parameter and listing them."""
     if value not in choices:
-        raise DiffshotError(f"unknown {parameter}={value!r}; choose one of {', '.join(choices)}")
+        raise UsageError(f"unknown {parameter}={value!r}; choose one of {', '.join(choices)}")
     return value
 
 

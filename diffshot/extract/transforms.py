@@ -8,7 +8,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from diffshot.errors import DiffshotError
+from diffshot.errors import DiffshotError, UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -169,7 +169,7 @@ def build_preprocessing(
 ) -> Preprocessing:
     """The preset (or the plain defaults) with every option the user gave laid over it, validated."""
     if preset is not None and preset not in PRESETS:
-        raise DiffshotError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     base = PRESETS[preset] if preset is not None else Preprocessing()
     changes: dict[str, object] = {
         key: value

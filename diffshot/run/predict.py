@@ -19,6 +19,7 @@ import functools
 import math
 import os
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -34,10 +35,11 @@ from diffshot.ops.reject import otsu_threshold, support_threshold
 from diffshot.results import UNKNOWN_NAME, Prediction
 from diffshot.run.config import MethodRun, method_runs
 from diffshot.run.stream import QueryRows
-from diffshot.task import CHUNK_ROWS, GRAPH_BUDGET, Task, block_search, memory_search, memory_task
+from diffshot.task import CHUNK_ROWS, GRAPH_BUDGET, Prepared, Task, block_search, memory_search, memory_task
 
 DEFAULT_METHOD = "diffusion"
 ROW_KEY = "__file_row__"
+NO_INDEX = "none"  # Prediction.index of a method that searched no neighbours (built no graph)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +225,13 @@ def predict(
     timings: dict[str, float] = {}
     tick = time.perf_counter()
     task, kind = large_task(support, query, options, torch.device(device), scheduler, graph_budget)
-    scores = run.method.large_task(task, run.params)  # type: ignore[misc]
+    searched: list[int] = []
+
+    def search(prepared: Prepared, k: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        searched.append(k)
+        return task.search(prepared, k)
+
+    scores = run.method.large_task(dataclasses.replace(task, search=search), run.params)  # type: ignore[misc]
     timings["method"] = time.perf_counter() - tick
     tick = time.perf_counter()
     rows = query.num_rows
@@ -246,7 +254,7 @@ def predict(
         support.class_names,
         run.label,
         run.as_dict(),
-        kind,
+        kind if searched else NO_INDEX,
         {**scores.details, **streamed},
         options.temperature,
         timings,

@@ -130,10 +130,7 @@ def load_stored_episodes(path: Path | str) -> list[StoredEpisodes]:
         support, query = _index_array(arrays, "support", path), _index_array(arrays, "query", path)
         _same_episodes(support, query, path)
         return [StoredEpisodes(str(path), support, query)]
-    try:
-        meta = loads(str(arrays["meta"]), path)
-    except DiffshotError:
-        meta = None
+    meta = loads(str(arrays["meta"]), path)
     if not isinstance(meta, dict) or meta.get("format") != EPISODES_FORMAT:
         raise DiffshotError(f"{path}: not a diffshot episodes file")
     sets = meta.get("episode_sets")
@@ -149,6 +146,7 @@ def load_stored_episodes(path: Path | str) -> list[StoredEpisodes]:
             labels = _index_array(arrays, entry["query_labels"], path)
             ns = int(meta["ways"]) * int(entry["shots"])
             protocol = {k: meta[k] for k in ("ways", "queries", "imbalance", "query_classes")}
+            protocol["zipf"] = meta.get("zipf")
             protocol |= {"shots": int(entry["shots"]), "unknown_queries": entry["unknown_queries"]}
         except (KeyError, TypeError, ValueError):
             raise DiffshotError(f"{path}: its episode_sets entry is malformed") from None
@@ -300,7 +298,13 @@ def _spec(stored: StoredEpisodes, ways: int, shots: int, queries: int, where: st
         return EpisodeSpec(ways, shots, queries // ways)
     p = stored.protocol
     spec = EpisodeSpec(
-        p["ways"], p["shots"], p["queries"], p["imbalance"], p["unknown_queries"], query_classes=p["query_classes"]
+        p["ways"],
+        p["shots"],
+        p["queries"],
+        p["imbalance"],
+        p["unknown_queries"],
+        query_classes=p["query_classes"],
+        zipf=p.get("zipf"),
     )
     if (spec.ways, spec.shots, spec.num_query + spec.num_unknown) != (ways, shots, queries):
         raise DiffshotError(f"{where}: its stored rows do not fit its stored protocol ({ways}-way {shots}-shot)")

@@ -22,7 +22,7 @@ Everything is batched over the episodes of a chunk; the only Python loop is over
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -120,8 +120,12 @@ def measure(
     device: str | torch.device = "cpu",
     chunk_size: int | None = None,
     method: str = "diffusion",
+    on_chunk: Callable[[int], None] | None = None,
 ) -> Separability:
-    """The separability quantities of ``episodes`` seeded episodes after each layer in ``layers`` of ``method``."""
+    """The separability quantities of ``episodes`` seeded episodes after each layer in ``layers`` of ``method``.
+
+    ``on_chunk`` is called with the number of episodes done after each chunk.
+    """
     check_episodes(episodes)
     if spec.skewed:
         raise DiffshotError("separability runs balanced episodes only")
@@ -142,6 +146,8 @@ def measure(
             if t == wanted[column]:
                 values[start : start + count, column] = episode_quantities(x, labels, spec.num_support, spec.ways).cpu()
                 column += 1
+        if on_chunk is not None:
+            on_chunk(start + count)
     return Separability(
         spec,
         seed,

@@ -191,12 +191,16 @@ def test_compare_pairs_the_methods_of_one_file(demo: Path, tmp_path: Path) -> No
     result = invoke("compare", out)
     assert result.exit_code == 0, result.output
     document = json.loads(out.read_text())
+    rows = [[c.strip() for c in line.strip("│").split("│")] for line in result.stdout.splitlines() if line[:1] == "│"]
     for record in document["results"][1:]:
         paired = record["paired"]
-        assert f"Δ {paired['difference']:+.2f} ± {paired['ci95']:.2f}" in result.stdout, result.stdout
-    assert result.stdout.count("Δ") == 2 and "each − simpleshot" in result.stdout
+        assert [record["method"], f"{paired['difference']:+.2f} ± {paired['ci95']:.2f}"] in [
+            [row[3], row[5]] for row in rows
+        ], result.stdout
+    assert len(rows) == 2 and "each − simpleshot" in result.stdout
     flipped = invoke("compare", tmp_path / "one.npz", "--baseline", "diffusion")
-    assert flipped.exit_code == 0 and "each − diffusion" in flipped.stdout and flipped.stdout.count("Δ") == 2
+    assert flipped.exit_code == 0 and "each − diffusion" in flipped.stdout
+    assert sum(line[:1] == "│" for line in flipped.stdout.splitlines()) == 2
     assert_one_line_error(invoke("compare", out, "--baseline", "ptmap"), "not among the methods", "simpleshot")
     single = run(demo, tmp_path, "single", "-m", "simpleshot")
     assert_one_line_error(invoke("compare", single), "holds one method")
