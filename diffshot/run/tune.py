@@ -33,7 +33,7 @@ def check_split(fs: FeatureSet, split: str, allow_novel: bool) -> None:
     if touches_novel and not allow_novel:
         raise UsageError(
             f"refusing to tune on split {split!r}: it holds the novel (test) classes, and choosing "
-            "hyper-parameters on test classes inflates the results; use --split val, or --allow-novel"
+            "hyper-parameters on test classes inflates the results; use split=val, or allow_novel=True"
         )
 
 
