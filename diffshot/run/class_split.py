@@ -36,14 +36,14 @@ def parse_fractions(text: str) -> dict[str, float]:
             fraction = float("nan")
         if name not in SPLITS or not sep or not 0 <= fraction <= 1:
             raise UsageError(
-                f"--class-split {text!r}: expected SPLIT:FRACTION items from base, val, novel, e.g. "
+                f"class_split={text!r}: expected SPLIT:FRACTION items from base, val, novel, e.g. "
                 "base:0.5,val:0.2,novel:0.3 (or a file mapping class to split)"
             )
         if name in fractions:
-            raise UsageError(f"--class-split {text!r}: {name} is given twice")
+            raise UsageError(f"class_split={text!r}: {name} is given twice")
         fractions[name] = fraction
     if not math.isclose(sum(fractions.values()), 1.0, abs_tol=1e-6):
-        raise UsageError(f"--class-split {text!r}: the fractions add up to {sum(fractions.values()):g}, not 1")
+        raise UsageError(f"class_split={text!r}: the fractions add up to {sum(fractions.values()):g}, not 1")
     return fractions
 
 

@@ -377,6 +377,8 @@ def _replay(
     assert request.episodes_file is not None
     sha = file_sha256(request.features)
     settings = [fixed_episodes(s, fs, sha) for s in load_stored_episodes(request.episodes_file)]
+    if any(fixed.spec.unknown_queries is not None for fixed in settings):
+        check_open_set(runs)
     evaluations: list[Evaluation] = []
     done = 0
     for fixed in settings:

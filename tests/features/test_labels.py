@@ -113,3 +113,17 @@ def test_commands_that_read_features_take_labels(bare: tuple[Path, np.ndarray], 
     refused = runner.invoke(app, ["evaluate", str(path), "--episodes", "20"])
     assert refused.exit_code == 1
     assert "--labels FILE" in refused.output
+
+
+def test_a_batch_entry_takes_labels(bare: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    path, labels = bare
+    (tmp_path / "labels.txt").write_text("\n".join(f"c{v}" for v in labels) + "\n", encoding="utf-8")
+    suite = tmp_path / "suite.toml"
+    suite.write_text(
+        f'[[entry]]\nname = "bare"\nfeatures = "{path.name}"\nlabels = "labels.txt"\nepisodes = 20\n'
+        'methods = ["simpleshot"]\n',
+        encoding="utf-8",
+    )
+    result = runner.invoke(app, ["batch", str(suite), "--output-dir", str(tmp_path / "out"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert '"accuracy"' in (tmp_path / "out" / "bare.json").read_text()

@@ -75,7 +75,29 @@ def test_replay_gives_the_same_accuracies(demo: Path, tmp_path: Path) -> None:
     assert document["episodes_replayed_from"] == str(first)
     assert [r["episodes"] for r in document["results"]] == [40] * 4
     paired = invoke("compare", first, tmp_path / "replayed.npz")
-    assert paired.exit_code == 0 and paired.stdout.count("Δ +0.00 ± 0.00") == 4, paired.output
+    assert paired.exit_code == 0 and paired.stdout.count("+0.00 ± 0.00") == 4, paired.output
+
+
+@pytest.mark.parametrize(
+    "protocol",
+    [("--open-set",), ("--imbalance", "dirichlet:2"), ("--imbalance", "zipf:1"), ("--query-classes", 3)],
+    ids=["open-set", "dirichlet", "zipf", "query-classes"],
+)
+def test_every_protocol_replays_the_same(demo: Path, tmp_path: Path, protocol: tuple[object, ...]) -> None:
+    first = save(demo, tmp_path, "first", *protocol)
+    result = invoke(
+        "evaluate", demo, "-m", "simpleshot,diffusion", "--episodes-file", first, "-q",
+        "--save-episodes", tmp_path / "again.npz",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    before, after = accuracies(first), accuracies(tmp_path / "again.npz")
+    for key, values in before.items():
+        np.testing.assert_array_equal(values, after[key])
+    meta = [json.loads(str(arrays(path)["meta"])) for path in (first, tmp_path / "again.npz")]
+    assert {k: v for k, v in meta[0].items() if k != "runs"} == {k: v for k, v in meta[1].items() if k != "runs"}
+    if protocol[0] == "--open-set":
+        refused = invoke("evaluate", demo, "-m", "ptmap", "--episodes-file", first, "-q")
+        assert refused.exit_code == 2 and "no unknown score" in refused.stderr, refused.output
 
 
 def test_a_plain_support_query_file_replays(demo: Path, tmp_path: Path) -> None:
