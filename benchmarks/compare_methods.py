@@ -48,6 +48,7 @@ METHODS = [
     "labelprop",
     "ptmap",
     "tim",
+    "tim:steps=100,lr=0.001,ce_weight=1",  # easyfsl's budget (tim's default is the official configuration)
     "diffresnet",
     "bms",
     "paddle",

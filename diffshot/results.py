@@ -80,6 +80,8 @@ class Evaluation:
     centring: str
     results: tuple[MethodResult, ...]
     sampling_seconds: float
+    rows: np.ndarray | None = None  # [E, n] each episode's rows in the features file (support first), when recorded
+    query_labels: np.ndarray | None = None  # [E, nq] each query's way (−1: unknown class), when recorded
 
     def result(self, label: str | None) -> MethodResult | None:
         """The result of the run labelled ``label`` (None when absent or not asked)."""
@@ -129,6 +131,9 @@ class EvaluationRequest:
     assignments: Mapping[str, Mapping[str, object]] = dataclasses.field(default_factory=dict)
     temperatures: Mapping[str, float] = dataclasses.field(default_factory=dict)
     base_mean: Path | None = None
+    labels: Path | None = None  # --labels FILE for a features file stored without labels
+    episodes_file: Path | None = None  # replay these stored episodes instead of sampling (protocol from the file)
+    record_rows: bool = False  # keep each episode's rows in the results (--save-episodes)
     drop_nonfinite: bool = False
     drop_zero: bool = False
     allow_external: bool = False

@@ -115,11 +115,16 @@ class Prepared:
     def in_memory(self, what: str) -> torch.Tensor:
         """All prepared points [n, d]; a usage error naming ``what`` when the rows are streamed."""
         if self.dense is None:
-            raise UsageError(
-                f"{what} needs every query row in memory; streamed predict (--block-rows, --workers, --scheduler, "
-                "or a query file above 500,000 rows) keeps them on disk"
-            )
+            raise _streamed(what)
         return self.dense
+
+
+def _streamed(what: str) -> UsageError:
+    """The one-line error of a computation that needs every query row in memory, on a streamed task."""
+    return UsageError(
+        f"{what} needs every query row in memory; streamed predict (block_rows, workers, scheduler, "
+        "or a query file above 500,000 rows) keeps them on disk"
+    )
 
 
 Neighbours = contextlib.AbstractContextManager[tuple[np.ndarray, np.ndarray]]
@@ -155,6 +160,11 @@ class Task:
     def points_per_class(self) -> float:
         """Average number of points (support + query) per class."""
         return (self.num_support + self.queries.num_rows) / self.ways
+
+    def require_in_memory(self, what: str) -> None:
+        """A usage error naming ``what`` when the query rows are streamed (before any pass over them)."""
+        if self.points is None:
+            raise _streamed(what)
 
     def prepared(self, shift: bool) -> Prepared:
         """The transductive points of the graph methods (the queries shifted onto the support mean when ``shift``)."""

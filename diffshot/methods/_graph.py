@@ -44,7 +44,7 @@ def n_top_param(default: int | str = AUTO) -> Any:
     return param(
         default,
         "keep entries below the n_top-th smallest distance, the point itself included "
-        "(paper: 8; auto: adapts to queries per shot, see README)",
+        "(paper: 8; auto: adapts to queries per shot, see docs/evaluate.md)",
         kind=int,
         auto=default == AUTO,
         minimum=2,

@@ -235,9 +235,9 @@ def large_task(task: Task, params: DiffusionParams) -> TaskScores:
     """
     if params.assign != "nearest":
         raise UsageError(f"parameter diffusion.assign: {params.assign} is for episodes; one large task uses nearest")
-    prepared = task.prepared(params.shift)
     if params.rectify:
-        prepared.in_memory("diffusion with rectify")
+        task.require_in_memory("diffusion with rectify")
+    prepared = task.prepared(params.shift)
     graph, n_top, sigma = task_graph(task, prepared, params.n_top, params.sigma)
     device = prepared.support.device
     lap = sparse_laplacian_of(graph).to(device)

@@ -9,7 +9,6 @@ from diffshot.errors import DiffshotError
 from diffshot.features.documents import read_json as gated_json
 
 RESULTS, EPISODES, TUNE, PREDICT, SEPARABILITY = "results", "episodes", "tune", "predict", "separability"
-KINDS = (RESULTS, EPISODES, TUNE, PREDICT, SEPARABILITY)
 PREDICT_COLUMNS = {"row", "class", "confidence"}
 MAX_COUNT = 1_000_000  # shots or ways a figure can show
 

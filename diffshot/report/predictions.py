@@ -64,7 +64,7 @@ def write_predictions(
 ) -> Path:
     """Write one record per query row (row, path/text, class, confidence) as CSV or JSON, atomically, in chunks."""
     if fmt not in OUTPUT_FORMATS:
-        raise DiffshotError(f"--format {fmt!r}: choose csv or json")
+        raise DiffshotError(f"fmt={fmt!r}: choose csv or json")
     rows = np.arange(query.num_rows) if rows is None else rows
     total = query.num_rows
     fields = ["row", *metadata_columns(query), "class", "confidence"]

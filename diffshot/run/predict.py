@@ -19,6 +19,7 @@ import functools
 import math
 import os
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -34,10 +35,11 @@ from diffshot.ops.reject import otsu_threshold, support_threshold
 from diffshot.results import UNKNOWN_NAME, Prediction
 from diffshot.run.config import MethodRun, method_runs
 from diffshot.run.stream import QueryRows
-from diffshot.task import CHUNK_ROWS, GRAPH_BUDGET, Task, block_search, memory_search, memory_task
+from diffshot.task import CHUNK_ROWS, GRAPH_BUDGET, Prepared, Task, block_search, memory_search, memory_task
 
 DEFAULT_METHOD = "diffusion"
 ROW_KEY = "__file_row__"
+NO_INDEX = "none"  # Prediction.index of a method that searched no neighbours (built no graph)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +65,10 @@ def parse_reject(text: str) -> Rejection:
         value = float("nan")
     if head == "auto" and sep:
         if not 0.0 < value < 1.0:
-            raise UsageError(f"--reject {text!r}: auto:Q needs a quantile Q between 0 and 1, e.g. auto:0.9")
+            raise UsageError(f"reject={text!r}: auto:Q needs a quantile Q between 0 and 1, e.g. auto:0.9")
         return Rejection("auto", quantile=value)
     if not math.isfinite(value):
-        raise UsageError(
-            f"--reject {text!r}: expected auto, none or a finite threshold on the unknown score (e.g. -0.5)"
-        )
+        raise UsageError(f"reject={text!r}: expected auto, none or a finite threshold on the unknown score (e.g. -0.5)")
     return Rejection("threshold", threshold=value)
 
 
@@ -103,7 +103,7 @@ class PredictOptions:
         if isinstance(self.exact_limit, bool) or not isinstance(self.exact_limit, int) or self.exact_limit < 1:
             raise UsageError(f"exact_limit must be a positive integer, got {self.exact_limit!r}")
         if not isinstance(self.unknown_name, str) or not self.unknown_name.strip():
-            raise UsageError(f"--unknown-name must be a non-empty class name, got {self.unknown_name!r}")
+            raise UsageError(f"unknown_name must be a non-empty class name, got {self.unknown_name!r}")
 
 
 def select_rows(fs: FeatureSet, split: str | None) -> tuple[FeatureSet, np.ndarray]:
@@ -124,9 +124,10 @@ def load_rows(
     drop_zero: bool = False,
     require_labels: bool = True,
     allow_external: bool = False,
+    labels_path: str | os.PathLike[str] | None = None,
 ) -> tuple[FeatureSet, np.ndarray]:
-    """Read, clean and split-select a features file; also the file row number of every kept row."""
-    fs = read_features(path, require_labels=require_labels, allow_external=allow_external)
+    """Read, clean and split-select a features file (labelled from ``labels_path`` when given); its file row numbers."""
+    fs = read_features(path, require_labels=require_labels, allow_external=allow_external, labels_path=labels_path)
     fs = dataclasses.replace(fs, metadata={**fs.metadata, ROW_KEY: np.arange(fs.num_rows)})
     fs, _ = select_rows(clean_features(fs, drop_nonfinite=drop_nonfinite, drop_zero=drop_zero), split)
     rows = fs.metadata[ROW_KEY]
@@ -224,7 +225,13 @@ def predict(
     timings: dict[str, float] = {}
     tick = time.perf_counter()
     task, kind = large_task(support, query, options, torch.device(device), scheduler, graph_budget)
-    scores = run.method.large_task(task, run.params)  # type: ignore[misc]
+    searched: list[int] = []
+
+    def search(prepared: Prepared, k: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        searched.append(k)
+        return task.search(prepared, k)
+
+    scores = run.method.large_task(dataclasses.replace(task, search=search), run.params)  # type: ignore[misc]
     timings["method"] = time.perf_counter() - tick
     tick = time.perf_counter()
     rows = query.num_rows
@@ -247,7 +254,7 @@ def predict(
         support.class_names,
         run.label,
         run.as_dict(),
-        kind,
+        kind if searched else NO_INDEX,
         {**scores.details, **streamed},
         options.temperature,
         timings,
@@ -281,7 +288,7 @@ def reject_rows(
             threshold, why = found[0], "auto: " + found[1]
         else:
             threshold = otsu_threshold(torch.from_numpy(unknown))
-            why = "auto: Otsu's split of the query rows' unknown scores (no support class has 2 rows)"
+            why = "auto: Otsu's split of the query rows' unknown scores (no support reference)"
     return out | {"rejected": unknown > threshold, "threshold": threshold, "threshold_rule": why}
 
 
@@ -319,3 +326,31 @@ def rejection_quality(prediction: Prediction, query: FeatureSet | QueryRows) -> 
     rejected = prediction.rejected
     precision = float(100.0 * unknown[rejected].mean()) if rejected.any() else float("nan")
     return float(100.0 * rejected[unknown].mean()), precision, int(unknown.sum())
+
+
+def task_scores(
+    support: FeatureSet,
+    query: FeatureSet,
+    method: str | tuple[str, dict[str, object]] | MethodRun = DEFAULT_METHOD,
+    options: PredictOptions = PredictOptions(),
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, dict[str, object]]:
+    """Scores [query rows, support classes] (higher = more likely) of support + queries run as one task, and how.
+
+    A method with a large-task hook runs it as ``predict`` does; any other runs the task as one dense episode
+    (its ``score``; small tasks only). What the scikit-learn estimators (:mod:`diffshot.sklearn`) call.
+    """
+    from diffshot.episodes import Episodes
+
+    run = method_runs([method])[0]
+    check_inputs(support, query)
+    task, _ = large_task(support, query, options, torch.device(device))
+    if run.method.large_task is None:
+        episode = Episodes(task.points[None], task.support_labels[None], task.ways, task.centre)  # type: ignore[index]
+        return run.method.score(episode, run.params)[0].cpu().numpy(), {}
+    scored = run.method.large_task(task, run.params)
+    out = np.empty((query.num_rows, support.num_classes), dtype=np.float32)
+    for start in range(0, query.num_rows, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, query.num_rows)
+        out[start:stop] = scored.block(start, stop).cpu().numpy()
+    return out, scored.details

@@ -1,9 +1,10 @@
 """The paper's separability, measured layer by layer on the user's features (Diff-ResNet, TPAMI 2024, §4).
 
-Episodes are sampled exactly as ``evaluate`` samples them, preprocessed as the ``diffusion`` method
-preprocesses them (CL2N with the file's centring mean, cross-domain shift), and diffused one step
-x ← x − τ·L·x at a time on the same kNN graph (``diffshot.graph.episode_laplacian``, built once from
-the undiffused points, as the method does). After every layer t each episode gets:
+Episodes are sampled exactly as ``evaluate`` samples them and handed to a method's ``layerwise`` hook,
+which yields the points it decides on after layer 0, 1, 2, … — for ``diffusion`` (the default) its own
+preprocessing (CL2N with the file's centring mean, cross-domain shift) and one checked step
+x ← x − τ·L·x at a time on its kNN graph, built once from the undiffused points, so layer t's accuracy
+is ``evaluate``'s with ``layers = t``. After every layer t each episode gets:
 
 - the minimum distance between two points of different classes (``min_inter``);
 - the maximum distance between two points of one class, over classes (``max_diameter``);
@@ -21,7 +22,7 @@ Everything is batched over the episodes of a chunk; the only Python loop is over
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def parse_layers(text: str) -> tuple[int, ...]:
     except ValueError:
         out = set()
     if not out or min(out) < 0:
-        raise DiffshotError(f"--layers {text!r}: expected layers ≥ 0 as 0..20, 0,2,6 or 6")
+        raise DiffshotError(f"layers={text!r}: expected layers ≥ 0 as 0..20, 0,2,6 or 6")
     return tuple(sorted(out))
 
 
@@ -119,8 +120,12 @@ def measure(
     device: str | torch.device = "cpu",
     chunk_size: int | None = None,
     method: str = "diffusion",
+    on_chunk: Callable[[int], None] | None = None,
 ) -> Separability:
-    """The separability quantities of ``episodes`` seeded episodes after each layer in ``layers`` of ``method``."""
+    """The separability quantities of ``episodes`` seeded episodes after each layer in ``layers`` of ``method``.
+
+    ``on_chunk`` is called with the number of episodes done after each chunk.
+    """
     check_episodes(episodes)
     if spec.skewed:
         raise DiffshotError("separability runs balanced episodes only")
@@ -141,6 +146,8 @@ def measure(
             if t == wanted[column]:
                 values[start : start + count, column] = episode_quantities(x, labels, spec.num_support, spec.ways).cpu()
                 column += 1
+        if on_chunk is not None:
+            on_chunk(start + count)
     return Separability(
         spec,
         seed,
@@ -177,7 +184,7 @@ def episode_view(
 ) -> EpisodeView:
     """Episode ``index`` of the seed (the same episode evaluate would draw) before and after ``layer`` layers."""
     if index < 0:
-        raise DiffshotError(f"--show-episode must be a non-negative episode index, got {index}")
+        raise DiffshotError(f"show_episode must be a non-negative episode index, got {index}")
     run = separability_run(method, params)
     batch, labels = labelled_batch(episode_source(fs, spec, split, "cpu", stacklevel=2), seed, index, 1)
     views = run.method.layerwise(batch, run.params)  # type: ignore[misc]

@@ -168,8 +168,8 @@ def open_query(
         bad["zero"] += int((zero & keep[start : start + len(window)]).sum())
         keep[start : start + len(window)] &= ~((nonfinite & drop_nonfinite) | (zero & drop_zero))
     for key, what, flag, drop in (
-        ("nonfinite", "contain NaN or Inf", "--drop-nonfinite", drop_nonfinite),
-        ("zero", "are all-zero vectors", "--drop-zero", drop_zero),
+        ("nonfinite", "contain NaN or Inf", "drop_nonfinite=True", drop_nonfinite),
+        ("zero", "are all-zero vectors", "drop_zero=True", drop_zero),
     ):
         if bad[key] and not drop:
             raise DiffshotError(f"{p}: {bad[key]} of {total} rows {what}; drop them with {flag}")

@@ -87,7 +87,7 @@ def _read_rows(task: BlockTask) -> np.ndarray:
     except OSError as exc:
         raise DiffshotError(
             f"{task.path}: cannot read the query file on {where} ({exc.strerror or type(exc).__name__}); "
-            "--scheduler needs it at the same path on every worker (a shared filesystem)"
+            "a Dask scheduler needs it at the same path on every worker (a shared filesystem)"
         ) from None
     try:
         handle = open_hdf5(task.path, task.allow_external)
@@ -99,7 +99,7 @@ def _read_rows(task: BlockTask) -> np.ndarray:
         if shape != task.shape:
             raise DiffshotError(
                 f"{task.path}: the query file on {where} has features of shape {shape}, not the {task.shape} "
-                "that the client read; --scheduler needs the same file at the same path on every worker"
+                "that the client read; a Dask scheduler needs the same file at the same path on every worker"
             )
         return read_window(ds, task.start, task.stop)[task.rows - task.start]
 

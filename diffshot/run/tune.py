@@ -14,7 +14,7 @@ import numpy as np
 
 from diffshot.calibration import fit_temperature
 from diffshot.episodes import EpisodeSpec
-from diffshot.errors import DiffshotError
+from diffshot.errors import DiffshotError, UsageError
 from diffshot.features import FeatureSet
 from diffshot.lazy import torch
 from diffshot.methods import get_method
@@ -31,7 +31,7 @@ def check_split(fs: FeatureSet, split: str, allow_novel: bool) -> None:
     """Refuse tuning on test (novel) classes unless ``allow_novel``: it inflates the reported results."""
     touches_novel = split == "novel" or (split == "all" and fs.classes_in_split("novel").size > 0)
     if touches_novel and not allow_novel:
-        raise DiffshotError(
+        raise UsageError(
             f"refusing to tune on split {split!r}: it holds the novel (test) classes, and choosing "
             "hyper-parameters on test classes inflates the results; use --split val, or --allow-novel"
         )

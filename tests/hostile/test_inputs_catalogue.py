@@ -111,8 +111,8 @@ CASES: list[tuple[tuple[str, ...], list[str], int, str]] = [
     ((), ["synth", "o.h5", "--rows-per-class", "0"], 2, "rows_per_class must be an integer from 2"),
     ((), ["synth", "o.h5", "--seed", "-1"], 2, "seed must be an integer from 0 to 2**64 - 1, got -1"),
     # the small ones: empty list items
-    (("in.h5",), ["evaluate", "in.h5", "-m", ""], 2, "'': an empty item in a comma-separated list"),
-    (("in.h5",), ["evaluate", "in.h5", "--shots", "1,,5"], 2, "'1,,5': an empty item in a comma-separated list"),
+    (("in.h5",), ["evaluate", "in.h5", "-m", ""], 2, "--method '': an empty item"),
+    (("in.h5",), ["evaluate", "in.h5", "--shots", "1,,5"], 2, "--shots '1,,5': an empty item"),
     # convert: float64 beyond float32
     (("big64.npz",), ["convert", "big64.npz", "out.h5"], 1, "40 feature values are beyond float32's range"),
     # 0 rows, 0 dimensions

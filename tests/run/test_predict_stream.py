@@ -15,10 +15,11 @@ import pytest
 import diffshot.methods.diffusion as diffusion
 import diffshot.run.stream as stream
 from diffshot.features import FeatureSet, make_featureset, write_canonical
-from diffshot.ops.knn import choose_index, ivfpq_shape, knn_graph, neighbour_recall
+from diffshot.ops.knn import choose_index, ivfpq_shape, knn_graph
 from diffshot.run.config import method_runs
 from diffshot.run.predict import PredictOptions, Rejection, predict, select_rows
 from diffshot.run.stream import open_query
+from tests.reference import neighbour_recall
 
 ROWS = 20_000
 BLOCK = 4_096

@@ -88,7 +88,7 @@ def test_tune_cli_writes_config_and_warns_at_edge(banking77_path: Path, tmp_path
     refused = runner.invoke(
         app, ["tune", str(banking77_path), "--split", "novel", "--output", str(tmp_path / "n.toml")]
     )
-    assert refused.exit_code == 1 and "--allow-novel" in refused.stderr
+    assert refused.exit_code == 2 and "--allow-novel" in refused.stderr
     assert not (tmp_path / "n.toml").exists()
 
 
