@@ -31,8 +31,8 @@ from diffshot.ops.diffusion import diffuse_, diffuse_gram, diffused_prototype_sc
 from diffshot.ops.graph import episode_laplacian, sparse_graph, sparse_laplacian_of
 from diffshot.ops.knn import EPISODE_BACKENDS, gram
 from diffshot.ops.openset import otsu_rejection
-from diffshot.ops.preprocess import transductive_gram, transductive_points
-from diffshot.ops.proportions import anchor_support_, proportion_em
+from diffshot.ops.preprocess import cl2n, transductive_gram, transductive_points
+from diffshot.ops.proportions import anchor_support_, proportion_em, proportion_em_points, share_scores
 from diffshot.ops.reject import max_cosine_unknown
 from diffshot.ops.sinkhorn import PTMAP_ALPHA, PTMAP_STEPS, balanced_assignment
 from diffshot.ops.spectrum import stable_step_batched, stable_step_sparse
@@ -329,13 +329,45 @@ def task_graph(
 
 
 def label(task: Task, params: DiffusionParams) -> TaskScores:
-    """The same recipe on one large task: a sparse FAISS graph, T sparse steps on the features, nearest prototype.
+    """The same recipe on one large task: a sparse FAISS graph, T sparse steps on the features, then the decision.
 
-    Its unknown score is −max cosine of the diffused query to the diffused (rectified) prototypes.
+    ``nearest``: nearest (rectified) prototype. ``estimated``: the class shares are estimated by the EM of
+    episodes (in feature space); when one looks scarce or absent, the unshifted points are diffused with
+    the support kept in place and the EM's log-posteriors decide, else the nearest decision does. The
+    unknown score is −max cosine of the diffused query to the prototypes the decision measured.
     """
-    if params.assign != "nearest":
-        raise DiffshotError(f"parameter diffusion.assign: {params.assign} is for episodes; one large task uses nearest")
-    ns = task.num_support
+    if params.assign == "balanced":
+        raise DiffshotError(
+            "parameter diffusion.assign: balanced is for episodes; one large task uses nearest or estimated"
+        )
+    if params.assign == "estimated":
+        ns, ways = task.num_support, task.ways
+        nq = task.points.shape[0] - ns
+        raw = cl2n(task.points, task.centre)
+        _, log_share = proportion_em_points(
+            raw, task.support_labels, ways, params.em_lam, PTMAP_STEPS, PTMAP_ALPHA, params.prior
+        )
+        scarce = float(log_share.exp().min()) * ways < params.scarce
+        if nq >= params.min_queries * ways and scarce:
+            x, details = diffused_task(task, dataclasses.replace(params, shift=False))
+            x[:ns] = raw[:ns]
+            protos, log_share = proportion_em_points(
+                x, task.support_labels, ways, params.em_lam, PTMAP_STEPS, PTMAP_ALPHA, 0.0
+            )
+            return TaskScores(
+                block=lambda start, stop: share_scores(x[ns + start : ns + stop], protos, log_share, params.em_lam),
+                unknown=lambda start, stop: max_cosine_unknown(x[ns + start : ns + stop], protos),
+                support=lambda: x[:ns],
+                details=details | {"decision": "estimated shares (a class looks scarce or absent)"},
+            )
+        details = {"decision": "nearest (no class looks scarce)"}
+    else:
+        details = {}
+    return nearest_label(task, params, details)
+
+
+def diffused_task(task: Task, params: DiffusionParams) -> tuple[torch.Tensor, dict[str, object]]:
+    """One large task's points after T sparse diffusion steps, and the graph settings used."""
     points, graph, n_top, sigma = task_graph(task, params.n_top, params.sigma, params.shift)
     lap = sparse_laplacian_of(graph).to(points.device)
     del graph
@@ -343,10 +375,23 @@ def label(task: Task, params: DiffusionParams) -> TaskScores:
     if step < params.step_size:
         warnings.warn(
             STEP_NOTICE.format(tau=params.step_size, where=f"this graph (λ_max ≤ {bound:.3g}): τ = {step:.3g}"),
-            stacklevel=2,
+            stacklevel=3,
         )
     x = diffuse_(points, lap, step, params.layers)
-    del lap
+    details = {
+        "n_top": n_top,
+        "sigma": sigma,
+        "step_size": step,
+        "lambda_max_bound": round(bound, 4),
+        "layers": params.layers,
+    }
+    return x, details
+
+
+def nearest_label(task: Task, params: DiffusionParams, details: dict[str, object]) -> TaskScores:
+    """One large task by the nearest diffused (rectified) prototype; unknown = −max cosine to those prototypes."""
+    ns = task.num_support
+    x, graph_details = diffused_task(task, params)
     protos = prototypes(x[:ns], task.support_labels, task.ways)
     if params.rectify:
         protos = rectified_prototypes(x, protos, task.support_labels, task.ways)
@@ -354,13 +399,7 @@ def label(task: Task, params: DiffusionParams) -> TaskScores:
         block=lambda start, stop: -squared_distances(x[ns + start : ns + stop], protos),
         unknown=lambda start, stop: max_cosine_unknown(x[ns + start : ns + stop], protos),
         support=lambda: x[:ns],
-        details={
-            "n_top": n_top,
-            "sigma": sigma,
-            "step_size": step,
-            "lambda_max_bound": round(bound, 4),
-            "layers": params.layers,
-        },
+        details=graph_details | details,
     )
 
 
