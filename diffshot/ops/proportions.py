@@ -95,3 +95,30 @@ def share_scores(points: torch.Tensor, protos: torch.Tensor, log_share: torch.Te
     """log π_c − λ‖x − m_c‖² [n, ways]: the log-posteriors of the share EM, up to a constant per point."""
     sq = (points * points).sum(-1, keepdim=True) - 2.0 * points @ protos.T + (protos * protos).sum(-1)
     return log_share - lam * sq.clamp_min(0.0)
+
+
+def share_shift_gram(g: torch.Tensor, support_labels: torch.Tensor, ways: int, share: torch.Tensor) -> torch.Tensor:
+    """The Gram matrix [E, n, n] after the queries are shifted so that their mean is Σ_c π_c·μ_c (a new tensor).
+
+    μ_c is the mean of class c's support and π [E, ways] the estimated query shares: the cross-domain shift
+    (query mean := support mean) with each class weighted by its share of the queries instead of equally,
+    so that classes without queries do not pull the queries towards themselves. x_q ← x_q + δ with
+    δ = w·x, w = Σ_c π_c·(support averaging row c) − (query averaging row).
+    """
+    ns, n = support_labels.shape[-1], g.shape[-1]
+    w = (share[..., None] * support_averaging(support_labels, ways, n, g.dtype)).sum(dim=-2)
+    w[..., ns:] -= 1.0 / (n - ns)
+    along = (g @ w[..., None])[..., 0]
+    shifted = g.clone()
+    shifted[..., ns:, :] += along[..., None, :]
+    shifted[..., :, ns:] += along[..., :, None]
+    shifted[..., ns:, ns:] += (along * w).sum(dim=-1)[..., None, None]
+    return shifted
+
+
+def share_shift_(x: torch.Tensor, support_labels: torch.Tensor, ways: int, share: torch.Tensor) -> torch.Tensor:
+    """:func:`share_shift_gram` on the points x [..., n, d] themselves (support first), in place."""
+    ns = support_labels.shape[-1]
+    means = support_averaging(support_labels, ways, ns, x.dtype) @ x[..., :ns, :]
+    x[..., ns:, :] += share[..., None, :] @ means - x[..., ns:, :].mean(dim=-2, keepdim=True)
+    return x
