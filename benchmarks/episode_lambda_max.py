@@ -21,7 +21,7 @@ import torch
 
 from diffshot.episodes import Episodes, EpisodeSpec, build_pool, gather, sample_episodes
 from diffshot.features import load_features
-from diffshot.methods.diffusion import episode_graph_size
+from diffshot.methods._graph import episode_graph_size
 from diffshot.ops.graph import episode_laplacian, gaussian_weights, normalise_weights
 from diffshot.ops.knn import episode_neighbours as nearest_neighbours
 from diffshot.ops.knn import gram

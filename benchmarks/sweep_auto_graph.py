@@ -14,7 +14,7 @@ import sys
 
 from diffshot.episodes import EpisodeSpec
 from diffshot.features import load_features
-from diffshot.methods.diffusion import auto_n_top
+from diffshot.ops.graph import auto_n_top
 from diffshot.run.evaluate import evaluate
 
 

@@ -5,7 +5,8 @@ import os
 # OpenMP threads that spin while waiting (libgomp's default: 300,000 spins) make torch 4-20x slower on a shared
 # machine (a busy CI runner); never spinning (a passive wait policy) makes iterative methods, whose steps are many
 # small parallel regions, up to 3x slower on a quiet one. A short spin (3,000, a few microseconds) keeps both
-# (README, "On a busy machine"). It must be set before torch loads; the user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+# (docs/performance.md, "Threads on a busy machine"). It must be set before torch loads; the user's
+# OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
 SPIN_COUNT = "3000"
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
@@ -21,10 +22,10 @@ _API = {
     "make_featureset": "diffshot.features",
     "write_canonical": "diffshot.features",
     "get_method": "diffshot.methods",
-    "Evaluation": "diffshot.run.evaluate",
-    "EvaluationRequest": "diffshot.run.evaluate",
-    "EvaluationRun": "diffshot.run.evaluate",
-    "MethodResult": "diffshot.run.evaluate",
+    "Evaluation": "diffshot.results",
+    "EvaluationRequest": "diffshot.results",
+    "EvaluationRun": "diffshot.results",
+    "MethodResult": "diffshot.results",
     "evaluate": "diffshot.run.evaluate",
     "run_evaluation": "diffshot.run.evaluate",
 }

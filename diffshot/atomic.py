@@ -7,7 +7,8 @@ How an output path is written:
 - a symlink is followed: its target is replaced and the link kept;
 - a regular file (or nothing) gets a temporary file beside it, renamed over it only once the write succeeded,
   with the old file's permission bits; a read-only file (no owner write bit) is replaced only when forced;
-- an output that is one of the command's inputs is refused (:func:`claim_outputs`).
+- an output that is one of the command's inputs, or lies inside an input folder, is refused: early by
+  :func:`claim_outputs`, and again by every writer against each input the command opened (:func:`note_input`).
 
 A failed write (disk full, broken pipe) is one :class:`DiffshotError` naming the file; the old file is kept.
 """
@@ -114,6 +115,50 @@ def _is_input(target: Target, source: Path) -> bool:
         return False
 
 
+def _inside(target: Target, folder: Path) -> bool:
+    """Whether ``target`` lies inside the input folder ``folder`` (after every link on the way is resolved)."""
+    if target.kind == "stdout" or not os.path.isdir(folder):
+        return False
+    real, root = os.path.realpath(target.real), os.path.realpath(folder)
+    return os.path.commonpath([real, root]) == root
+
+
+def refuse_inputs(target: Target, sources: Iterable[Path]) -> None:
+    """The output guard: a one-line error when ``target`` is one of ``sources`` or lies inside one that is a folder."""
+    for source in sources:
+        if _is_input(target, source):
+            raise DiffshotError(
+                f"{target.given}: is the input {source}; writing it would destroy the input, choose another output"
+            )
+        if _inside(target, source):
+            raise DiffshotError(
+                f"{target.given}: lies inside the input folder {source}; writing there would change the input, "
+                f"choose another output"
+            )
+
+
+# The inputs of the command now running (None outside a command): every file the input gate opens is noted here,
+# and every writer (:func:`atomic_path`) checks its target against them, so no output can land on an input.
+_RUN_INPUTS: list[Path] | None = None
+
+
+@contextlib.contextmanager
+def run_scope() -> Iterator[None]:
+    """One command's run: inputs noted while it lasts are guarded against every output it writes."""
+    global _RUN_INPUTS
+    outer, _RUN_INPUTS = _RUN_INPUTS, []
+    try:
+        yield
+    finally:
+        _RUN_INPUTS = outer
+
+
+def note_input(path: str | os.PathLike[str] | None) -> None:
+    """Record ``path`` (a file or folder) as an input of the running command; nothing outside a command."""
+    if _RUN_INPUTS is not None and path is not None and os.fspath(path) != STDOUT:
+        _RUN_INPUTS.append(Path(path))
+
+
 def claim_outputs(
     outputs: Iterable[str | os.PathLike[str] | None],
     inputs: Iterable[str | os.PathLike[str] | None],
@@ -132,13 +177,11 @@ def claim_outputs(
             raise DiffshotError(_binary_stdout(path))
     targets = [resolve_output(p) for p in [*outputs, *binaries] if p is not None]
     sources = [Path(p) for p in inputs if p is not None]
+    for source in sources:
+        note_input(source)
     seen: dict[str, Path] = {}
     for target in targets:
-        for source in sources:
-            if _is_input(target, source):
-                raise DiffshotError(
-                    f"{target.given}: is the input {source}; writing it would destroy the input, choose another output"
-                )
+        refuse_inputs(target, sources)
         key = "stdout" if target.kind == "stdout" else os.fspath(target.real)
         if target.kind != "direct" and key in seen:
             raise DiffshotError(f"{target.given}: is also the output {seen[key]}; give each output its own file")
@@ -217,6 +260,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "", *, stream: bool 
     directly and ``-`` is allowed; HDF5 and npz writers leave it False and get a seekable temporary file.
     """
     target = resolve_output(path)
+    refuse_inputs(target, _RUN_INPUTS or ())
     if target.kind == "stdout" and os.fspath(path) == STDOUT and not stream:
         raise DiffshotError(_binary_stdout(target.given))
     if target.read_only and os.fspath(target.real) not in _FORCED:

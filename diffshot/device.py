@@ -70,7 +70,7 @@ def idle_cores() -> int:
 
     Threads that outnumber the free cores wait for each other at every parallel region: with one
     CPU-bound process beside it on 2 cores, diffusion's compute phase measured 1,092 episodes/s on
-    2 threads and 2,316 on 1 (benchmarks/bench_evaluate.py, README).
+    2 threads and 2,316 on 1 (benchmarks/bench_evaluate.py, docs/performance.md).
     """
     cores = os.cpu_count() or 1
     return max(1, min(cores, cores - busy_cores()))

@@ -223,12 +223,13 @@ def sample_episodes(pool: ClassPool, spec: EpisodeSpec, seed: int, start: int, c
     need = spec.shots + int(query_counts.max())
     row_keys = _uniform(seed, _STREAM_ROWS, episode_ids, spec.ways * pool.rows.shape[1])
     row_keys = row_keys.reshape(count, spec.ways, pool.rows.shape[1])
-    row_keys = np.where(pool.rows[chosen] >= 0, row_keys, 2.0)
+    chosen_rows = pool.rows[chosen]  # [E, ways, width], -1 past a class's rows
+    row_keys[chosen_rows < 0] = 2.0
     picked = np.argpartition(row_keys, need - 1, axis=2)[..., :need] if need < row_keys.shape[2] else None
     if picked is None:
         picked = np.broadcast_to(np.arange(row_keys.shape[2]), row_keys.shape).copy()
     picked = np.take_along_axis(picked, np.argsort(np.take_along_axis(row_keys, picked, 2), axis=2), 2)
-    picked_rows = np.take_along_axis(pool.rows[chosen], picked, 2)  # [E, ways, need]
+    picked_rows = np.take_along_axis(chosen_rows, picked, 2)  # [E, ways, need]
     support = picked_rows[:, :, : spec.shots].reshape(count, -1)
     rank = np.arange(need - spec.shots)
     query_mask = rank[None, None, :] < query_counts[:, :, None]
@@ -274,19 +275,33 @@ def _with_unknown(
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser: a bijective 64-bit hash with good avalanche."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    """SplitMix64's finaliser: a bijective 64-bit hash with good avalanche (an array argument is overwritten)."""
+    if not isinstance(x, np.ndarray) or x.ndim == 0:
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+    shifted = np.empty_like(x)
+    for shift, factor in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB), (31, None)):
+        np.right_shift(x, np.uint64(shift), out=shifted)
+        x ^= shifted
+        if factor is not None:
+            x *= np.uint64(factor)
+    return x
 
 
 def _uniform(seed: int, stream: int, episode_ids: np.ndarray, width: int) -> np.ndarray:
     """Uniform floats in [0, 1), shape [len(episode_ids), width], addressed by (seed, stream, episode, slot)."""
     with np.errstate(over="ignore"):
         key = _mix64(np.uint64(check_seed(seed)) * _GOLDEN + np.uint64(stream))
-        counters = episode_ids[:, None] * np.uint64(width) + np.arange(width, dtype=np.uint64)[None, :]
-        bits = _mix64(_mix64(counters ^ key) + key)
-    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+        bits = episode_ids[:, None] * np.uint64(width) + np.arange(width, dtype=np.uint64)[None, :]
+        bits ^= key
+        bits = _mix64(bits)
+        bits += key
+        bits = _mix64(bits)
+        bits >>= np.uint64(11)
+    out = bits.astype(np.float64)
+    out *= 1.0 / (1 << 53)
+    return out
 
 
 def _gamma(seed: int, episode_ids: np.ndarray, ways: int, alpha: float) -> np.ndarray:
@@ -358,9 +373,18 @@ def _query_counts(seed: int, episode_ids: np.ndarray, spec: EpisodeSpec, class_s
     return counts
 
 
-def gather(features: torch.Tensor, indices: EpisodeIndices) -> torch.Tensor:
-    """The points [E, ns + nq, d] of a chunk of episodes, support first."""
-    return features[torch.from_numpy(indices.rows).to(features.device)]
+def gather(features: torch.Tensor, indices: EpisodeIndices, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The points [E, ns + nq, d] of a chunk of episodes, support first.
+
+    ``out`` (a contiguous buffer of at least E × (ns + nq) × d elements, reused chunk after chunk) saves a
+    fresh allocation per chunk: writing into memory already mapped is several times faster than new pages.
+    """
+    rows = torch.from_numpy(indices.rows).to(features.device)
+    if out is None:
+        return features[rows]
+    shape = (*rows.shape, features.shape[1])
+    target = out.reshape(-1)[: rows.numel() * features.shape[1]].view(-1, features.shape[1])
+    return torch.index_select(features, 0, rows.reshape(-1), out=target).view(shape)
 
 
 @dataclasses.dataclass(frozen=True)

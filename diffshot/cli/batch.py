@@ -21,7 +21,9 @@ from diffshot.cli.common import (
 )
 from diffshot.device import resolve_device, set_threads
 from diffshot.errors import UsageError
-from diffshot.run.batch import Entry, Outcome, SuiteError, output_paths, parse_suite, run_suite, write_outputs
+from diffshot.report.batch import output_paths, write_outputs
+from diffshot.results import Entry, Outcome
+from diffshot.run.batch import SuiteError, parse_suite, run_suite
 
 
 @user_errors
@@ -78,7 +80,7 @@ def batch(
             outcomes = _on_dask(entries, device, skip_missing, quiet, allow_external_data, threads, workers, scheduler)
     except SuiteError as exc:
         raise fail(str(exc).replace("\n", " "), 2) from None
-    figures = write_outputs(paths, outcomes, plots)
+    figures = write_outputs(paths, outcomes, None if plots is None else lambda written: _draw(written, plots))
     errors = [(o.entry.name, m, why) for o in outcomes for m, why in o.errors.items()]
     failures = [(o.entry.name, m, acc, limit) for o in outcomes for m, (acc, limit) in o.failures().items()]
     if not quiet:
@@ -100,6 +102,14 @@ def batch(
         name, method, acc, limit = failures[0]
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
         raise fail(f"entry {name!r} method {method}: accuracy {acc:.2f} is below fail_under {limit:.2f}{more}", 1)
+
+
+def _draw(written: list[Path], folder: Path) -> list[Path]:
+    """``--plots``: a figure per entry JSON (and one of all entries) in ``folder``, created when missing."""
+    from diffshot.plot import draw_batch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return draw_batch(written, folder)
 
 
 def _on_dask(

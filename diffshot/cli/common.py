@@ -53,7 +53,7 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         stdout.stderr = False
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, atomic.run_scope():
             warnings.simplefilter("always")
             try:
                 return command(*args, **kwargs)

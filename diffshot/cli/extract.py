@@ -257,6 +257,10 @@ def extract(
     inputs = [checkpoint, *images, class_split, root, *(p for p, _ in split.pairs)]
     claim_outputs([], inputs, binary=[output, partial_path(output)], force=force)
     image_list = collect_images(images, [p for p, _ in split.pairs], root)
+    for path in (output, partial_path(output)):
+        image = image_list.linked(path)
+        if image is not None:
+            raise DiffshotError(f"{path}: is the input {image} (a hard link to it); choose another output")
     check_splits(image_list.items, split.splits)
     from diffshot.extract.model import build_encoder
 

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from diffshot.atomic import check_writable
-from diffshot.cli.common import stdout, user_errors
+from diffshot.cli.common import claim_outputs, stdout, user_errors
 from diffshot.plot.backend import figure_format, save_figure
 from diffshot.plot.draw import render
 
@@ -31,8 +30,8 @@ def plot(
     baseline: Annotated[str | None, typer.Option(help="For a .npz: the method compared against (A).")] = None,
 ) -> None:
     """Draw accuracy vs shots, paired differences, a τ × T heat map or a confusion matrix, chosen by the input."""
+    claim_outputs([], [*inputs, labels], binary=[output])
     figure_format(output)
-    check_writable(output)
     kind, drawn = render(inputs, labels, method, baseline)
     save_figure(drawn.figure, output)
     stdout.print(f"{kind} figure written to {output}", highlight=False)

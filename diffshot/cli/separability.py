@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from diffshot.atomic import check_writable, write_text_atomic
-from diffshot.cli.common import AllowExternal, Threads, stdout, user_errors
+from diffshot.atomic import write_text_atomic
+from diffshot.cli.common import AllowExternal, Threads, claim_outputs, stdout, user_errors
 from diffshot.device import resolve_device, set_threads
 from diffshot.episodes import EpisodeSpec
 from diffshot.errors import DiffshotError
@@ -73,18 +73,15 @@ def separability(
     if fmt not in ("table", "json"):
         raise DiffshotError(f"--format {fmt!r}: choose table or json")
     wanted = parse_layers(layers)
-    for path in (output, plot):
-        if path is not None:
-            check_writable(path)
+    views = [] if show_episode is None or plot is None else [episode_plot_path(plot, show_episode)]
+    claim_outputs([output], [features], binary=[plot, *views])
     if plot is not None:
         from diffshot.plot.backend import figure, figure_format
 
         figure_format(plot)
         figure()  # fails now, with the one-line missing-extra error, rather than after the run
-    if show_episode is not None:
-        if plot is None:
-            raise DiffshotError("--show-episode needs --plot FIG (the episode view is written beside it)")
-        check_writable(episode_plot_path(plot, show_episode))
+    if show_episode is not None and plot is None:
+        raise DiffshotError("--show-episode needs --plot FIG (the episode view is written beside it)")
     overrides = {"step_size": step_size, "n_top": n_top, "sigma": sigma, "shift": shift, "knn": knn}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     spec = EpisodeSpec(ways, shots, queries)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -73,9 +74,18 @@ class FolderStore:
         """Whether the folder holds that file."""
         return (self.root / member).is_file()
 
+    def _inside(self, member: str) -> Path:
+        """The file ``member`` names, once every link on the way resolves inside the folder (never out of it)."""
+        path = self.root / member
+        real, root = os.path.realpath(path), os.path.realpath(self.root)
+        if os.path.commonpath([real, root]) != root:
+            what = f"a symbolic link to {os.readlink(path)}" if path.is_symlink() else "a path"
+            raise ValueError(f"{what} that leads outside the image folder {self.root}; not followed")
+        return Path(real)
+
     def read(self, member: str) -> bytes:
-        """The file's bytes: a regular file of at most MAX_IMAGE_BYTES, read with a bounded read."""
-        with (self.root / member).open("rb") as handle:
+        """The file's bytes: a regular file inside the folder of at most MAX_IMAGE_BYTES, read with a bounded read."""
+        with self._inside(member).open("rb") as handle:
             info = os.fstat(handle.fileno())
             if not stat.S_ISREG(info.st_mode):
                 raise ValueError("not a regular file")
@@ -91,13 +101,21 @@ class FolderStore:
         return zlib.crc32(self.read(member))
 
     def stamp(self, member: str) -> int:
-        """A cheap content stamp for resuming: a 64-bit hash of the file's size and modification time (0: gone)."""
+        """A content stamp for resuming: a 64-bit BLAKE2b hash of the file's bytes (0: gone or unreadable)."""
         try:
-            info = (self.root / member).stat()
-        except OSError:
+            data = self.read(member)
+        except (OSError, ValueError):
             return 0
-        digest = hashlib.blake2b(f"{info.st_size}:{info.st_mtime_ns}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "little") or 1
+        return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") or 1
+
+    def inodes(self, members: Iterable[str]) -> set[tuple[int, int]]:
+        """(device, inode) of each member's file, to tell an output that is a hard link to an image."""
+        found = set()
+        for member in members:
+            with contextlib.suppress(OSError):
+                info = os.stat(self.root / member)
+                found.add((info.st_dev, info.st_ino))
+        return found
 
 
 class ZipStore:
@@ -139,6 +157,8 @@ class ZipStore:
     def read(self, member: str) -> bytes:
         """The member's bytes, read no further than the size its directory entry declares (CRC-32 checked)."""
         info = self._infos[member]
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise ValueError("a symbolic link stored in the zip; not followed")
         with self._archive().open(info) as handle:
             data = handle.read(info.file_size + 1)
         if len(data) != info.file_size:
@@ -229,9 +249,23 @@ class ImageList:
         return self.stores[item.store].read(item.member)
 
     def stamp(self, index: int) -> int:
-        """The content stamp of item ``index`` (zip: CRC-32 and size; folder: size and modification time)."""
+        """The content stamp of item ``index`` (zip: CRC-32 and size; folder: a hash of the file's bytes)."""
         item = self.items[index]
         return self.stores[item.store].stamp(item.member)
+
+    def linked(self, path: Path) -> str | None:
+        """The folder image ``path`` is a hard link to (writing it would change an input), or None."""
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None
+        if info.st_nlink < 2:
+            return None
+        for item in self.items:
+            store = self.stores[item.store]
+            if isinstance(store, FolderStore) and (info.st_dev, info.st_ino) in store.inodes([item.member]):
+                return self.display(item)
+        return None
 
     def display(self, item: ImageItem) -> str:
         """How an item is named in messages: its store and member."""

@@ -243,7 +243,7 @@ def _check_unchanged(part: Path, images: ImageList, records: np.ndarray) -> None
         first = images.display(images.items[int(indices[changed[0]])])
         raise DiffshotError(
             f"{part}: {first} changed since the interrupted run read it ({changed.size} of {len(indices)} finished "
-            "images changed: zip CRC-32 and size, or file size and modification time); "
+            "images changed: zip CRC-32 and size, or a hash of the file's bytes); "
             "delete it and rerun without --resume"
         )
 

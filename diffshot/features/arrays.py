@@ -211,8 +211,11 @@ def check_tensor(tensor: object) -> int:
     name = str(tensor.dtype).removeprefix("torch.")
     if tensor.is_quantized or not _TENSOR_DTYPE_READABLE.fullmatch(name):
         raise UnsafeData(f"holds a tensor of dtype {name}, which is not read (quantized, packed or complex32)")
-    if tensor.layout not in (torch.strided, torch.sparse_coo, torch.sparse_csr):
-        raise UnsafeData(f"holds a tensor of layout {tensor.layout}, which is not read")
+    if tensor.layout != torch.strided:
+        raise UnsafeData(
+            f"holds a tensor of layout {str(tensor.layout).removeprefix('torch.')}; diffshot reads only plain "
+            f"(strided) tensors, since densifying a sparse one trusts its indices (save features.to_dense())"
+        )
     return math.prod(tensor.shape) * tensor.element_size()
 
 

@@ -1,49 +1,119 @@
-"""Importers for the field's feature formats, recognised by content (extension only as a hint), read as data."""
+"""The table of feature formats: each importer says how a file is recognised and how it is read (one entry each).
+
+An importer's ``detect`` looks at the first bytes (the extension only as a hint) and its ``read`` turns the file
+into a FeatureSet: safe loading (:mod:`diffshot.features.containers`) then layout recognition
+(:mod:`diffshot.features.layouts`). Adding a format is one :class:`Importer` in :data:`IMPORTERS`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import sys
-import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
-import h5py
 import numpy as np
 
 from diffshot.errors import DiffshotError
-from diffshot.features.canonical import UNLABELLED, is_canonical, read_canonical
+from diffshot.features.containers import (
+    HDF5_MAGIC,
+    NPY_MAGIC,
+    TORCH_LEGACY_MAGIC,
+    ZIP_MAGIC,
+    describe_bytes,
+    head,
+    is_pickle,
+    read_npy,
+    read_npz,
+    zip_kind,
+)
 from diffshot.features.featureset import FeatureSet, make_featureset
-from diffshot.features.hdf5_guard import open_hdf5, read_dataset
-from diffshot.features.limits import COMPRESSED_RATIO, Budget, human
+from diffshot.features.layouts import (
+    KNOWN,
+    Imported,
+    hdf5_base_mean,
+    mean_in,
+    parse,
+    read_hdf5_layout,
+    to_featureset,
+    unknown,
+    vector,
+)
 from diffshot.features.safe_pickle import safe_load, safe_torch_load
 
-HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-ZIP_MAGIC = b"PK\x03\x04"
-NPY_MAGIC = b"\x93NUMPY"
-TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
-PICKLE_SUFFIXES = (".pkl", ".plk", ".pickle")
 EMBEDDED_SUFFIXES = ("_embedded_feature.plk", "_embedded_feature.pkl")
-KNOWN = (
-    "expected the canonical HDF5, CloserLookFewShot's HDF5 (all_feats, all_labels, count), "
-    ".npz with features and labels, or a pickle/torch file holding a {class: vectors} dict, "
-    "SimpleShot's [base_mean, ..., {class: vectors}, ...] list, a (features, labels) pair, "
-    "a {'features', 'labels'} dict, TIM's {'concat_features', 'concat_labels'} or EASY's [classes, samples, d] tensor"
-)
 
 
 @dataclasses.dataclass(frozen=True)
-class Imported:
-    """Arrays pulled out of a foreign file, before validation into a FeatureSet."""
+class ReadOptions:
+    """What the caller allows: HDF5 data outside the file (trusted files only), and rows without labels."""
 
-    features: np.ndarray
-    labels: np.ndarray
-    layout: str
-    class_names: Sequence[str] | None = None
-    class_split: Sequence[str] | None = None
-    base_mean: np.ndarray | None = None
-    note: str | None = None
+    allow_external: bool = False
+    require_labels: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Importer:
+    """One feature format: ``detect(first_bytes, path)`` recognises it, ``read(path, options)`` reads it.
+
+    ``base_mean(path, options)`` reads a base-class mean [d] from a file of this format, where the format has one.
+    """
+
+    name: str
+    detect: Callable[[bytes, Path], bool]
+    read: Callable[[Path, ReadOptions], FeatureSet]
+    base_mean: Callable[[Path, ReadOptions], np.ndarray] | None = None
+
+
+def object_importer(name: str, detect: Callable[[bytes, Path], bool], load: Callable[[Path], object]) -> Importer:
+    """An importer for a container that loads to a Python object (dict, list, array, tensor) read by its layout."""
+
+    def read(path: Path, options: ReadOptions) -> FeatureSet:
+        return to_featureset(parse(load(path), path, name, options.require_labels), path, name)
+
+    def base_mean(path: Path, options: ReadOptions) -> np.ndarray:
+        return vector(mean_in(load(path), path), path, "base mean")
+
+    return Importer(name, detect, read, base_mean)
+
+
+def _zip_of(kind: str) -> Callable[[bytes, Path], bool]:
+    """Detects a zip archive of ``kind`` (torch holds data.pkl; an .npz only .npy members)."""
+    return lambda first, path: first.startswith(ZIP_MAGIC) and zip_kind(path) == kind
+
+
+def _is_torch(first: bytes, path: Path) -> bool:
+    """torch.save's zip archive, or its legacy (pre-1.6) pickle stream with torch's magic number."""
+    return first.startswith(TORCH_LEGACY_MAGIC) or _zip_of("torch")(first, path)
+
+
+IMPORTERS: tuple[Importer, ...] = (
+    Importer(
+        "hdf5",
+        lambda first, path: first.startswith(HDF5_MAGIC),
+        lambda path, options: read_hdf5_layout(path, options.allow_external, options.require_labels),
+        lambda path, options: vector(hdf5_base_mean(path, options.allow_external), path, "base mean"),
+    ),
+    object_importer("npz", _zip_of("npz"), read_npz),
+    object_importer(
+        "torch",
+        lambda first, path: first.startswith(TORCH_LEGACY_MAGIC) or _zip_of("torch")(first, path),
+        safe_torch_load,
+    ),
+    object_importer("npy", lambda first, path: first.startswith(NPY_MAGIC), read_npy),
+    object_importer("pickle", is_pickle, safe_load),
+)
+
+
+def importer_for(path: Path) -> Importer:
+    """The importer whose ``detect`` recognises ``path``; a one-line error naming what the file is otherwise."""
+    first = head(path)
+    for importer in IMPORTERS:
+        if importer.detect(first, path):
+            return importer
+    what = (
+        "a zip archive that is neither .npz nor a torch file" if first.startswith(ZIP_MAGIC) else describe_bytes(path)
+    )
+    raise unknown(path, what)
 
 
 def read_foreign(
@@ -51,15 +121,11 @@ def read_foreign(
 ) -> FeatureSet:
     """Read a features file in any supported format; the base mean from ``base_mean_path`` or a sibling file.
 
-    With ``require_labels=False`` a ``{'features'}`` dict or .npz without labels (rows to predict) is
-    one unlabelled class, as a canonical HDF5 file without ``labels`` is.
+    With ``require_labels=False`` a features file without labels (rows to predict) is one unlabelled class.
     """
     path = Path(path)
-    container = sniff(path)
-    if container == "hdf5":
-        fs = _read_hdf5(path, allow_external)
-    else:
-        fs = _to_featureset(parse(load_object(path, container), path, container, require_labels), path, container)
+    options = ReadOptions(allow_external, require_labels)
+    fs = importer_for(path).read(path, options)
     mean_path = Path(base_mean_path) if base_mean_path is not None else sibling_base_mean(path)
     return fs if mean_path is None else _with_base_mean(fs, mean_path, allow_external)
 
@@ -67,10 +133,10 @@ def read_foreign(
 def read_base_mean(path: Path, allow_external: bool = False) -> np.ndarray:
     """The base-class mean [d] held by ``path``: a 1-D array, SimpleShot's list, or a file with a 'base_mean' entry."""
     path = Path(path)
-    container = sniff(path)
-    if container == "hdf5":
-        return _vector(_hdf5_base_mean(path, allow_external), path, "base mean")
-    return _vector(_mean_in(load_object(path, container), path), path, "base mean")
+    importer = importer_for(path)
+    if importer.base_mean is None:
+        raise DiffshotError(f"{path}: a {importer.name} file holds no base mean")
+    return importer.base_mean(path, ReadOptions(allow_external))
 
 
 def sibling_base_mean(path: Path) -> Path | None:
@@ -80,464 +146,6 @@ def sibling_base_mean(path: Path) -> Path | None:
             candidate = path.with_name(path.name[: -len(suffix)] + "_base_mean" + suffix[-4:])
             return candidate if candidate.is_file() else None
     return None
-
-
-def sniff(path: Path) -> str:
-    """The container by its first bytes: hdf5, npz, npy, torch, pickle, or unknown."""
-    with open(path, "rb") as handle:
-        head = handle.read(16)
-    if not head:
-        raise DiffshotError(f"{path}: empty file")
-    if head.startswith(HDF5_MAGIC):
-        return "hdf5"
-    if head.startswith(ZIP_MAGIC):
-        return _zip_kind(path)
-    if head.startswith(NPY_MAGIC):
-        return "npy"
-    if head.startswith(TORCH_LEGACY_MAGIC):
-        return "torch"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "pickle"
-    return "pickle" if path.suffix.lower() in PICKLE_SUFFIXES else "unknown"
-
-
-def _zip_kind(path: Path) -> str:
-    """A zip archive is a torch file (it holds data.pkl) or an .npz (only .npy members)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DiffshotError(f"{path}: corrupt or truncated zip archive ({exc})") from None
-    if any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
-        return "torch"
-    if names and all(name.endswith(".npy") for name in names):
-        return "npz"
-    return "zip"
-
-
-def load_object(path: Path, container: str) -> object:
-    """The Python object a non-HDF5 file holds, loaded as data only."""
-    if container == "pickle":
-        return safe_load(path)
-    if container == "torch":
-        return safe_torch_load(path)
-    if container == "npz":
-        return _read_npz(path)
-    if container == "npy":
-        return _read_npy(path)
-    what = "a zip archive that is neither .npz nor a torch file" if container == "zip" else _describe_bytes(path)
-    raise _unknown(path, what)
-
-
-def _describe_bytes(path: Path) -> str:
-    """'a text file' or 'unrecognised binary data', from the first bytes."""
-    with open(path, "rb") as handle:
-        head = handle.read(512)
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
-        return "unrecognised binary data"
-    return "a text file"
-
-
-def _unknown(path: Path, what: str) -> DiffshotError:
-    """The one-line error for content that matches no known layout."""
-    return DiffshotError(f"{path}: not a features file diffshot knows ({what}); {KNOWN}")
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of an .npz, loaded with allow_pickle=False once the declared shapes fit what the archive holds."""
-    try:
-        _check_npz_sizes(path)
-        with np.load(path, allow_pickle=False) as archive:
-            return {key: _npz_member(archive, key, path) for key in archive.files}
-    except (zipfile.BadZipFile, OSError, EOFError, MemoryError) as exc:
-        raise DiffshotError(f"{path}: corrupt or truncated .npz ({exc})") from None
-
-
-def _npy_header(handle: BinaryIO, path: Path, what: str) -> tuple[tuple[int, ...], np.dtype, int]:
-    """The shape, dtype and header length an .npy stream declares, read without reading its data."""
-    try:
-        version = np.lib.format.read_magic(handle)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
-        else:
-            raise ValueError(f"format version {version} is not read")
-    except (ValueError, EOFError, OSError, SyntaxError, zipfile.BadZipFile) as exc:
-        raise DiffshotError(f"{path}: {what} has a corrupt .npy header ({str(exc).splitlines()[0]})") from None
-    return tuple(shape), dtype, handle.tell()
-
-
-def _declared_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
-    """Bytes an array of ``shape`` and ``dtype`` takes, in exact integer arithmetic."""
-    count = 1
-    for size in shape:
-        count *= int(size)
-    return count * dtype.itemsize
-
-
-def _check_npy_size(path: Path, what: str, shape: tuple[int, ...], dtype: np.dtype, held: int) -> int:
-    """The declared data size, or a one-line error when it is more than the ``held`` bytes that follow the header."""
-    need = _declared_bytes(shape, dtype)
-    if need > held and not dtype.hasobject:
-        raise DiffshotError(
-            f"{path}: {what} declares shape {shape} of {dtype} ({human(need)}) but holds only {human(held)} of data; "
-            f"refused before allocating"
-        )
-    return need
-
-
-def _check_npz_sizes(path: Path) -> None:
-    """Refuse an .npz whose members declare more data than they hold, or more than memory, before reading any."""
-    budget = Budget(path)
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            what = f"array {info.filename.removesuffix('.npy')!r}"
-            with archive.open(info) as member:
-                shape, dtype, header = _npy_header(member, path, what)
-            need = _check_npy_size(path, what, shape, dtype, info.file_size - header)
-            compressed = info.compress_type != zipfile.ZIP_STORED
-            budget.take(need, info.compress_size, COMPRESSED_RATIO if compressed else 1, what)
-
-
-def _npz_member(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
-    """One array of an .npz; Python-object arrays are refused since they need pickle."""
-    try:
-        return archive[key]
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise DiffshotError(
-                f"{path}: array {key!r} holds Python objects, which need pickle; diffshot reads .npz with "
-                f"allow_pickle=False, so save strings as a fixed-width array (np.array(names, dtype=str))"
-            ) from None
-        raise DiffshotError(f"{path}: array {key!r} is corrupt ({exc})") from None
-
-
-def _read_npy(path: Path) -> np.ndarray:
-    """A single .npy array, loaded with allow_pickle=False once its declared shape fits the file."""
-    with open(path, "rb") as handle:
-        shape, dtype, header = _npy_header(handle, path, "the array")
-    need = _check_npy_size(path, "the array", shape, dtype, path.stat().st_size - header)
-    Budget(path).take(need, need, 1, "the array")
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise DiffshotError(f"{path}: not a readable .npy without pickle ({str(exc).splitlines()[0]})") from None
-    except (OSError, EOFError, MemoryError) as exc:
-        raise DiffshotError(f"{path}: corrupt or truncated .npy ({exc})") from None
-
-
-def _read_hdf5(path: Path, allow_external: bool = False) -> FeatureSet:
-    """A CloserLookFewShot or canonical HDF5 file; otherwise an error naming the missing datasets."""
-    with open_hdf5(path, allow_external) as handle:
-        if "all_feats" in handle or "all_labels" in handle:
-            return _to_featureset(_closer_look(handle, path), path, "hdf5")
-        if is_canonical(handle):
-            return read_canonical(handle, str(path))
-        missing = [key for key in ("features", "labels") if key not in handle]
-        names = " and ".join(repr(key) for key in missing)
-        raise DiffshotError(
-            f"{path}: not a features file diffshot knows: missing dataset{'s' * (len(missing) > 1)} {names}; "
-            f"expected the canonical HDF5 (features, labels) or CloserLookFewShot's (all_feats, all_labels, count)"
-        )
-
-
-def _closer_look(handle: h5py.File, path: Path) -> Imported:
-    """CloserLookFewShot's save_features.py layout; rows past ``count`` are zero padding and are dropped."""
-    for key in ("all_feats", "all_labels"):
-        if not isinstance(handle.get(key), h5py.Dataset):
-            raise DiffshotError(
-                f"{path}: missing dataset {key!r} (CloserLookFewShot layout: all_feats, all_labels, count)"
-            )
-    feats, labels = handle["all_feats"], handle["all_labels"]
-    if feats.ndim != 2:
-        raise DiffshotError(f"{path}: all_feats must be a 2-D array [rows, dim], got shape {feats.shape}")
-    rows = feats.shape[0]
-    if labels.shape[:1] != (rows,):
-        raise DiffshotError(f"{path}: all_feats has {rows} rows but all_labels has shape {labels.shape}")
-    count = _closer_look_count(handle, path, rows)
-    note = f"dropped {rows - count} zero-padding rows past count" if count < rows else None
-    budget = Budget(path)
-    return Imported(
-        read_dataset(feats, budget, "all_feats", count),
-        read_dataset(labels, budget, "all_labels", count),
-        "closer-look-hdf5",
-        note=note,
-    )
-
-
-def _closer_look_count(handle: h5py.File, path: Path, rows: int) -> int:
-    """The number of real rows: the ``count`` dataset (or attribute); every row when neither is there."""
-    if isinstance(handle.get("count"), h5py.Dataset):
-        raw = read_dataset(handle["count"], Budget(path), "count")
-    elif "count" in handle.attrs:
-        raw = handle.attrs["count"]
-    else:
-        return rows
-    values = np.asarray(raw).reshape(-1)
-    if values.size != 1 or values.dtype.kind not in "iuf":
-        raise DiffshotError(f"{path}: 'count' must be a single integer, got {values.size} values of {values.dtype}")
-    if not np.isfinite(values[0]) or values[0] != np.round(values[0]):
-        raise DiffshotError(f"{path}: 'count' must be a whole number of rows, got {values[0]}")
-    count = int(values[0])
-    if not 0 < count <= rows:
-        raise DiffshotError(f"{path}: 'count' is {count} but all_feats has {rows} rows")
-    return count
-
-
-def _hdf5_base_mean(path: Path, allow_external: bool = False) -> np.ndarray:
-    """The ``base_mean`` dataset of an HDF5 file."""
-    with open_hdf5(path, allow_external) as handle:
-        if not isinstance(handle.get("base_mean"), h5py.Dataset):
-            raise DiffshotError(f"{path}: missing dataset 'base_mean'")
-        return read_dataset(handle["base_mean"], Budget(path), "base_mean")
-
-
-def parse(obj: object, path: Path, container: str, require_labels: bool = True) -> Imported:
-    """Recognise the layout of a loaded object (dict, list, tuple, array or tensor) and pull out features and labels."""
-    if isinstance(obj, Mapping):
-        if not require_labels and "features" in obj and "labels" not in obj:
-            features = _array(obj["features"], path, "features")
-            labels = np.zeros(features.shape[0] if features.ndim else 0, dtype=np.int64)
-            return Imported(features, labels, "unlabelled-" + container, class_names=[UNLABELLED])
-        return _parse_mapping(obj, path, container)
-    if isinstance(obj, list | tuple):
-        return _parse_sequence(obj, path)
-    if isinstance(obj, np.ndarray) or _is_tensor(obj):
-        return _parse_array(_array(obj, path, "the stored array"), path)
-    raise _unknown(path, _describe(obj))
-
-
-def _parse_mapping(obj: Mapping[object, object], path: Path, container: str) -> Imported:
-    """TIM's dict, a {'features', 'labels'} dict (or .npz), or a {class: vectors} dict."""
-    noun = "array" if container == "npz" else "key"
-    for feat_key, label_key, layout in (
-        ("concat_features", "concat_labels", "tim-dict"),
-        ("features", "labels", "npz" if container == "npz" else "features-labels-dict"),
-    ):
-        if feat_key in obj and label_key in obj:
-            return Imported(
-                features=_array(obj[feat_key], path, feat_key),
-                labels=_labels(obj[label_key], path, label_key),
-                layout=layout,
-                class_names=_strings(obj.get("class_names"), path, "class_names"),
-                class_split=_strings(obj.get("class_split"), path, "class_split"),
-                base_mean=None if obj.get("base_mean") is None else _vector(obj["base_mean"], path, "base_mean"),
-            )
-        if feat_key in obj or label_key in obj:
-            found, missing = (feat_key, label_key) if feat_key in obj else (label_key, feat_key)
-            raise DiffshotError(f"{path}: missing {noun} {missing!r} (found {found!r}; both are needed)")
-    if _is_class_dict(obj):
-        return _parse_class_dict(obj, path)
-    raise _unknown(path, _describe(obj))
-
-
-def _parse_sequence(seq: Sequence[object], path: Path) -> Imported:
-    """SimpleShot's [base_mean, ..., {class: vectors}, ...], a (features, labels) pair, or EASY's per-class list."""
-    if len(seq) >= 2 and _is_vector(seq[0]):
-        found = next((item for item in seq[1:] if isinstance(item, Mapping) and _is_class_dict(item)), None)
-        if found is not None:
-            base_mean = _vector(seq[0], path, "the list's first element (base mean)")
-            return dataclasses.replace(_parse_class_dict(found, path), layout="simpleshot-list", base_mean=base_mean)
-    if not seq or not all(isinstance(item, list | tuple | np.ndarray) or _is_tensor(item) for item in seq):
-        raise _unknown(path, _describe(seq))
-    arrays = [_array(item, path, f"element {index}") for index, item in enumerate(seq)]
-    if len(arrays) == 2 and arrays[0].ndim == 2 and arrays[1].ndim == 1:
-        return Imported(arrays[0], _labels(arrays[1], path, "labels"), "features-labels-pair")
-    if all(array.ndim == 2 for array in arrays):
-        return _per_class(arrays, path, "easy-class-list")
-    raise _unknown(path, _describe(seq))
-
-
-def _parse_array(array: np.ndarray, path: Path) -> Imported:
-    """EASY's [classes, samples, d] tensor, or a lone vector (a base mean read as a one-row set)."""
-    if array.ndim == 3:
-        return _per_class(list(array), path, "easy-tensor")
-    if array.ndim == 1:
-        return Imported(_numeric(array, path, "the vector")[None, :], np.zeros(1, np.int64), "vector", ["vector"])
-    raise _unknown(path, f"an array of shape {tuple(array.shape)} with no labels")
-
-
-def _per_class(blocks: Sequence[np.ndarray], path: Path, layout: str) -> Imported:
-    """Rows stacked class after class; the label is the class's position (EASY stores base, val, novel in order)."""
-    dims = {block.shape[1] for block in blocks}
-    if len(dims) > 1:
-        raise DiffshotError(f"{path}: per-class arrays have different dimensions {sorted(dims)}")
-    counts = [block.shape[0] for block in blocks]
-    labels = np.repeat(np.arange(len(blocks), dtype=np.int64), counts)
-    note = "classes numbered in stored order; the file records no base/val/novel split, so every class is novel"
-    return Imported(np.concatenate(blocks), labels, layout, note=note)
-
-
-def _parse_class_dict(obj: Mapping[object, object], path: Path) -> Imported:
-    """{class: list of vectors or [n, d] array}: rows in the dict's order, labelled by key (sorted into 0..C-1)."""
-    blocks, keys = [], []
-    for key, value in obj.items():
-        rows = _rows(value, path, f"class {key!r}")
-        if rows.shape[0]:
-            blocks.append(rows)
-            keys.append(key)
-    if not blocks:
-        raise DiffshotError(f"{path}: every class in the dict is empty")
-    dims = {block.shape[1] for block in blocks}
-    if len(dims) > 1:
-        raise DiffshotError(f"{path}: classes hold vectors of different dimensions {sorted(dims)}")
-    labels = np.repeat(_key_labels(keys), [block.shape[0] for block in blocks])
-    return Imported(np.concatenate(blocks), labels, "class-dict")
-
-
-def _rows(value: object, path: Path, what: str) -> np.ndarray:
-    """A class's vectors as a 2-D numeric array [n, d] (a single vector becomes one row; empty gives [0, 0])."""
-    array = _array(value, path, what)
-    if array.size == 0:
-        return np.zeros((0, 0), np.float32)
-    if array.ndim == 1:
-        array = array[None, :]
-    if array.ndim != 2:
-        raise DiffshotError(f"{path}: {what} holds an array of shape {tuple(array.shape)}; expected vectors [n, d]")
-    return _numeric(array, path, what)
-
-
-def _key_labels(keys: Sequence[object]) -> np.ndarray:
-    """Dict keys as labels: integers stay integers (sorted numerically); anything else becomes its string."""
-    if all(isinstance(key, int | np.integer) and not isinstance(key, bool) for key in keys):
-        return np.array([int(key) for key in keys], dtype=np.int64)
-    return np.array([_text(key) for key in keys])
-
-
-def _is_class_dict(obj: Mapping[object, object]) -> bool:
-    """Whether every key is a class id (int or string) and every value a collection of vectors."""
-    keys_ok = all(isinstance(key, int | str | bytes | np.integer) and not isinstance(key, bool) for key in obj)
-    values_ok = all(isinstance(value, list | tuple | np.ndarray) or _is_tensor(value) for value in obj.values())
-    return bool(obj) and keys_ok and values_ok
-
-
-def _is_tensor(value: object) -> bool:
-    """Whether ``value`` is a torch tensor (torch is only imported by whoever built one)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(value, torch.Tensor)
-
-
-def _is_vector(value: object) -> bool:
-    """Whether ``value`` is a 1-D numeric array or tensor."""
-    if _is_tensor(value):
-        return value.ndim == 1 and not value.is_complex()
-    return isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "fiu"
-
-
-def _array(value: object, path: Path, what: str) -> np.ndarray:
-    """A numpy array from an array, a tensor, or a (nested) list of them or of numbers."""
-    if _is_tensor(value):
-        return _tensor_to_numpy(value)
-    if isinstance(value, np.ndarray):
-        return value
-    try:
-        if isinstance(value, list | tuple) and any(isinstance(v, np.ndarray) or _is_tensor(v) for v in value):
-            return np.stack([_array(item, path, what) for item in value])
-        return np.asarray(value)
-    except ValueError:
-        raise DiffshotError(f"{path}: {what} holds vectors of different lengths") from None
-
-
-def _tensor_to_numpy(tensor: object) -> np.ndarray:
-    """A CPU numpy copy of a tensor; bfloat16 and other non-numpy floats become float32."""
-    import torch
-
-    tensor = tensor.detach().cpu()
-    if tensor.layout != torch.strided:
-        tensor = tensor.to_dense()
-    if tensor.is_floating_point() and tensor.dtype not in (torch.float16, torch.float32, torch.float64):
-        tensor = tensor.to(torch.float32)
-    return tensor.numpy()
-
-
-def _numeric(array: np.ndarray, path: Path, what: str) -> np.ndarray:
-    """The array when it holds numbers; an error naming ``what`` otherwise."""
-    if array.dtype.kind not in "fiu":
-        raise DiffshotError(f"{path}: {what} is not numeric (dtype {array.dtype})")
-    return array
-
-
-def _labels(value: object, path: Path, what: str) -> np.ndarray:
-    """Labels as a 1-D array; a [N, 1] column is flattened; a list mixing numbers and text is refused.
-
-    (numpy would turn ``[1, "1"]`` into two equal strings and silently merge the classes.)
-    """
-    if isinstance(value, list | tuple) and len({isinstance(v, str | bytes) for v in value}) > 1:
-        raise DiffshotError(f"{path}: {what} mix integers and strings, which cannot be sorted into classes")
-    array = _array(value, path, what)
-    return array.reshape(-1) if array.ndim == 2 and array.shape[1] == 1 else array
-
-
-def _vector(value: object, path: Path, what: str) -> np.ndarray:
-    """A 1-D numeric vector (a [1, d] row is accepted)."""
-    array = _array(value, path, what)
-    if array.ndim == 2 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 1 or array.size == 0:
-        raise DiffshotError(f"{path}: {what} must be a 1-D vector [d], got shape {tuple(array.shape)}")
-    return _numeric(array, path, what)
-
-
-def _strings(value: object, path: Path, what: str) -> list[str] | None:
-    """A list of strings from an array or list of str/bytes; None stays None."""
-    if value is None:
-        return None
-    array = _array(value, path, what)
-    if array.ndim != 1:
-        raise DiffshotError(f"{path}: {what} must be 1-D, got shape {tuple(array.shape)}")
-    return [_text(item) for item in array.tolist()]
-
-
-def _text(value: object) -> str:
-    """A str from str, bytes or anything printable."""
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def _mean_in(obj: object, path: Path) -> object:
-    """Where a base mean sits in a loaded object: the object itself, SimpleShot's first element, or 'base_mean'."""
-    if isinstance(obj, np.ndarray) or _is_tensor(obj):
-        return obj
-    if isinstance(obj, list | tuple) and obj and _is_vector(obj[0]):
-        return obj[0]
-    if isinstance(obj, Mapping) and "base_mean" in obj:
-        return obj["base_mean"]
-    raise DiffshotError(
-        f"{path}: no base mean here ({_describe(obj)}); expected a 1-D vector [d], SimpleShot's list "
-        f"[base_mean, ...], or a file with a 'base_mean' entry"
-    )
-
-
-def _describe(obj: object) -> str:
-    """A short account of a loaded object for error messages."""
-    if isinstance(obj, Mapping):
-        keys = [repr(key) for key in list(obj)[:5]]
-        more = ", ..." if len(obj) > 5 else ""
-        return f"a dict with keys [{', '.join(keys)}{more}]"
-    if isinstance(obj, list | tuple):
-        kinds = sorted({type(item).__name__ for item in obj[:20]})
-        return f"a {type(obj).__name__} of {len(obj)} items ({', '.join(kinds) or 'empty'})"
-    if isinstance(obj, np.ndarray) or _is_tensor(obj):
-        return f"an array of shape {tuple(obj.shape)}"
-    return f"a {type(obj).__name__}"
-
-
-def _to_featureset(imported: Imported, path: Path, container: str) -> FeatureSet:
-    """Validate imported arrays into a FeatureSet, recording where they came from in ``attrs``."""
-    attrs = {"imported_from": imported.layout, "imported_container": container}
-    if imported.note:
-        attrs["import_note"] = imported.note
-    return make_featureset(
-        imported.features,
-        imported.labels,
-        class_names=imported.class_names,
-        class_split=imported.class_split,
-        base_mean=imported.base_mean,
-        attrs=attrs,
-        source=str(path),
-    )
 
 
 def _with_base_mean(fs: FeatureSet, mean_path: Path, allow_external: bool = False) -> FeatureSet:
@@ -557,4 +165,15 @@ def _with_base_mean(fs: FeatureSet, mean_path: Path, allow_external: bool = Fals
     )
 
 
-__all__ = ["KNOWN", "Imported", "load_object", "parse", "read_base_mean", "read_foreign", "sibling_base_mean", "sniff"]
+__all__ = [
+    "IMPORTERS",
+    "KNOWN",
+    "Imported",
+    "Importer",
+    "ReadOptions",
+    "importer_for",
+    "object_importer",
+    "read_base_mean",
+    "read_foreign",
+    "sibling_base_mean",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import h5py
@@ -58,10 +59,13 @@ def _check_dataset(ds: h5py.Dataset, where: str, path: Path | str) -> None:
         )
 
 
-def open_hdf5(path: Path | str, allow_external: bool = False) -> h5py.File:
-    """An HDF5 file opened read-only and checked to be self-contained (unless ``allow_external``)."""
+def open_hdf5(path: Path | str, allow_external: bool = False, image: bytes | None = None) -> h5py.File:
+    """An HDF5 file opened read-only and checked to be self-contained (unless ``allow_external``).
+
+    ``image`` is the file's bytes already read (then the file is not read again; messages still name ``path``).
+    """
     try:
-        handle = h5py.File(path, "r")
+        handle = h5py.File(path if image is None else io.BytesIO(image), "r")
     except OSError as exc:
         raise DiffshotError(f"{path}: unreadable HDF5 file ({exc})") from None
     if not allow_external:

@@ -28,8 +28,8 @@ from diffshot.episodes import Episodes
 from diffshot.errors import DiffshotError
 from diffshot.lazy import functional as F
 from diffshot.lazy import torch
+from diffshot.methods._graph import knn_param, layers_param, step_size_param
 from diffshot.methods.base import Method, param
-from diffshot.methods.diffusion import knn_param, layers_param, step_size_param
 from diffshot.ops.classify import cosine, rectification_weights
 from diffshot.ops.diffusion import diffusion_operator
 from diffshot.ops.graph import episode_laplacian

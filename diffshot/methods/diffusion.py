@@ -10,14 +10,22 @@ One large task (``predict``) runs the same recipe on a sparse FAISS graph, stepp
 from __future__ import annotations
 
 import dataclasses
-import math
-import warnings
-from typing import Any
 
 from diffshot.episodes import Episodes, Task
 from diffshot.errors import DiffshotError
 from diffshot.lazy import torch
-from diffshot.methods.base import AUTO, Method, OpenSetScores, TaskScores, param
+from diffshot.methods._graph import (
+    graph_inputs,
+    knn_param,
+    layers_param,
+    method_graph_size,
+    n_top_param,
+    resolved_graph,
+    sigma_param,
+    step_size_param,
+    task_graph,
+)
+from diffshot.methods.base import Method, OpenSetScores, TaskScores, param
 from diffshot.ops.classify import (
     gram_cosine,
     gram_squared_distances,
@@ -28,10 +36,9 @@ from diffshot.ops.classify import (
     support_averaging,
 )
 from diffshot.ops.diffusion import diffuse_, diffuse_gram, diffused_prototype_scores, diffusion_operator
-from diffshot.ops.graph import episode_laplacian, sparse_graph, sparse_laplacian_of
-from diffshot.ops.knn import EPISODE_BACKENDS, gram
+from diffshot.ops.graph import episode_laplacian, sparse_laplacian_of
 from diffshot.ops.openset import otsu_rejection
-from diffshot.ops.preprocess import cl2n, transductive_gram, transductive_points
+from diffshot.ops.preprocess import cl2n, transductive_gram
 from diffshot.ops.proportions import (
     anchor_support_,
     proportion_em,
@@ -42,101 +49,7 @@ from diffshot.ops.proportions import (
 )
 from diffshot.ops.reject import max_cosine_unknown
 from diffshot.ops.sinkhorn import PTMAP_ALPHA, PTMAP_STEPS, balanced_assignment
-from diffshot.ops.spectrum import stable_step_batched, stable_step_sparse
-
-PAPER_N_TOP = 8
-PAPER_SIGMA = 4
-MAX_STEP_SIZE = 2.0
-MAX_LAYERS = 1000
-STEP_NOTICE = (
-    "diffusion: the step τ = {tau:g} was reduced in {where}, so that τ·λ_max ≤ 1.9 "
-    "(the explicit step x − τLx diverges once τ·λ_max ≥ 2)"
-)
-
-
-def step_size_param() -> Any:
-    """τ, shared by the diffusion family."""
-    return param(0.5, "τ, the strength of each diffusion step (paper: 0.5)", minimum=0.0, maximum=MAX_STEP_SIZE)
-
-
-def layers_param() -> Any:
-    """T, shared by the diffusion family."""
-    return param(6, "T, the number of diffusion steps (paper's example: 6)", minimum=0, maximum=MAX_LAYERS)
-
-
-def knn_param() -> Any:
-    """The neighbour search of an episode graph, shared by the graph methods."""
-    return param("torch", "episode neighbour search: batched dense torch, or FAISS", choices=EPISODE_BACKENDS)
-
-
-def n_top_param(default: int | str = AUTO) -> Any:
-    """The graph size of the diffusion family."""
-    return param(
-        default,
-        "keep entries below the n_top-th smallest distance, the point itself included "
-        "(paper: 8; auto: adapts to queries per shot, see README)",
-        kind=int,
-        auto=default == AUTO,
-        minimum=2,
-    )
-
-
-def sigma_param(default: int | str = AUTO) -> Any:
-    """The Gaussian width rank of the diffusion family."""
-    return param(
-        default,
-        "Gaussian width σ_i = the sigma-th smallest distance of row i (paper: 4; auto: min(4, n_top))",
-        kind=int,
-        auto=default == AUTO,
-        minimum=1,
-    )
-
-
-def auto_n_top(shots: float, points_per_class: float, balanced: bool = False) -> int:
-    """n_top adapted to the task: a point keeps about as many neighbours as there are queries per shot.
-
-    With m = points per class and q = m − shots queries per class: n_top = 2 when several shots face
-    no more queries than shots — the graph keeps only the point itself, so only the shift acts
-    (diffusion among many labelled and few unlabelled points mixes neighbouring classes' prototypes);
-    else 2 + ⌈q / shots⌉, capped at 8 (the paper's; one shot and one query gives 3, measured best;
-    5 shots and 15 queries give 5, measured above the paper's 8 on BANKING77's val split at 5 and 10 ways,
-    docs/methods.md). Under the ``balanced`` assignment n_top = 2 already from q ≤ shots, and 8 (the paper's)
-    from m ≥ 16, the regime the paper tuned for: the Sinkhorn does the transductive work (measured on
-    BANKING77's val split).
-    """
-    queries = points_per_class - shots
-    if balanced and points_per_class >= 16:
-        return PAPER_N_TOP
-    if (shots > 1 or balanced) and queries <= shots:
-        return 2
-    return min(PAPER_N_TOP, 2 + math.ceil(queries / shots - 1e-9))
-
-
-def graph_size(
-    shots: float, points_per_class: float, n_top: int | str, sigma: int | str, balanced: bool = False
-) -> tuple[int, int]:
-    """The n_top and sigma to use: explicit values win; ``auto`` follows :func:`auto_n_top`, sigma = min(4, n_top)."""
-    top = auto_n_top(shots, points_per_class, balanced) if n_top == AUTO else int(n_top)
-    return top, (min(PAPER_SIGMA, top) if sigma == AUTO else int(sigma))
-
-
-def episode_graph_size(
-    episodes: Episodes, n_top: int | str, sigma: int | str, balanced: bool = False
-) -> tuple[int, int]:
-    """:func:`graph_size` for a batch of episodes."""
-    return graph_size(episodes.num_support / episodes.ways, episodes.points_per_class, n_top, sigma, balanced)
-
-
-def method_graph_size(episodes: Episodes, params: object) -> tuple[int, int]:
-    """The graph size of a diffusion-family method's parameters (``assign = balanced`` has its own auto rule)."""
-    balanced = getattr(params, "assign", "nearest") == "balanced"
-    return episode_graph_size(episodes, params.n_top, params.sigma, balanced)  # type: ignore[attr-defined]
-
-
-def resolved_graph(episodes: Episodes, params: object) -> dict[str, object]:
-    """The graph size the ``auto`` rule picked for these episodes."""
-    n_top, sigma = method_graph_size(episodes, params)
-    return {"n_top": n_top, "sigma": sigma}
+from diffshot.ops.spectrum import checked_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,14 +103,6 @@ class DiffusionParams:
     )
 
 
-def graph_inputs(episodes: Episodes, shift: bool, knn: str) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """The prepared points (only FAISS needs them; None for torch) and their Gram matrix [E, n, n]."""
-    if knn == "torch":
-        return None, transductive_gram(episodes.points, episodes.centre, episodes.num_support, shift)
-    points = transductive_points(episodes.points, episodes.centre, episodes.num_support, shift)
-    return points, gram(points)
-
-
 def diffused_gram(episodes: Episodes, params: DiffusionParams, anchored: bool = False) -> torch.Tensor:
     """Gram matrix [E, n, n] of the diffused support + query points of every episode (``anchored``: support kept)."""
     inner, operator = diffusion_parts(episodes, params)
@@ -215,9 +120,7 @@ def graph_and_steps(episodes: Episodes, params: DiffusionParams) -> tuple[torch.
     points, inner = graph_inputs(episodes, params.shift, params.knn)
     n_top, sigma = method_graph_size(episodes, params)
     lap = episode_laplacian(points, n_top, sigma, params.knn, inner)
-    steps, _ = stable_step_batched(lap, params.step_size)
-    if bool((steps < params.step_size).any()):
-        warnings.warn(STEP_NOTICE.format(tau=params.step_size, where="some episodes"), stacklevel=4)
+    steps, _ = checked_step(lap, params.step_size, stacklevel=3)
     return inner, lap, steps
 
 
@@ -262,7 +165,7 @@ def scarce_scores(episodes: Episodes, params: DiffusionParams, raw: torch.Tensor
         points = share_shift_(cl2n(episodes.points, episodes.centre), episodes.support_labels, ways, share)
     n_top, sigma = method_graph_size(episodes, params)
     lap = episode_laplacian(points, n_top, sigma, params.knn, shifted)
-    steps, _ = stable_step_batched(lap, params.step_size)
+    steps, _ = checked_step(lap, params.step_size, stacklevel=4)
     operator = anchor_support_(diffusion_operator(lap, steps, params.layers), ns)
     mix = support_averaging(episodes.support_labels, ways, shifted.shape[-1], shifted.dtype)
     return -gram_squared_distances(diffuse_gram(shifted, operator), mix, slice(ns, None))
@@ -348,19 +251,6 @@ def query_to_diffused_cosine(
     return dots[..., rows, :] / (norms[..., None] * proto_norms[..., None, :])
 
 
-def task_graph(
-    task: Task, n_top: int | str, sigma: int | str, shift: bool, points: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """One large task's transductive points (or ``points`` given) and sparse graph W̃, with its ``auto`` graph size."""
-    if points is None:
-        points = transductive_points(task.points, task.centre, task.num_support, shift)
-    n = points.shape[0]
-    top, width = graph_size(task.shots, task.points_per_class, n_top, sigma)
-    top, width = min(top, n), min(width, n)
-    dist, ids = task.search(points.cpu().numpy(), max(top, width))
-    return points, sparse_graph(dist, ids, top, width), top, width
-
-
 def label(task: Task, params: DiffusionParams) -> TaskScores:
     """The same recipe on one large task: a sparse FAISS graph, T sparse steps on the features, then the decision.
 
@@ -420,12 +310,7 @@ def diffused_task(
     points, graph, n_top, sigma = task_graph(task, params.n_top, params.sigma, params.shift, points)
     lap = sparse_laplacian_of(graph).to(points.device)
     del graph
-    step, bound = stable_step_sparse(lap, params.step_size)
-    if step < params.step_size:
-        warnings.warn(
-            STEP_NOTICE.format(tau=params.step_size, where=f"this graph (λ_max ≤ {bound:.3g}): τ = {step:.3g}"),
-            stacklevel=3,
-        )
+    step, bound = checked_step(lap, params.step_size, stacklevel=3)
     x = diffuse_(points, lap, step, params.layers)
     details = {
         "n_top": n_top,

@@ -13,8 +13,7 @@ import dataclasses
 from diffshot.episodes import Episodes, Task
 from diffshot.lazy import functional as F
 from diffshot.lazy import torch
-from diffshot.methods.base import Method, TaskScores, param
-from diffshot.methods.diffusion import (
+from diffshot.methods._graph import (
     episode_graph_size,
     graph_inputs,
     knn_param,
@@ -23,6 +22,7 @@ from diffshot.methods.diffusion import (
     sigma_param,
     task_graph,
 )
+from diffshot.methods.base import Method, TaskScores, param
 from diffshot.ops.graph import degree_normalised, episode_graph, to_csr
 
 CG_TOLERANCE = 1e-6

@@ -23,6 +23,7 @@ Three estimates, in order of cost:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 from diffshot.errors import DiffshotError
@@ -35,6 +36,10 @@ POWER_TOL = 0.0
 POWER_SAFETY = 1.1
 STABLE_LIMIT = 1.9
 LAPLACIAN_TOL = 1e-4
+STEP_NOTICE = (
+    "diffusion: the step τ = {tau:g} was reduced in {where}, so that τ·λ_max ≤ 1.9 "
+    "(the explicit step x − τLx diverges once τ·λ_max ≥ 2)"
+)
 
 
 def _matvec(laplacian: torch.Tensor | MatVec) -> tuple[MatVec, int | None, torch.dtype, torch.device]:
@@ -252,3 +257,24 @@ def stable_step_batched(
     if bool(unsure.any()):
         lam[unsure] = torch.linalg.eigvalsh(laplacian[unsure])[..., -1].to(lam.dtype)
     return stable_step_size(step_size, lam, limit), lam  # type: ignore[return-value]
+
+
+def checked_step(
+    laplacian: torch.Tensor, step_size: float, stacklevel: int = 2
+) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+    """The stable step of a graph and its λ_max bound, with one notice when τ had to be reduced.
+
+    Dense episode Laplacians [E, n, n] give per-episode steps and bounds [E] (:func:`stable_step_batched`);
+    one sparse [n, n] Laplacian gives floats (:func:`stable_step_sparse`). Every diffusion step of the
+    package takes its τ from here, so the bound and its notice are the same everywhere.
+    """
+    if laplacian.layout == torch.strided:
+        steps, bounds = stable_step_batched(laplacian, step_size)
+        if bool((steps < step_size).any()):
+            warnings.warn(STEP_NOTICE.format(tau=step_size, where="some episodes"), stacklevel=stacklevel + 1)
+        return steps, bounds
+    step, bound = stable_step_sparse(laplacian, step_size)
+    if step < step_size and not math.isclose(step, step_size):
+        where = f"this graph (λ_max ≤ {bound:.3g}): τ = {step:.3g}"
+        warnings.warn(STEP_NOTICE.format(tau=step_size, where=where), stacklevel=stacklevel + 1)
+    return step, bound

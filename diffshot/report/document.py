@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from diffshot import __version__
-from diffshot.run.evaluate import Evaluation, EvaluationRun, MethodResult
+from diffshot.results import Evaluation, EvaluationRun, MethodResult
 
 SCHEMA_VERSION = 1
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\0")

@@ -12,7 +12,7 @@ from diffshot import __version__
 from diffshot.atomic import atomic_path
 from diffshot.calibration import reliability
 from diffshot.errors import DiffshotError
-from diffshot.run.evaluate import EvaluationRun
+from diffshot.results import EvaluationRun
 
 EPISODES_FORMAT = "diffshot-episodes/1"
 PROTOCOL_KEYS = (

@@ -6,7 +6,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from diffshot.report.document import imbalance_text
-from diffshot.run.evaluate import EvaluationRun, MethodResult
+from diffshot.results import EvaluationRun, MethodResult
 
 
 def protocol_title(run: EvaluationRun) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from diffshot import __version__
 from diffshot.atomic import write_text_atomic
 from diffshot.features import FeatureSet, file_sha256
-from diffshot.run.tune import TuneResult
+from diffshot.results import TuneResult
 
 TUNE_KIND = "diffshot-tune"
 TUNE_SCHEMA_VERSION = 1

@@ -1,4 +1,4 @@
-"""Scripted evaluation for CI: a TOML suite of evaluations → JSON per entry, CSV, JUnit XML, Markdown summary.
+"""Scripted evaluation for CI: a TOML suite of evaluations, run entry by entry (``report.batch`` writes the files).
 
 Suite format (paths — ``features``, ``config`` — resolve relative to the suite file)::
 
@@ -15,27 +15,23 @@ Suite format (paths — ``features``, ``config`` — resolve relative to the sui
     params.diffusion = { layers = 6 }
     fail_under = { diffusion = 70.0 }   # minimum mean accuracy (percent)
 
-Every entry is a :class:`~diffshot.run.evaluate.EvaluationRequest`, run by the same
+Every entry is a :class:`~diffshot.results.EvaluationRequest`, run by the same
 :func:`~diffshot.run.evaluate.run_evaluation` as ``diffshot evaluate``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree as ET
 
-from diffshot.atomic import check_writable, write_text_atomic
 from diffshot.errors import DiffshotError
 from diffshot.features import SPLITS, FeatureSet, load_features
-from diffshot.report.document import CSV_FIELDS, csv_rows, to_json_document, write_csv
+from diffshot.results import Entry, EvaluationRequest, Outcome
 from diffshot.run.config import load_toml, read_config, validate_method_params
-from diffshot.run.evaluate import EvaluationRequest, EvaluationRun, prepare_runs, run_evaluation
+from diffshot.run.evaluate import prepare_runs, run_evaluation
 
 DEFAULT_METHODS = ("simpleshot", "diffusion")
 ENTRY_TYPES: dict[str, tuple[type, ...]] = {
@@ -56,54 +52,10 @@ ENTRY_TYPES: dict[str, tuple[type, ...]] = {
 }
 ENTRY_DEFAULTS: dict[str, object] = {"ways": 5, "shots": 1, "queries": 15, "episodes": 1000, "seed": 0}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
-XML_ILLEGAL = re.compile(r"[^\t\n\r\x20-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]")
 
 
 class SuiteError(DiffshotError):
     """A malformed suite (exit code 2): the message names the entry and the key."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """One validated suite entry: its name, the evaluation it asks for, and its thresholds."""
-
-    name: str
-    request: EvaluationRequest
-    fail_under: dict[str, float]
-
-    @property
-    def features(self) -> Path:
-        return self.request.features
-
-    @property
-    def methods(self) -> tuple[str, ...]:
-        return tuple(str(m) for m in self.request.methods)
-
-
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    """One entry's result: its typed run, or the reason it was skipped; ``errors``: method → why it failed to run."""
-
-    entry: Entry
-    run: EvaluationRun | None
-    skipped: str | None = None
-    errors: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    def accuracies(self) -> dict[str, tuple[float, float, int, float]]:
-        """Method → (mean accuracy, 95% interval, episodes, seconds) of this entry's run."""
-        if self.run is None:
-            return {}
-        results = self.run.evaluations[0].results
-        return {r.method: (r.summary.mean, r.summary.ci95, r.summary.n, r.seconds) for r in results}
-
-    def failures(self) -> dict[str, tuple[float, float]]:
-        """Methods whose accuracy is below their threshold: name → (accuracy, threshold)."""
-        found = {}
-        for method, (mean, *_rest) in self.accuracies().items():
-            limit = self.entry.fail_under.get(method)
-            if limit is not None and round(mean, 4) < limit:
-                found[method] = (round(mean, 4), limit)
-        return found
 
 
 def _check_type(where: str, key: str, value: object) -> None:
@@ -256,122 +208,3 @@ def run_suite(
         request = dataclasses.replace(entry.request, device=device)
         outcomes.append(Outcome(entry, run_evaluation(request, features=cache[entry.features])))
     return outcomes
-
-
-def xml_safe(text: str) -> str:
-    """``text`` with each character XML 1.0 forbids (control characters, lone surrogates) written as ``\\xNN``."""
-    return XML_ILLEGAL.sub(lambda found: ascii(found.group())[1:-1], text)
-
-
-def combined_csv(outcomes: list[Outcome]) -> str:
-    """One CSV for all entries: the evaluate CSV columns plus entry, fail_under and passed."""
-    rows = []
-    for outcome in outcomes:
-        if outcome.run is None:
-            continue
-        failed = outcome.failures()
-        for row in csv_rows(outcome.run):
-            limit = outcome.entry.fail_under.get(str(row["method"]))
-            row.update(entry=outcome.entry.name, fail_under="" if limit is None else limit)
-            row["passed"] = str(row["method"] not in failed).lower()
-            rows.append(row)
-    return write_csv(rows, ["entry", *CSV_FIELDS, "fail_under", "passed"])
-
-
-def junit_xml(outcomes: list[Outcome]) -> str:
-    """JUnit XML: one test case per entry and method; a missed threshold is a failure, a missing file a skip,
-    a method that could not run (``Outcome.errors``) an error."""
-    suite = ET.Element("testsuite", name="diffshot batch")
-    counts = {"tests": 0, "failures": 0, "skipped": 0, "errors": 0}
-    for outcome in outcomes:
-        entry = outcome.entry
-        measured = outcome.accuracies()
-        failed = outcome.failures()
-        for method in entry.methods:
-            counts["tests"] += 1
-            case = ET.SubElement(suite, "testcase", classname=entry.name, name=method)
-            case.set("time", f"{measured[method][3] if method in measured else 0}")
-            if outcome.skipped is not None:
-                counts["skipped"] += 1
-                ET.SubElement(case, "skipped", message=outcome.skipped)
-            elif method in outcome.errors:
-                counts["errors"] += 1
-                ET.SubElement(case, "error", message=outcome.errors[method])
-            elif method in failed:
-                counts["failures"] += 1
-                acc, limit = failed[method]
-                ET.SubElement(case, "failure", message=f"accuracy {acc:.2f} < fail_under {limit:.2f}")
-            if method in measured:
-                mean, ci, episodes, _ = measured[method]
-                out = ET.SubElement(case, "system-out")
-                out.text = f"accuracy {mean:.2f} ± {ci:.2f} over {episodes} episodes"
-    for key, value in counts.items():
-        suite.set(key, str(value))
-    ET.indent(suite)
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + xml_safe(ET.tostring(suite, encoding="unicode")) + "\n"
-
-
-def markdown_summary(outcomes: list[Outcome], figures: Mapping[str, str] | None = None) -> str:
-    """A Markdown table fit for a CI job summary: entry, method, protocol, accuracy, threshold, status.
-
-    ``figures`` (name → path relative to the summary) are linked below the table, so an artifact reads by looking.
-    """
-    lines = [
-        "| entry | method | ways | shots | episodes | accuracy (%) | fail_under | status |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for outcome in outcomes:
-        entry, request = outcome.entry, outcome.entry.request
-        measured = outcome.accuracies()
-        failed = outcome.failures()
-        for method in entry.methods:
-            limit = entry.fail_under.get(method)
-            accuracy = f"{measured[method][0]:.2f} ± {measured[method][1]:.2f}" if method in measured else "-"
-            status = "skipped" if outcome.skipped else ("FAIL" if method in failed else "pass")
-            status = "ERROR" if method in outcome.errors else status
-            threshold = "-" if limit is None else f"{limit:.2f}"
-            row = [entry.name, method, str(request.ways), str(request.shots[0]), str(request.episodes)]
-            lines.append("| " + " | ".join([*row, accuracy, threshold, status]) + " |")
-    if figures:
-        lines += ["", "## Figures", ""] + [f"![{name}]({path})" for name, path in figures.items()]
-    return "\n".join(lines) + "\n"
-
-
-def output_paths(output_dir: Path, entries: list[Entry], junit: Path | None) -> dict[str, Path]:
-    """Every file batch writes, checked writable before anything runs (a missing folder is created)."""
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DiffshotError(f"{output_dir}: cannot create the output folder ({exc.strerror})") from None
-    paths = {f"json:{e.name}": output_dir / f"{e.name}.json" for e in entries}
-    paths |= {"csv": output_dir / "results.csv", "markdown": output_dir / "summary.md"}
-    paths["junit"] = junit if junit is not None else output_dir / "junit.xml"
-    for path in paths.values():
-        check_writable(path)
-    return paths
-
-
-def write_outputs(paths: Mapping[str, Path], outcomes: list[Outcome], plots: Path | None = None) -> list[Path]:
-    """Write every output file atomically, after all entries have run; with ``plots``, draw the figures there too.
-
-    Returns the figures drawn (``<entry>.png`` per entry, ``summary.png`` for several), linked from summary.md.
-    """
-    written = []
-    for outcome in outcomes:
-        if outcome.run is not None:
-            document = to_json_document(outcome.run)
-            path = paths[f"json:{outcome.entry.name}"]
-            write_text_atomic(path, json.dumps(document, indent=2) + "\n")
-            written.append(path)
-    figures: list[Path] = []
-    if plots is not None and written:
-        from diffshot.plot import draw_batch
-
-        plots.mkdir(parents=True, exist_ok=True)
-        figures = draw_batch(written, plots)
-    summary = paths["markdown"]
-    links = {figure.stem: os.path.relpath(figure.resolve(), summary.resolve().parent) for figure in figures}
-    write_text_atomic(paths["csv"], combined_csv(outcomes))
-    write_text_atomic(paths["junit"], junit_xml(outcomes))
-    write_text_atomic(summary, markdown_summary(outcomes, links))
-    return figures

@@ -25,8 +25,9 @@ from typing import Any
 
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet, load_features
-from diffshot.run.batch import Entry, Outcome, SuiteError
-from diffshot.run.evaluate import Evaluation, EvaluationRun, prepare_runs, run_evaluation
+from diffshot.results import Entry, Evaluation, EvaluationRun, Outcome
+from diffshot.run.batch import SuiteError
+from diffshot.run.evaluate import prepare_runs, run_evaluation
 
 EXTRA = "pip install 'diffshot[dask]'"
 CONNECT_TIMEOUT = "20s"  # how long a Client waits for the scheduler at --scheduler ADDRESS

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from diffshot import interrupt
-from diffshot.calibration import DEFAULT_TEMPERATURE, ECE_BINS, ece, reliability_counts
+from diffshot.calibration import DEFAULT_TEMPERATURE, ECE_BINS, reliability_counts
 from diffshot.episodes import (
     ClassPool,
     EpisodeIndices,
@@ -33,80 +33,14 @@ from diffshot.errors import DiffshotError, UsageError
 from diffshot.features import FeatureSet, file_sha256, load_features
 from diffshot.lazy import torch
 from diffshot.methods import REGISTRY
+from diffshot.results import Evaluation, EvaluationRequest, EvaluationRun, FeaturesSource, MethodResult
 from diffshot.run.config import MethodRun, method_runs
-from diffshot.stats import Summary, episode_accuracy, open_set_metrics, paired_difference, summarise
+from diffshot.stats import episode_accuracy, open_set_metrics
 
 CHUNK_BYTES = 64 * 2**20
 MAX_CHUNK = 2000
 MAX_EPISODES = 10_000_000
 Progress = Callable[[int, str], None]  # (episodes done, label of the setting and method running)
-
-
-@dataclasses.dataclass(frozen=True)
-class MethodResult:
-    """One method's per-episode accuracies (percent) and its compute time; ``method`` is the run's label.
-
-    Under an open-set protocol ``accuracies`` are on the known queries (closed-set accuracy) and the
-    per-episode AUROC (fraction), known-class accuracy and unknown recall (percent) are kept too.
-    """
-
-    method: str
-    params: dict[str, object]
-    accuracies: np.ndarray
-    seconds: float
-    resolved: dict[str, object] = dataclasses.field(default_factory=dict)
-    auroc: np.ndarray | None = None
-    known_accuracy: np.ndarray | None = None
-    unknown_recall: np.ndarray | None = None
-    reliability: np.ndarray | None = None  # [3, bins]: query count, confidence sum, correct count per bin
-    temperature: float = DEFAULT_TEMPERATURE  # of the confidence softmax(scores / T)
-
-    @property
-    def open_set(self) -> dict[str, Summary] | None:
-        """Closed-set accuracy, AUROC, known-class accuracy and unknown recall as summaries; None when closed set."""
-        if self.auroc is None or self.known_accuracy is None or self.unknown_recall is None:
-            return None
-        return {
-            "closed_accuracy": self.summary,
-            "auroc": summarise(self.auroc),
-            "known_accuracy": summarise(self.known_accuracy),
-            "unknown_recall": summarise(self.unknown_recall),
-        }
-
-    @property
-    def summary(self) -> Summary:
-        return summarise(self.accuracies)
-
-    @property
-    def ece(self) -> float:
-        """Expected calibration error (percent points) over all queries of all episodes; NaN when not measured."""
-        return float("nan") if self.reliability is None else ece(self.reliability)
-
-    @property
-    def episodes_per_second(self) -> float:
-        return self.accuracies.size / self.seconds if self.seconds > 0 else float("inf")
-
-    def paired(self, baseline: MethodResult) -> Summary:
-        """Mean difference to ``baseline`` over the same episodes, ± its 95% interval (points of accuracy)."""
-        return paired_difference(self.accuracies, baseline.accuracies)
-
-
-@dataclasses.dataclass(frozen=True)
-class Evaluation:
-    """Everything one protocol produced: the protocol, the classes used, and each method's results."""
-
-    spec: EpisodeSpec
-    seed: int
-    episodes: int
-    split: str
-    classes: tuple[str, ...]
-    centring: str
-    results: tuple[MethodResult, ...]
-    sampling_seconds: float
-
-    def result(self, label: str | None) -> MethodResult | None:
-        """The result of the run labelled ``label`` (None when absent or not asked)."""
-        return next((r for r in self.results if r.method == label), None) if label else None
 
 
 def default_split(fs: FeatureSet) -> str:
@@ -133,11 +67,17 @@ class EpisodeSource:
     split: str
     classes: tuple[str, ...]
 
-    def batch(self, seed: int, start: int, count: int) -> tuple[Episodes, EpisodeIndices]:
-        """Episodes start..start+count-1 of ``seed`` as tensors, and their indices (query labels included)."""
+    def batch(
+        self, seed: int, start: int, count: int, out: torch.Tensor | None = None
+    ) -> tuple[Episodes, EpisodeIndices]:
+        """Episodes start..start+count-1 of ``seed`` as tensors, and their indices (query labels included).
+
+        ``out`` is a buffer the points are gathered into (:func:`diffshot.episodes.gather`); they are valid until
+        the next call that reuses it.
+        """
         indices = sample_episodes(self.pool, self.spec, seed, start, count)
         episodes = Episodes(
-            points=gather(self.features, indices),
+            points=gather(self.features, indices, out),
             support_labels=torch.from_numpy(indices.support_labels).to(self.features.device),
             ways=self.spec.ways,
             centre=self.centre,
@@ -237,11 +177,14 @@ def evaluate(
     temps = [confidence_temperature(run, temperatures) for run in runs]
     bins = [np.zeros((3, ECE_BINS)) for _ in runs]
     sampling = 0.0
+    rows = spec.num_support + spec.num_query + spec.num_unknown
+    features = source.features
+    buffer = torch.empty((min(chunk, episodes), rows, fs.dim), dtype=features.dtype, device=features.device)
     for start in range(0, episodes, chunk):
         interrupt.check()
         count = min(chunk, episodes - start)
         tick = time.perf_counter()
-        batch, indices = source.batch(seed, start, count)
+        batch, indices = source.batch(seed, start, count, buffer)
         query_labels = torch.from_numpy(indices.query_labels).to(source.features.device)
         sampling += time.perf_counter() - tick
         for i, run in enumerate(runs):
@@ -302,69 +245,6 @@ def confidence_temperature(run: MethodRun, temperatures: Mapping[str, float] | N
     """The confidence temperature of a run: by its label, else its method's name, else the default 0.1."""
     table = temperatures or {}
     return float(table.get(run.label, table.get(run.method.name, DEFAULT_TEMPERATURE)))
-
-
-@dataclasses.dataclass(frozen=True)
-class FeaturesSource:
-    """Which features file a run read, and how: the ``features`` block of the JSON contract."""
-
-    path: Path
-    sha256: str
-    dim: int
-    classes: int
-    split: str
-    centring: str
-    device: str
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluationRequest:
-    """One ``evaluate`` command (or one ``batch`` entry): the protocol, the methods and where to run them.
-
-    ``methods`` are names, ``name:key=value,…`` variants, (name, overrides) pairs or MethodRuns;
-    ``config`` (a tuned TOML's tables), ``shared`` (flags given to every method that has the
-    parameter) and ``assignments`` (``--set``) override the defaults in that order; ``temperatures``
-    (a config's ``[calibration]`` table) sets each method's confidence temperature for its ECE.
-    """
-
-    features: Path
-    methods: tuple[object, ...] = ("simpleshot", "diffusion")
-    ways: int = 5
-    shots: tuple[int, ...] = (1,)
-    queries: int = 15
-    episodes: int = 10_000
-    seed: int = 0
-    split: str | None = None
-    imbalance: float | None = None
-    zipf: float | None = None
-    unknown_queries: int | None = None
-    query_classes: int | None = None
-    device: str | torch.device = "cpu"
-    chunk_size: int | None = None
-    baseline: str | None = None
-    config: Mapping[str, Mapping[str, object]] | None = None
-    shared: Mapping[str, object] = dataclasses.field(default_factory=dict)
-    assignments: Mapping[str, Mapping[str, object]] = dataclasses.field(default_factory=dict)
-    temperatures: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    base_mean: Path | None = None
-    drop_nonfinite: bool = False
-    drop_zero: bool = False
-    allow_external: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluationRun:
-    """A whole run's typed result: one Evaluation per shot count, the features read, and the paired baseline."""
-
-    request: EvaluationRequest
-    source: FeaturesSource
-    evaluations: tuple[Evaluation, ...]
-    baseline: str | None
-
-    def paired(self, evaluation: Evaluation, result: MethodResult) -> Summary | None:
-        """``result``'s paired difference to the baseline of the same protocol, when a baseline was asked."""
-        base = evaluation.result(self.baseline)
-        return None if base is None else result.paired(base)
 
 
 def prepare_runs(request: EvaluationRequest) -> tuple[list[EpisodeSpec], list[MethodRun]]:

@@ -32,11 +32,11 @@ from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet, file_sha256
 from diffshot.lazy import torch
 from diffshot.methods import get_method
+from diffshot.methods._graph import episode_graph_size
 from diffshot.methods.base import ParamValue
-from diffshot.methods.diffusion import episode_graph_size, graph_size
 from diffshot.ops.classify import prototypes, squared_distances
 from diffshot.ops.diffusion import diffuse
-from diffshot.ops.graph import episode_laplacian
+from diffshot.ops.graph import episode_laplacian, graph_size
 from diffshot.ops.knn import gram, squared_distances_from_gram
 from diffshot.ops.preprocess import transductive_points
 from diffshot.run.evaluate import EpisodeSource, check_episodes, chunk_size_for, episode_source

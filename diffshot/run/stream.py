@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import tempfile
 import time
 import warnings
@@ -40,12 +39,12 @@ from diffshot.features.hdf5_guard import open_hdf5
 from diffshot.features.load import check_readable, is_hdf5
 from diffshot.lazy import torch
 from diffshot.methods.base import TaskScores
-from diffshot.methods.diffusion import STEP_NOTICE, graph_size
 from diffshot.ops.classify import confidence
 from diffshot.ops.diffusion import diffuse_
-from diffshot.ops.graph import sparse_graph, sparse_laplacian_of
+from diffshot.ops.graph import graph_size, sparse_graph, sparse_laplacian_of
 from diffshot.ops.knn import choose_index, empty_index, ivfpq_shape, search_blocks
 from diffshot.ops.preprocess import cl2n
+from diffshot.ops.spectrum import checked_step
 from diffshot.run.config import MethodRun
 from diffshot.run.predict import Prediction, PredictOptions, check_unknown_name, reject_rows
 
@@ -280,7 +279,7 @@ def predict_stream(
     del graph
     timings["graph"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    step, bound = stable_step_sparse_checked(lap, params.step_size)
+    step, bound = checked_step(lap, params.step_size)
     counts = np.bincount(support.labels, minlength=ways).astype(np.float32)
     indicator = torch.zeros((n, ways), dtype=torch.float32)
     indicator[torch.arange(ns), torch.from_numpy(support.labels)] = torch.from_numpy(1.0 / counts[support.labels])
@@ -367,15 +366,3 @@ def diffused_rows_and_norms(
         squares += state[ns:].double().square().sum(dim=1)
         del state
     return rows, squares.sqrt().to(torch.float32)
-
-
-def stable_step_sparse_checked(lap: torch.Tensor, step_size: float) -> tuple[float, float]:
-    """The stable step of the streamed graph, with the same warning as the in-memory path when τ is reduced."""
-    from diffshot.ops.spectrum import stable_step_sparse
-
-    step, bound = stable_step_sparse(lap, step_size)
-    if step < step_size and not math.isclose(step, step_size):
-        warnings.warn(
-            STEP_NOTICE.format(tau=step_size, where=f"this graph (λ_max ≤ {bound:.3g}): τ = {step:.3g}"), stacklevel=2
-        )
-    return step, bound

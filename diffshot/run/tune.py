@@ -6,7 +6,6 @@ call, so all of them see identical episodes and their differences are paired.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 
@@ -18,9 +17,9 @@ from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet
 from diffshot.lazy import torch
 from diffshot.methods import get_method
+from diffshot.results import Ranked, TuneResult
 from diffshot.run.config import MethodRun
-from diffshot.run.evaluate import Evaluation, MethodResult, chunk_size_for, episode_source, evaluate
-from diffshot.stats import Summary
+from diffshot.run.evaluate import chunk_size_for, episode_source, evaluate
 
 METHOD = "diffusion"
 GRID_KEYS = ("step_size", "layers", "n_top", "sigma", "rectify", "shift")
@@ -32,31 +31,6 @@ DEFAULT_GRID: dict[str, tuple[object, ...]] = {
     "rectify": (False,),
     "shift": (True,),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Ranked:
-    """One grid point: its parameters, its result, and its paired difference to the best."""
-
-    params: dict[str, object]
-    result: MethodResult
-    versus_best: Summary
-
-
-@dataclasses.dataclass(frozen=True)
-class TuneResult:
-    """The ranked grid, the evaluation it came from, and the axes where the best sits at the edge."""
-
-    ranked: tuple[Ranked, ...]
-    evaluation: Evaluation
-    grid: dict[str, tuple[object, ...]]
-    edges: tuple[str, ...]
-    temperature: float | None = None  # the best's confidence temperature (minimum NLL on the same episodes)
-    nll: float | None = None
-
-    @property
-    def best(self) -> Ranked:
-        return self.ranked[0]
 
 
 def check_split(fs: FeatureSet, split: str, allow_novel: bool) -> None:

@@ -362,3 +362,27 @@ def test_banking77_exported_as_diff_resnet_pickles(tmp_path: Path) -> None:
     order = np.concatenate([np.flatnonzero(canonical.labels == label) for label in embedded])
     np.testing.assert_array_equal(imported.features, canonical.features[order])
     np.testing.assert_array_equal(imported.labels, canonical.labels[order])
+
+
+def test_the_importer_table_names_every_format_once() -> None:
+    from diffshot.features.formats import IMPORTERS
+
+    names = [importer.name for importer in IMPORTERS]
+    assert names == ["hdf5", "npz", "torch", "npy", "pickle"]
+
+
+def test_adding_a_format_is_one_importer_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffshot.features import formats, make_featureset
+
+    def read_csv(path: Path, options: formats.ReadOptions) -> FeatureSet:
+        rows = np.loadtxt(path, delimiter=",", ndmin=2)
+        return make_featureset(rows[:, 1:], rows[:, 0].astype(np.int64), source=str(path))
+
+    entry = formats.Importer("csv", lambda first, path: first.startswith(b"#csv"), read_csv)
+    monkeypatch.setattr(formats, "IMPORTERS", (*formats.IMPORTERS, entry))
+    path = tmp_path / "rows.txt"
+    path.write_text("#csv\n0,1.0,2.0\n1,3.0,4.0\n")
+    fs = read_features(path)
+    np.testing.assert_array_equal(fs.features, [[1.0, 2.0], [3.0, 4.0]])
+    with pytest.raises(DiffshotError, match="holds no base mean"):
+        read_features(tmp_path / "rows.txt", base_mean_path=path)

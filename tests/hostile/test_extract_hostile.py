@@ -21,6 +21,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -389,3 +390,64 @@ def test_a_partial_file_of_the_old_format_is_named(work: Path) -> None:
     partial_path(work / "out.h5").write_bytes(b"diffshot-extract-partial v1\n" + json.dumps({}).encode() + b"\n")
     message = one_error(run_extract(work, "ck.pth", "imgs.zip", *GRAY, "-o", "out.h5", "--resume"))
     assert "older diffshot (partial format v1)" in message
+
+
+def test_resume_sees_a_same_size_edit_with_the_mtime_restored(work: Path) -> None:
+    for name, data in with_bad_last_image(images()).items():
+        (work / "imgs" / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / "imgs" / name).write_bytes(data)
+    interrupted(work, "imgs")
+    changed = work / "imgs" / "c0" / "1.png"
+    stat = changed.stat()
+    data = bytearray(changed.read_bytes())
+    data[-20] ^= 0xFF  # same size, different bytes
+    changed.write_bytes(bytes(data))
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert changed.stat().st_size == stat.st_size and changed.stat().st_mtime_ns == stat.st_mtime_ns
+    result = run_extract(work, "ck.pth", "imgs", *GRAY, "--batch-size", "2", "-o", "out.h5", "--resume", real=True)
+    message = one_error(result)
+    assert "c0/1.png changed since the interrupted run read it (1 of 6 finished images changed" in message
+
+
+def _folder_with_link(work: Path, target: str) -> Path:
+    """imgs/ with two class folders of real images and imgs/c0/zz.png, a symlink to ``target``."""
+    for name, data in images().items():
+        (work / "imgs" / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / "imgs" / name).write_bytes(data)
+    os.symlink(target, work / "imgs" / "c0" / "zz.png")
+    return work / "imgs" / "c0" / "zz.png"
+
+
+@pytest.mark.parametrize("target", ["../../outside/secret.png", "/etc/passwd"])
+def test_extract_never_follows_a_symlink_out_of_the_image_folder(work: Path, target: str) -> None:
+    (work / "outside").mkdir()
+    (work / "outside" / "secret.png").write_bytes(png_bytes(77))
+    _folder_with_link(work, target)
+    before = snapshot(work)
+    message = one_error(run_extract(work, "ck.pth", "imgs", *GRAY, "-o", "out.h5", real=True))
+    assert f"imgs/c0/zz.png: cannot read (a symbolic link to {target} that leads outside the image folder" in message
+    assert snapshot(work) == before and not (work / "out.h5").exists()
+    result = run_extract(work, "ck.pth", "imgs", *GRAY, "-o", "out.h5", "--skip-bad-images")
+    assert result.returncode == 0, result.stderr
+    with h5py.File(work / "out.h5", "r") as handle:
+        assert handle["features"].shape[0] == 6  # the secret is not a row
+
+
+def test_a_symlink_inside_the_image_folder_is_still_read(work: Path) -> None:
+    _folder_with_link(work, "0.png")
+    result = run_extract(work, "ck.pth", "imgs", *GRAY, "-o", "out.h5")
+    assert result.returncode == 0, result.stderr
+    with h5py.File(work / "out.h5", "r") as handle:
+        assert handle["features"].shape[0] == 7
+
+
+def test_a_symlink_member_of_a_zip_is_not_followed(work: Path) -> None:
+    members = images()
+    with zipfile.ZipFile(work / "links.zip", "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+        link = zipfile.ZipInfo("c0/zz.png")
+        link.external_attr = (0o120777 << 16) | 0x20
+        archive.writestr(link, "/etc/passwd")
+    message = one_error(run_extract(work, "ck.pth", "links.zip", *GRAY, "-o", "out.h5"))
+    assert "links.zip:c0/zz.png: cannot read (a symbolic link stored in the zip; not followed)" in message

@@ -9,7 +9,7 @@ import torch
 from diffshot.episodes import Episodes, EpisodeSpec, build_pool, gather, sample_episodes
 from diffshot.features import FeatureSet
 from diffshot.methods import get_method
-from diffshot.methods.diffusion import episode_graph_size
+from diffshot.methods._graph import episode_graph_size
 from diffshot.ops.diffusion import diffuse, diffuse_gram, diffusion_operator
 from diffshot.ops.graph import episode_laplacian
 from diffshot.ops.knn import gram

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from diffshot.episodes import Episodes, EpisodeSpec, build_pool, gather, sample_episodes
-from diffshot.features import FeatureSet
+from diffshot.features import FeatureSet, load_features
 from diffshot.methods import get_method
 from diffshot.run.evaluate import evaluate
+from tests.conftest import OMNIGLOT_REFERENCE, shared_file
 from tests.run.test_predict import assert_same_labels_up_to_ties
 
 # reference_paddle on BANKING77 novel, seed 1 (other episodes than the test's seed 0), 5-way 1-shot
@@ -18,12 +19,21 @@ REFERENCE_1SHOT = (91.807, 0.397)
 MARGIN = 12.0  # lower 95% bound above ptmap and tim, dirichlet:2; measured +18.52 ± 1.14, +17.03 ± 1.04
 
 
-def reference_paddle(support: np.ndarray, labels: np.ndarray, query: np.ndarray, ways: int) -> np.ndarray:
+@pytest.fixture(scope="module")
+def omniglot() -> FeatureSet:
+    return load_features(shared_file(OMNIGLOT_REFERENCE))
+
+
+def reference_paddle(
+    support: np.ndarray, labels: np.ndarray, query: np.ndarray, ways: int, variance: float | None = 1.0
+) -> np.ndarray:
     """Soft assignments [nq, ways] of one episode, written from the official PADDLE code's steps (float64 numpy).
 
     MinMaxScaler on the query (x·scale − min, as there); w from the support means, v = 0; then 100 times:
     u = softmax(logits + λ·v/|Q|) with logits −½‖x − w‖² expanded, λ = |Q|; v = log(mean u + 1e-6) + 1;
-    w = (uᵀx_q + yᵀx_s) / (Σu + Σy).
+    w = (uᵀx_q + yᵀx_s) / (Σu + Σy). ``variance`` divides the logits (1: the official code); None
+    estimates it as diffshot's ``variance auto`` does: mean over queries of the squared distance to the
+    nearest support mean, per dimension.
     """
     nq = query.shape[0]
     low, high = query.min(axis=0), query.max(axis=0)
@@ -32,11 +42,14 @@ def reference_paddle(support: np.ndarray, labels: np.ndarray, query: np.ndarray,
     query, support = query / dist - low, support / dist - low
     onehot = np.eye(ways)[labels]
     w = (onehot.T @ support) / onehot.sum(axis=0)[:, None]
+    if variance is None:
+        variance = ((query[:, None] - w[None]) ** 2).sum(-1).min(axis=1).mean() / query.shape[1]
     v = np.zeros(ways)
     lam = float(nq)
     u = np.zeros((nq, ways))
     for _ in range(100):
         logits = query @ w.T - 0.5 * (w**2).sum(axis=1)[None, :] - 0.5 * (query**2).sum(axis=1)[:, None]
+        logits = logits / variance
         a = logits + lam * np.tile(v, (nq, 1)) / nq
         a = np.exp(a - a.max(axis=1, keepdims=True))
         u = a / a.sum(axis=1, keepdims=True)
@@ -54,12 +67,16 @@ def sampled(fs: FeatureSet, spec: EpisodeSpec, count: int, seed: int = 0) -> tup
     return Episodes(points, torch.from_numpy(indices.support_labels), spec.ways, centre), indices.query_labels
 
 
-def reference_labels(batch: Episodes) -> list[np.ndarray]:
-    """reference_paddle's argmax, one episode at a time."""
+def reference_labels(batch: Episodes, variance: float | None = 1.0) -> list[np.ndarray]:
+    """reference_paddle's argmax, one episode at a time (variance 1: the official code)."""
     ns = batch.num_support
     return [
         reference_paddle(
-            batch.points[e, :ns].numpy(), batch.support_labels[e].numpy(), batch.points[e, ns:].numpy(), batch.ways
+            batch.points[e, :ns].numpy(),
+            batch.support_labels[e].numpy(),
+            batch.points[e, ns:].numpy(),
+            batch.ways,
+            variance,
         ).argmax(axis=1)
         for e in range(batch.num_episodes)
     ]
@@ -79,6 +96,7 @@ def drop_query_classes(batch: Episodes, labels: np.ndarray, keep: int, seed: int
     return Episodes(points, batch.support_labels, batch.ways, batch.centre), labels[mask].reshape(labels.shape[0], -1)
 
 
+@pytest.mark.parametrize("variance", [1.0, None], ids=["official", "auto"])
 @pytest.mark.parametrize(
     ("data", "spec"),
     [
@@ -87,19 +105,22 @@ def drop_query_classes(batch: Episodes, labels: np.ndarray, keep: int, seed: int
         ("synthetic", EpisodeSpec(5, 2, 6)),
     ],
 )
-def test_batched_paddle_labels_as_the_direct_reference(request: pytest.FixtureRequest, data: str, spec) -> None:
+def test_batched_paddle_labels_as_the_direct_reference(
+    request: pytest.FixtureRequest, data: str, spec, variance: float | None
+) -> None:
     batch, _ = sampled(request.getfixturevalue(data), spec, 24)
     method = get_method("paddle")
-    scores = method.score(batch, method.parse())
-    for e, labels in enumerate(reference_labels(batch)):
+    scores = method.score(batch, method.parse({} if variance is None else {"variance": variance}))
+    for e, labels in enumerate(reference_labels(batch, variance)):
         assert_same_labels_up_to_ties(scores[e], labels)
 
 
 def test_lambda_auto_is_the_query_count_and_zero_steps_the_nearest_scaled_mean(synthetic: FeatureSet) -> None:
     batch, _ = sampled(synthetic, EpisodeSpec(5, 1, 4), 3)
     method = get_method("paddle")
-    assert method.resolve_auto(batch, method.parse()) == {"lam": 20.0}
-    assert method.resolve_auto(batch, method.parse({"lam": 7})) == {"lam": 7.0}
+    resolved = method.resolve_auto(batch, method.parse())
+    assert resolved["lam"] == 20.0 and 0.0 < resolved["variance"] < 1.0
+    assert method.resolve_auto(batch, method.parse({"lam": 7, "variance": 1}))["lam"] == 7.0
     query = batch.query.numpy()
     low, spread = query.min(axis=1, keepdims=True), np.ptp(query, axis=1, keepdims=True)
     scaled_query, scaled_support = (query - low) / spread, (batch.support.numpy() - low) / spread
@@ -124,9 +145,25 @@ def test_with_queries_from_three_of_five_classes_paddle_beats_simpleshot(banking
     assert diff.mean() - interval > 0.0, (diff.mean(), interval)  # measured +1.67 ± 0.90
 
 
+@pytest.mark.parametrize(
+    ("data", "spec", "count"),
+    [("banking77", EpisodeSpec(30, 1, 15), 20), ("omniglot", EpisodeSpec(5, 1, 15), 100)],
+    ids=["banking77-30way", "omniglot-5way"],
+)
+def test_estimated_variance_lifts_paddle_above_simpleshot_where_the_unit_variance_collapses(
+    request: pytest.FixtureRequest, data: str, spec: EpisodeSpec, count: int
+) -> None:
+    """30-way BANKING77, 5-way Omniglot: the default is above SimpleShot (paired); the official variance collapses."""
+    result = evaluate(request.getfixturevalue(data), ["simpleshot", "paddle", "paddle:variance=1"], spec, count, seed=0)
+    simpleshot, paddle, official = result.results
+    gain = paddle.paired(simpleshot)
+    assert gain.mean - gain.ci95 > 0.0, gain
+    assert official.summary.mean < 50.0, official.summary  # the collapse (measured ≈ 35 and ≈ 32)
+
+
 @pytest.mark.slow
-def test_accuracy_agrees_with_the_direct_reference_within_combined_intervals(banking77: FeatureSet) -> None:
-    result = evaluate(banking77, ["paddle"], EpisodeSpec(5, 1, 15), episodes=2000, seed=0)
+def test_official_accuracy_agrees_with_the_direct_reference_within_combined_intervals(banking77: FeatureSet) -> None:
+    result = evaluate(banking77, ["paddle:variance=1"], EpisodeSpec(5, 1, 15), episodes=2000, seed=0)
     summary = result.results[0].summary
     mean, ci = REFERENCE_1SHOT
     assert abs(summary.mean - mean) <= summary.ci95 + ci, summary

@@ -210,7 +210,7 @@ def test_predict_keeps_its_step_stable_where_the_raw_step_diverges(monkeypatch) 
 
     With the raw step (the code before the fix, forced here) the same run falls 5 points or more below it.
     """
-    import diffshot.methods.diffusion as diffusion
+    import diffshot.ops.spectrum as spectrum
     from diffshot.run.predict import predict
 
     support, query = separated_classes(5_000)
@@ -223,6 +223,6 @@ def test_predict_keeps_its_step_stable_where_the_raw_step_diverges(monkeypatch) 
     tau, bound = stable.details["step_size"], stable.details["lambda_max_bound"]
     assert 0.5 * bound > 2.0 and tau < 0.5 and tau * bound <= 1.9 + 1e-9
     assert float(np.mean(stable.labels == query.labels)) >= float(np.mean(centroid.labels == query.labels)) - 0.01
-    monkeypatch.setattr(diffusion, "stable_step_sparse", lambda lap, step: (step, float("nan")))
+    monkeypatch.setattr(spectrum, "stable_step_sparse", lambda lap, step: (step, float("nan")))
     raw = predict(support, query, method)
     assert float(np.mean(raw.labels == query.labels)) < float(np.mean(stable.labels == query.labels)) - 0.05

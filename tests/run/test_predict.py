@@ -228,7 +228,7 @@ def test_predict_is_the_diffusion_method_on_one_task(novel_task) -> None:
     """predict's sparse FAISS path labels the queries as evaluate's dense diffusion code path run on that one task."""
     from diffshot.episodes import Episodes
     from diffshot.methods import get_method
-    from diffshot.methods.diffusion import episode_graph_size
+    from diffshot.methods._graph import episode_graph_size
 
     support, query = novel_task
     prediction = predict(support, query)
