@@ -9,7 +9,7 @@ episodes, so every row gives its paired difference to SimpleShot and to the best
 that is not one of diffshot's ``diffusion`` variants, the row itself left out), each ± its 95% interval. A summary
 table then sets the default (``diffusion``) against SimpleShot and against the best peer that does not assume
 balance (LaplacianShot, α-TIM, PADDLE, BMS), and ``diffusion:assign=balanced`` against PT-MAP. The open-set
-section of the existing output file is kept as it is. Uses 2 CPU threads.
+section of the existing output file is kept as it is. Uses 2 CPU threads (``--threads``).
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ METHODS = [
     "labelprop",
     "ptmap",
     "tim",
-    "diffresnet",
     "bms",
     "paddle",
     "alpha_tim",
@@ -233,7 +232,7 @@ def preamble(args: argparse.Namespace) -> list[str]:
         "# Results: every method on identical episodes",
         "",
         f"Regenerate with `python benchmarks/compare_methods.py --episodes {args.episodes} "
-        f"--many-episodes {args.many_episodes}`.",
+        f"--many-episodes {args.many_episodes} --threads {args.threads}`.",
         "",
         f"Seed {SEED}; {args.episodes} episodes per 5-way cell and {args.many_episodes} per many-way cell (every novel "
         "class of BANKING77: 30-way; 50-way on Omniglot), the same episodes for all methods of a cell; 95% intervals "
@@ -254,11 +253,12 @@ def preamble(args: argparse.Namespace) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--episodes", type=int, default=500, help="episodes per 5-way cell, for every method")
-    parser.add_argument("--many-episodes", type=int, default=30, help="episodes per many-way cell")
+    parser.add_argument("--episodes", type=int, default=300, help="episodes per 5-way cell, for every method")
+    parser.add_argument("--many-episodes", type=int, default=10, help="episodes per many-way cell")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a shared machine)")
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "results.md")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     start, load_before = time.time(), os.getloadavg()[0]
     lines, cells = preamble(args), []
     tables = []

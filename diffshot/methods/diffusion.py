@@ -150,7 +150,8 @@ def scarce_scores(episodes: Episodes, params: DiffusionParams, raw: torch.Tensor
     """The decision of episodes where a class looks scarce or absent: the support stays put (anchored diffusion).
 
     One shot per class (fewer than 2 on average): no shift, and the EM of the shares (prior 0, so absent classes
-    fade) on the diffused points, its log-posteriors as scores. More shots: the queries shifted onto the
+    fade) on the diffused points, its log-posteriors / λ as scores (log π_c / λ − ‖x − m_c‖², the nearest
+    decision's scale, so that one confidence temperature serves both). More shots: the queries shifted onto the
     share-weighted support mean Σ_c π̂_c·μ_c, and the nearest diffused prototype (with several shots the
     prototypes are good and the EM's updates drift; measured on BANKING77's val split, docs/methods.md).
     """
@@ -158,7 +159,8 @@ def scarce_scores(episodes: Episodes, params: DiffusionParams, raw: torch.Tensor
     if ns < 2 * ways:
         inner = diffused_gram(episodes, dataclasses.replace(params, shift=False), anchored=True)
         labels = episodes.support_labels
-        return proportion_em(inner, labels, ways, params.em_lam, PTMAP_STEPS, PTMAP_ALPHA, 0.0)[0]
+        em_scores = proportion_em(inner, labels, ways, params.em_lam, PTMAP_STEPS, PTMAP_ALPHA, 0.0)[0]
+        return em_scores / max(params.em_lam, 1e-12)  # on the nearest decision's scale (−‖x − m‖²), for confidences
     shifted = share_shift_gram(raw, episodes.support_labels, ways, share)
     points = None
     if params.knn != "torch":
@@ -293,7 +295,7 @@ def scarce_label(task: Task, params: DiffusionParams, raw: torch.Tensor, share: 
     def block(start: int, stop: int) -> torch.Tensor:
         if log_share is None:
             return -squared_distances(x[ns + start : ns + stop], protos)
-        return share_scores(x[ns + start : ns + stop], protos, log_share, params.em_lam)
+        return share_scores(x[ns + start : ns + stop], protos, log_share, params.em_lam) / max(params.em_lam, 1e-12)
 
     return TaskScores(
         block=block,

@@ -137,13 +137,24 @@ def wants_stream(path: Path, block_rows: int) -> bool:
 
 
 def check_stream_run(run: MethodRun) -> None:
-    """The streamed path runs diffusion with nearest prototypes only: a one-line error for anything else."""
+    """The streamed path runs diffusion with nearest prototypes only: a one-line error for anything else.
+
+    ``assign = estimated`` (the default) needs the whole pool in memory for its share EM; streamed, it is
+    decided by the nearest prototype, with a notice.
+    """
     if run.method.name != "diffusion" or getattr(run.params, "rectify", False):
         raise UsageError(
             "streamed predict (--block-rows, --workers, --scheduler, or a query file above 500,000 rows) runs "
             "diffusion without --rectify"
         )
-    if getattr(run.params, "assign", "nearest") != "nearest":
+    assign = getattr(run.params, "assign", "nearest")
+    if assign == "estimated":
+        warnings.warn(
+            "streamed predict decides by the nearest diffused prototype: diffusion.assign = estimated (the default) "
+            "estimates class shares on a pool held in memory",
+            stacklevel=2,
+        )
+    elif assign != "nearest":
         raise UsageError("parameter diffusion.assign: balanced is for episodes; one large task uses nearest")
 
 

@@ -55,7 +55,7 @@ def test_streamed_exact_path_equals_in_memory(noisy_task, monkeypatch: pytest.Mo
     read = stream._read_window
     monkeypatch.setattr(stream, "_read_window", lambda ds, a, b: shapes.append((b - a,)) or read(ds, a, b))
     options = PredictOptions(index="flat", exact_limit=10**9)
-    expected = predict(support, query, "diffusion", options)
+    expected = predict(support, query, "diffusion:assign=nearest", options)
     with contextlib.ExitStack() as stack:
         rows = open_query(stack, path, block_rows=BLOCK)
         got = predict_stream(support, rows, method_runs(["diffusion"])[0], options)
@@ -156,7 +156,7 @@ def open_task(banking77: FeatureSet, tmp_path_factory: pytest.TempPathFactory) -
 def test_streamed_unknown_scores_and_rejection_equal_in_memory(open_task, monkeypatch: pytest.MonkeyPatch) -> None:
     support, query, path = open_task
     options = PredictOptions(index="flat", exact_limit=10**9, reject=Rejection("auto"))
-    expected = predict(support, query, "diffusion", options)
+    expected = predict(support, query, "diffusion:assign=nearest", options)
     n = support.num_rows + query.num_rows
     monkeypatch.setattr(stream, "SLAB_BUDGET", 8 * n * 100)  # 4 slabs of at most 100 of the 384 columns
     with contextlib.ExitStack() as stack:
