@@ -113,7 +113,8 @@ def predict_both_ways(
 
 def test_cli_block_rows_writes_the_same_csv(noisy_task, tmp_path: Path) -> None:
     support, _, path = noisy_task
-    outputs, _ = predict_both_ways(support, path, tmp_path, 5000, ["--exact-limit", "100000"])
+    extra = ["--exact-limit", "100000", "-m", "diffusion:assign=nearest"]  # streamed predict decides by nearest
+    outputs, _ = predict_both_ways(support, path, tmp_path, 5000, extra)
     assert len(outputs["stream"]) == ROWS
     assert [r["class"] for r in outputs["stream"]] == [r["class"] for r in outputs["memory"]]
     assert [r["row"] for r in outputs["stream"]] == [r["row"] for r in outputs["memory"]]
@@ -175,7 +176,8 @@ def test_streamed_unknown_scores_and_rejection_equal_in_memory(open_task, monkey
 
 def test_cli_streamed_reject_writes_the_same_classes(open_task, tmp_path: Path) -> None:
     support, _, path = open_task
-    outputs, printed = predict_both_ways(support, path, tmp_path, 1000, ["--reject", "auto", "--unknown-name", "other"])
+    extra = ["--reject", "auto", "--unknown-name", "other", "-m", "diffusion:assign=nearest"]
+    outputs, printed = predict_both_ways(support, path, tmp_path, 1000, extra)
     assert all("rejected" in text and "unknown recall" in text for text in printed.values())
     classes = {name: [r["class"] for r in rows] for name, rows in outputs.items()}
     assert "other" in classes["stream"]
