@@ -20,12 +20,19 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffshot.extract.backbones import build_backbone
 from diffshot.extract.images import ImageList, collect_images
-from diffshot.extract.model import Encoder, build_encoder, random_encoder
+from diffshot.extract.model import Encoder, build_encoder
 from diffshot.extract.run import RunStats, extract_rows, partial_path
 from diffshot.extract.transforms import Preprocessing, build_preprocessing
 
 OMNIGLOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
+
+
+def random_encoder(arch: str, in_channels: int, device: torch.device, seed: int = 0) -> Encoder:
+    """A backbone with seeded random weights: its speed is the trained one's, no checkpoint needed."""
+    torch.manual_seed(seed)
+    return Encoder(build_backbone(arch, in_channels).to(device).eval(), arch, device)
 
 
 def synthetic_jpegs(root: Path, count: int, classes: int = 8) -> Path:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from diffshot.episodes import Episodes, EpisodeSpec, build_pool, gather, sample_episodes
 from diffshot.features import load_features
-from diffshot.methods.diffresnet import rectified_prototypes
+from diffshot.methods.diffresnet import official_rectified_prototypes
 from diffshot.ops.diffusion import diffuse
 from diffshot.ops.graph import episode_laplacian
 from diffshot.ops.preprocess import cl2n, shift_queries_
@@ -55,7 +55,7 @@ def official_loop_seconds(fs, shots: int, count: int) -> float:
         points = cl2n(batch.points[e : e + 1], centre)
         shift_queries_(points, ns)
         lap = episode_laplacian(points, 8, 4)[0]
-        prototypes = rectified_prototypes(points, batch.support_labels[e : e + 1], 5)[0]
+        prototypes = official_rectified_prototypes(points, batch.support_labels[e : e + 1], 5)[0]
         d = points.shape[-1]
         fc1, fc2, head = torch.nn.Linear(d, d), torch.nn.Linear(d, d), torch.nn.Linear(d, 5)
         params = [*fc1.parameters(), *fc2.parameters(), *head.parameters()]

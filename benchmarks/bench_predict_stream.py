@@ -33,11 +33,14 @@ import h5py
 import numpy as np
 
 from diffshot.features import write_canonical
-from diffshot.ops.knn import build_index, neighbour_recall
+from diffshot.ops.knn import build_index
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.reference
 from bench_predict import novel_support_split
 from stability_large_graph import decide, make_sets, prepared_points
+
+from tests.reference import neighbour_recall
 
 BLOCK = 65_536
 

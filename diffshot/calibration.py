@@ -19,16 +19,8 @@ from diffshot.lazy import torch
 
 DEFAULT_TEMPERATURE = 0.1
 ECE_BINS = 15
-BIN_FIELDS = ("count", "confidence_sum", "correct")
 GRID = np.linspace(-5.0, 2.0, 71)  # log10 T searched first, then refined by golden section
 GOLDEN_STEPS = 60
-
-
-def check_temperature(value: object, where: str = "temperature") -> float:
-    """A positive finite temperature as a float, or one line naming ``where``."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise UsageError(f"{where}: must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 def bin_edges(bins: int = ECE_BINS) -> np.ndarray:

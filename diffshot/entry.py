@@ -1,18 +1,39 @@
-"""The ``diffshot`` console script: the CLI, with Ctrl-C during start-up or shutdown ending as one line."""
+"""The ``diffshot`` console script: the CLI, with Ctrl-C during start-up or shutdown ending as one line, and an
+unexpected exception (a bug) as one ``internal error`` line and exit 70 (``DIFFSHOT_DEBUG=1`` shows the traceback)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import sys
+import traceback
 
 INTERRUPTED = 130
+INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in diffshot, not a problem with the input
+DEBUG_VARIABLE = "DIFFSHOT_DEBUG"
 
 
 def _one_line(message: str, code: int) -> int:
     """Write ``error: message`` as one line on stderr; return the exit code."""
     sys.stderr.write("error: " + " ".join(message.split()) + "\n")
     return code
+
+
+def _command() -> str:
+    """The subcommand being run, for the internal-error line (the first argument that is not an option)."""
+    return next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "diffshot")
+
+
+def _internal_error(exc: Exception) -> int:
+    """One line for an unexpected exception (the traceback with DIFFSHOT_DEBUG=1); exit 70 (EX_SOFTWARE)."""
+    if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+        traceback.print_exception(exc)
+        return INTERNAL_ERROR
+    reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    detail = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+    return _one_line(
+        f"internal error in {_command()}: {detail}; rerun with {DEBUG_VARIABLE}=1 for the traceback", INTERNAL_ERROR
+    )
 
 
 def main() -> None:
@@ -46,6 +67,8 @@ def main() -> None:
             code = _one_line(exc.format_message(), getattr(exc, "exit_code", 2))  # type: ignore[attr-defined]
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    except Exception as exc:  # the last resort: a bug, never a user's input (those are DiffshotError)
+        code = _internal_error(exc)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.stdout.flush()
     sys.stderr.flush()

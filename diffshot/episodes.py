@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-from collections.abc import Callable
 
 import numpy as np
 
@@ -418,35 +417,3 @@ class Episodes:
     def points_per_class(self) -> float:
         """Average number of points (support + query) a class has in an episode."""
         return self.points.shape[1] / self.ways
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """One large task, what ``predict`` hands a method: labelled support rows (any count per class) and queries.
-
-    ``points`` [n, d] are the raw rows, support first; query labels are never part of it.
-    """
-
-    points: torch.Tensor  # [ns + nq, d], support first
-    support_labels: torch.Tensor  # [ns] in 0..ways-1
-    ways: int
-    centre: torch.Tensor  # [d] the centring mean
-    search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # k nearest points of each row, itself first
-
-    @property
-    def num_support(self) -> int:
-        return int(self.support_labels.shape[0])
-
-    @property
-    def shots(self) -> float:
-        """Average labelled rows per class."""
-        return self.num_support / self.ways
-
-    @property
-    def points_per_class(self) -> float:
-        """Average number of points (support + query) per class."""
-        return self.points.shape[0] / self.ways
-
-    def as_episode(self) -> Episodes:
-        """The same task as a batch of one episode (dense methods; small tasks only)."""
-        return Episodes(self.points[None], self.support_labels[None], self.ways, self.centre)

@@ -15,6 +15,7 @@ import numpy as np
 from diffshot.calibration import DEFAULT_TEMPERATURE, ece
 from diffshot.episodes import EpisodeSpec
 from diffshot.lazy import torch
+from diffshot.methods.base import ParamValue
 from diffshot.stats import Summary, paired_difference, summarise
 
 
@@ -79,6 +80,8 @@ class Evaluation:
     centring: str
     results: tuple[MethodResult, ...]
     sampling_seconds: float
+    rows: np.ndarray | None = None  # [E, n] each episode's rows in the features file (support first), when recorded
+    query_labels: np.ndarray | None = None  # [E, nq] each query's way (−1: unknown class), when recorded
 
     def result(self, label: str | None) -> MethodResult | None:
         """The result of the run labelled ``label`` (None when absent or not asked)."""
@@ -128,6 +131,9 @@ class EvaluationRequest:
     assignments: Mapping[str, Mapping[str, object]] = dataclasses.field(default_factory=dict)
     temperatures: Mapping[str, float] = dataclasses.field(default_factory=dict)
     base_mean: Path | None = None
+    labels: Path | None = None  # --labels FILE for a features file stored without labels
+    episodes_file: Path | None = None  # replay these stored episodes instead of sampling (protocol from the file)
+    record_rows: bool = False  # keep each episode's rows in the results (--save-episodes)
     drop_nonfinite: bool = False
     drop_zero: bool = False
     allow_external: bool = False
@@ -214,3 +220,73 @@ class Outcome:
             if limit is not None and round(mean, 4) < limit:
                 found[method] = (round(mean, 4), limit)
         return found
+
+
+UNKNOWN_NAME = "unknown"
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """Predicted class (index into ``class_names``) and confidence of every query row, and how they were made."""
+
+    labels: np.ndarray
+    confidence: np.ndarray
+    class_names: tuple[str, ...]
+    method: str
+    params: dict[str, object]
+    index: str
+    details: dict[str, object]
+    temperature: float
+    timings: dict[str, float]
+    calibration: str | None = None
+    unknown: np.ndarray | None = None  # the method's unknown score of every row (higher = less like any class)
+    rejected: np.ndarray | None = None  # rows labelled unknown (when rejecting)
+    threshold: float | None = None
+    threshold_rule: str | None = None
+    unknown_name: str = UNKNOWN_NAME
+
+    def counts(self) -> dict[str, int]:
+        """Query rows per predicted class, in class order (then the unknown class, when rejecting)."""
+        kept = self.labels if self.rejected is None else self.labels[~self.rejected]
+        per = np.bincount(kept, minlength=len(self.class_names))
+        counts = {name: int(c) for name, c in zip(self.class_names, per, strict=True)}
+        if self.rejected is not None:
+            counts[self.unknown_name] = int(self.rejected.sum())
+        return counts
+
+    def class_of(self, i: int) -> str:
+        """The output class of query row ``i`` (the unknown name when it is rejected)."""
+        if self.rejected is not None and self.rejected[i]:
+            return self.unknown_name
+        return self.class_names[int(self.labels[i])]
+
+
+QUANTITIES = ("min_inter", "max_diameter", "mean_intra", "ratio", "accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Separability:
+    """Per-episode quantities [E, len(layers)] after each requested layer, and how they were made."""
+
+    spec: EpisodeSpec
+    seed: int
+    episodes: int
+    split: str
+    centring: str
+    layers: tuple[int, ...]
+    params: dict[str, ParamValue]
+    values: dict[str, np.ndarray]
+
+    def summary(self, quantity: str) -> list[Summary]:
+        """Mean ± 95% interval over episodes of ``quantity`` at every requested layer."""
+        return [summarise(_finite(self.values[quantity][:, i])) for i in range(len(self.layers))]
+
+    def peak(self, quantity: str) -> int:
+        """The layer where the mean of ``quantity`` over episodes is largest (the first, on ties)."""
+        means = [s.mean for s in self.summary(quantity)]
+        return self.layers[int(np.nanargmax(means))]
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    """The finite entries (a ratio is NaN in an episode whose classes all collapsed to single points)."""
+    return values[np.isfinite(values)]

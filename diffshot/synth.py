@@ -50,7 +50,7 @@ class SynthSpec:
         if classes * self.rows_per_class * self.dim > MAX_VALUES:
             raise UsageError(
                 f"{classes} classes × {self.rows_per_class} rows × {self.dim} dimensions is more than "
-                f"{MAX_VALUES:,} values; lower --rows-per-class or --dim"
+                f"{MAX_VALUES:,} values; lower rows_per_class or dim"
             )
         check_seed(self.seed)
 

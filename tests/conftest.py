@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,27 +12,61 @@ import torch
 from diffshot.episodes import Episodes
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet, load_features
-from diffshot.methods import REGISTRY, Method, NoParams, register
+from diffshot.methods import REGISTRY, Method, TaskScores, param, register
 from diffshot.ops.classify import prototypes
+from diffshot.ops.preprocess import cl2n
 from diffshot.synth import SynthSpec, synthesise
+from diffshot.task import Task
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BANKING77 = SHARED_DATA / "banking77" / "banking77-minilm.h5"
 OMNIGLOT_REFERENCE = SHARED_DATA / "omniglot" / "omniglot-small-conv4-reference.h5"
 
 
-def guess_scores(episodes: Episodes, params: NoParams) -> torch.Tensor:
+@dataclasses.dataclass(frozen=True)
+class GuessParams:
+    """The one parameter of the test-only method."""
+
+    scale: float = param(1e3, "frequency of the pseudo-random guess", minimum=1.0)
+
+
+def guess(points: torch.Tensor, protos: torch.Tensor, scale: float) -> torch.Tensor:
+    """Chance-level scores [..., n, ways] of raw points against raw class means."""
+    return torch.sin(scale * points @ protos.transpose(-1, -2))
+
+
+def guess_scores(episodes: Episodes, params: GuessParams) -> torch.Tensor:
     """Chance-level scores from each query and the class means: a method the registry did not ship."""
     protos = prototypes(episodes.support, episodes.support_labels, episodes.ways)
-    return torch.sin(1e3 * episodes.query @ protos.transpose(-1, -2))
+    return guess(episodes.query, protos, params.scale)
+
+
+def guess_large_task(task: Task, params: GuessParams) -> TaskScores:
+    """The same guess on one large task, reading its query rows only through the task's row source."""
+    protos = prototypes(task.support, task.support_labels, task.ways)
+    return TaskScores(
+        block=lambda start, stop: guess(task.queries.read(start, stop).to(protos.device), protos, params.scale),
+        details={"scale": params.scale},
+    )
+
+
+def guess_layers(episodes: Episodes, params: GuessParams) -> Iterator[torch.Tensor]:
+    """CL2N points, then each layer halves every point's distance to its episode's mean (no decision changes)."""
+    x = cl2n(episodes.points, episodes.centre)
+    while True:
+        yield x
+        x = 0.5 * (x + x.mean(dim=-2, keepdim=True))
 
 
 GUESS = Method(
     "testguess",
     "Pseudo-random guessing (test only): registered by the test suite to show a method is one registration.",
-    NoParams,
+    GuessParams,
     guess_scores,
     transductive=False,
+    large_task=guess_large_task,
+    layerwise=guess_layers,
+    grid=(("scale", (1e3, 2e3)),),
 )
 if "testguess" not in REGISTRY:
     register(GUESS)

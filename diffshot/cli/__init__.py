@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 from typer.core import TyperArgument
 
@@ -35,7 +37,28 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _show_version(value: bool) -> None:
+    """``--version``: print the version and stop."""
+    if value:
+        from diffshot import __version__
+
+        typer.echo(f"diffshot {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_show_version, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Few-shot classification over pre-extracted features with training-free Diff-ResNet diffusion."""
+
+
 EXAMPLES = {
     "evaluate": "diffshot evaluate features.h5 --ways 5 --shots 1,5 -m simpleshot,diffusion --baseline simpleshot",
     "info": "diffshot info features.h5",

@@ -11,17 +11,21 @@ import typer
 from diffshot.cli.common import (
     AllowExternal,
     Force,
+    ProgressMode,
+    Quiet,
     Threads,
     claim_outputs,
     fail,
     progress,
+    show,
     stderr,
     stdout,
     user_errors,
 )
 from diffshot.device import resolve_device, set_threads
-from diffshot.errors import UsageError
+from diffshot.errors import UsageError, printable
 from diffshot.report.batch import output_paths, write_outputs
+from diffshot.report.table import Column, fit
 from diffshot.results import Entry, Outcome
 from diffshot.run.batch import SuiteError, parse_suite, run_suite
 
@@ -34,7 +38,8 @@ def batch(
     config: Annotated[Path | None, typer.Option(help="Tuned TOML config applied to every entry's methods.")] = None,
     skip_missing: Annotated[bool, typer.Option(help="Skip (not fail) entries whose features file is absent.")] = False,
     device: Annotated[str, typer.Option(help="auto|cpu|cuda.")] = "auto",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-entry lines.")] = False,
+    quiet: Quiet = False,
+    progress_mode: ProgressMode = "auto",
     plots: Annotated[
         Path | None, typer.Option(help="Draw one figure per entry (and a summary) into this folder; diffshot[plot].")
     ] = None,
@@ -69,28 +74,26 @@ def batch(
         paths = output_paths(output_dir, entries, junit)
         claim_outputs(paths.values(), [suite, config, *(e.features for e in entries)], force=force)
         if workers is None and scheduler is None:
-            outcomes = run_suite(
-                entries,
-                str(resolve_device(device)),
-                skip_missing,
-                on_entry=None if quiet else lambda e: stderr.print(f"running {e.name}", highlight=False),
-                allow_external=allow_external_data,
-            )
+            with progress(quiet, len(entries), "batch: entries", progress_mode) as advance:
+                started = iter(range(len(entries)))
+                outcomes = run_suite(
+                    entries,
+                    str(resolve_device(device)),
+                    skip_missing,
+                    on_entry=lambda e: advance(next(started), f"batch: entry {e.name}"),
+                    allow_external=allow_external_data,
+                )
         else:
-            outcomes = _on_dask(entries, device, skip_missing, quiet, allow_external_data, threads, workers, scheduler)
+            outcomes = _on_dask(
+                entries, device, skip_missing, quiet, allow_external_data, threads, workers, scheduler, progress_mode
+            )
     except SuiteError as exc:
         raise fail(str(exc).replace("\n", " "), 2) from None
     figures = write_outputs(paths, outcomes, None if plots is None else lambda written: _draw(written, plots))
     errors = [(o.entry.name, m, why) for o in outcomes for m, why in o.errors.items()]
     failures = [(o.entry.name, m, acc, limit) for o in outcomes for m, (acc, limit) in o.failures().items()]
+    show(fit(None, _results_columns(outcomes), stdout.width, keys=2))
     if not quiet:
-        for outcome in outcomes:
-            for method, (mean, ci, _, _) in outcome.accuracies().items():
-                stdout.print(f"{outcome.entry.name} {method}: {mean:.2f} ± {ci:.2f}", highlight=False)
-            if outcome.skipped:
-                stdout.print(f"{outcome.entry.name}: skipped ({outcome.skipped})", highlight=False)
-            for method, why in outcome.errors.items():
-                stdout.print(f"{outcome.entry.name} {method}: error ({why})", highlight=False)
         stdout.print(
             f"results in {output_dir}" + (f", {len(figures)} figures in {plots}" if figures else ""), highlight=False
         )
@@ -121,6 +124,7 @@ def _on_dask(
     threads: int | None,
     workers: int | None,
     scheduler: str | None,
+    progress_mode: str = "auto",
 ) -> list[Outcome]:
     """The suite's settings on a Dask cluster (local or at ``scheduler``), with settings done / total on stderr."""
     from diffshot.run.distributed import dask_client, run_suite_dask, settings_of
@@ -130,7 +134,7 @@ def _on_dask(
     where = f"Dask scheduler {scheduler}" if scheduler else f"a local Dask cluster of {workers} processes"
     if not quiet:
         stderr.print(f"running {total} settings on {where}", highlight=False)
-    with progress(quiet, total, "settings") as advance:
+    with progress(quiet, total, "settings", progress_mode) as advance:
 
         def done(count: int, total: int, name: str) -> None:
             advance(count, f"settings {count}/{total}")
@@ -141,3 +145,20 @@ def _on_dask(
             threads = max(1, (os.cpu_count() or 1) // workers)
         with dask_client(workers, scheduler, threads) as client:
             return run_suite_dask(entries, client, resolved, skip_missing, threads, done, allow_external)
+
+
+def _results_columns(outcomes: list[Outcome]) -> list[Column]:
+    """Entry, method and accuracy ± 95% interval, or why an entry or method has none (skipped, error)."""
+    rows: list[tuple[str, str, str]] = []
+    for outcome in outcomes:
+        name = printable(outcome.entry.name)
+        rows += [(name, printable(m), f"{mean:.2f} ± {ci:.2f}") for m, (mean, ci, _, _) in outcome.accuracies().items()]
+        if outcome.skipped:
+            rows.append((name, "—", f"skipped ({printable(outcome.skipped)})"))
+        rows += [(name, printable(m), f"error ({printable(why)})") for m, why in outcome.errors.items()]
+    entries, methods, results = zip(*rows, strict=True) if rows else ((), (), ())
+    return [
+        Column("entry", entries, justify="left"),
+        Column("method", methods, justify="left"),
+        Column("accuracy (%)", results, wrap=True),
+    ]

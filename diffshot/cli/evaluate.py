@@ -11,20 +11,36 @@ from typing import Annotated
 import typer
 
 from diffshot.atomic import write_text_atomic
-from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, comma_list, progress, stdout, user_errors
+from diffshot.cli import common
+from diffshot.cli.common import (
+    AllowExternal,
+    Force,
+    Labels,
+    ProgressMode,
+    Quiet,
+    Threads,
+    claim_outputs,
+    comma_list,
+    progress,
+    show,
+    stdout,
+    user_errors,
+)
 from diffshot.cli.demo import default_features
 from diffshot.device import resolve_device, set_threads
 from diffshot.episodes import MAX_ZIPF
 from diffshot.errors import UsageError
+from diffshot.methods import REGISTRY
 from diffshot.report.document import to_csv, to_json_document
 from diffshot.report.episodes_file import save_episode_accuracies
-from diffshot.report.table import results_table
+from diffshot.report.table import results_tables
 from diffshot.run.config import parse_assignments, read_calibration, read_config
 from diffshot.run.evaluate import EvaluationRequest, prepare_runs, run_evaluation
 
 DEFAULT_METHODS = ("simpleshot", "diffusion")
 FORMATS = ("table", "json", "csv")
 DEFAULT_UNKNOWN_QUERIES = 15
+ASSIGN = ", ".join(next(p for p in REGISTRY["diffusion"].declared if p.name == "assign").choices)
 
 
 def parse_imbalance(text: str | None) -> float | None:
@@ -65,16 +81,15 @@ def episodes_reference(episodes_file: Path, output: Path | None) -> str:
 
 
 def output_format(fmt: str | None, output: Path | None) -> str:
-    """The format to write: explicit, else from the output's extension, else the table."""
+    """The format to write: explicit, else from the output's extension (.json, .csv; another is an error), else
+    the table on the terminal."""
     if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: choose table, json or csv")
-    if fmt is not None and not (output is not None and fmt == "table"):
-        return fmt
-    if output is not None and fmt == "table":
+    if output is None:
+        return fmt or "table"
+    if fmt == "table":
         raise UsageError("--format table prints to the terminal; write --output as json or csv")
-    if output is not None and output.suffix.lower() in (".json", ".csv"):
-        return output.suffix.lower()[1:]
-    return "json" if output is not None else "table"
+    return common.output_format("--output", output, fmt, {".json": "json", ".csv": "csv"}, "json")
 
 
 def open_set_queries(open_set: bool, unknown_queries: int | None) -> int | None:
@@ -87,7 +102,7 @@ def open_set_queries(open_set: bool, unknown_queries: int | None) -> int | None:
 def shot_counts(values: list[str] | None) -> tuple[int, ...]:
     """``--shots 1 --shots 5`` or ``--shots 1,5`` as integers."""
     counts = []
-    for text in comma_list(values) or ["1"]:
+    for text in comma_list(values, "--shots") or ["1"]:
         try:
             counts.append(int(text))
         except ValueError:
@@ -103,7 +118,9 @@ def evaluate(
     ways: Annotated[int, typer.Option(help="Classes per episode (N).")] = 5,
     shots: Annotated[
         list[str] | None,
-        typer.Option(metavar="K[,K...]", help="Labelled rows per class (K); repeat or comma-separate for several."),
+        typer.Option(
+            metavar="K[,K...]", help="Labelled rows per class (K); repeat or comma-separate for several (default 1)."
+        ),
     ] = None,
     queries: Annotated[int, typer.Option(help="Unlabelled query rows per class (Q).")] = 15,
     episodes: Annotated[int, typer.Option(help="Episodes per setting (the field reports 10,000).")] = 10_000,
@@ -137,8 +154,9 @@ def evaluate(
     assign: Annotated[
         str | None,
         typer.Option(
-            help="diffusion's decision: nearest (default) or balanced (PT-MAP's Sinkhorn step on the diffused "
-            "features; assumes every class has the same number of queries, and drops under --imbalance)."
+            help=f"diffusion's decision: {ASSIGN} (default nearest; balanced: PT-MAP's Sinkhorn step on the "
+            "diffused features, assumes every class has the same number of queries; estimated: class shares "
+            "estimated from the queries; see `diffshot methods`)."
         ),
     ] = None,
     set_params: Annotated[
@@ -148,12 +166,12 @@ def evaluate(
         str | None, typer.Option("--format", help="table|json|csv (default: from --output, else table).")
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the results here (atomically).")] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bar or notices; results still print.")
-    ] = False,
+    quiet: Quiet = False,
+    progress_mode: ProgressMode = "auto",
     base_mean: Annotated[
         Path | None, typer.Option(help="Base-mean file for pickled features (e.g. *_base_mean.plk).")
     ] = None,
+    labels: Labels = None,
     drop_nonfinite: Annotated[bool, typer.Option(help="Drop rows with NaN/Inf instead of failing.")] = False,
     drop_zero: Annotated[bool, typer.Option(help="Drop all-zero rows instead of failing.")] = False,
     chunk_size: Annotated[int | None, typer.Option(help="Episodes per batch (default: sized to memory).")] = None,
@@ -195,6 +213,15 @@ def evaluate(
     config: Annotated[
         Path | None, typer.Option(help="TOML of method parameters (e.g. from `diffshot tune`); flags override it.")
     ] = None,
+    episodes_file: Annotated[
+        Path | None,
+        typer.Option(
+            readable=False,
+            help="Run on the episodes this file stores instead of sampling: a --save-episodes .npz (or its JSON), or "
+            "an .npz of 'support' and 'query' row indices [episodes, rows] (a paper's fixed episodes); it sets ways, "
+            "shots, queries and episodes.",
+        ),
+    ] = None,
     force: Force = False,
     plot: Annotated[
         Path | None, typer.Option(help="Also draw accuracy ± 95% interval per method (png/svg/pdf; diffshot[plot]).")
@@ -206,7 +233,19 @@ def evaluate(
     set_threads(threads)
     fmt = output_format(fmt, output)
     path = features if features is not None else default_features()
-    claim_outputs([output], [path, base_mean, config], binary=[save_episodes, plot], force=force)
+    if episodes_file is not None:
+        given = {
+            "--ways": ways != 5,
+            "--shots": bool(shots),
+            "--queries": queries != 15,
+            "--episodes": episodes != 10_000,
+        }
+        given |= {"--imbalance": imbalance is not None, "--open-set": open_set or unknown_queries is not None}
+        given |= {"--query-classes": query_classes is not None, "--split": split is not None}
+        clash = [flag for flag, there in given.items() if there]
+        if clash:
+            raise UsageError(f"--episodes-file sets the episodes; drop {', '.join(clash)}")
+    claim_outputs([output], [path, base_mean, labels, config, episodes_file], binary=[save_episodes, plot], force=force)
     if plot is not None:
         from diffshot.plot.backend import figure_format
 
@@ -215,7 +254,7 @@ def evaluate(
     shared |= {"rectify": rectify, "shift": shift, "assign": assign}
     request = EvaluationRequest(
         features=path,
-        methods=tuple(comma_list(method) or DEFAULT_METHODS),
+        methods=tuple(comma_list(method, "--method") or DEFAULT_METHODS),
         ways=ways,
         shots=shot_counts(shots),
         queries=queries,
@@ -233,15 +272,21 @@ def evaluate(
         shared=shared,
         assignments=parse_assignments(set_params or []),
         base_mean=base_mean,
+        labels=labels,
+        episodes_file=episodes_file,
+        record_rows=save_episodes is not None,
         drop_nonfinite=drop_nonfinite,
         drop_zero=drop_zero,
         allow_external=allow_external_data,
     )
     prepare_runs(request)
     request = _on_device(request, device)
-    with progress(quiet, request.episodes * len(set(request.shots)), "episodes") as advance:
+    total = request.episodes * len(set(request.shots)) if episodes_file is None else stored_episodes(episodes_file)
+    with progress(quiet, total, "episodes", progress_mode) as advance:
         run = run_evaluation(request, advance)
     document = to_json_document(run)
+    if episodes_file is not None:
+        document["episodes_replayed_from"] = str(episodes_file)
     if save_episodes is not None:
         save_episode_accuracies(save_episodes, run)
         document["episodes_file"] = episodes_reference(save_episodes, output)
@@ -255,7 +300,14 @@ def evaluate(
     if output is None and fmt in rendered:
         typer.echo(rendered[fmt](), nl=False)
     else:
-        stdout.print(results_table(run))
+        show(results_tables(run, stdout.width))
+
+
+def stored_episodes(path: Path) -> int:
+    """How many episodes an --episodes-file holds over all its settings (for the progress bar)."""
+    from diffshot.run.replay import load_stored_episodes
+
+    return sum(stored.support.shape[0] for stored in load_stored_episodes(path))
 
 
 def _on_device(request: EvaluationRequest, device: str) -> EvaluationRequest:

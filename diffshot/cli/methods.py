@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
-from diffshot.cli.common import stdout, user_errors
+from diffshot.cli.common import Quiet, stdout, user_errors
 from diffshot.methods import REGISTRY
 
 
@@ -21,13 +21,21 @@ def assumptions(method: object) -> str:
     return "; ".join(words)
 
 
+WIDE = 120  # from this width on, parameters get a column of their own; below, they follow the description
+
+
 @user_errors
-def methods() -> None:
+def methods(quiet: Quiet = False) -> None:
     """List the methods, what they assume, and their parameters with defaults and allowed values."""
+    wide = (stdout.width or WIDE) >= WIDE
     table = Table(show_lines=True)
-    for column in ("method", "what it does", "parameters (default; allowed)"):
-        table.add_column(column)
+    table.add_column("method", no_wrap=True)
+    table.add_column("what it does" if wide else "what it does; parameters (default; allowed)")
+    if wide:
+        table.add_column("parameters (default; allowed)")
     for method in REGISTRY.values():
         params = "\n".join(f"{p.name} = {p.default!r} ({p.describe()}): {p.help}" for p in method.declared) or "none"
-        table.add_row(method.name, escape(f"{method.summary}\n{assumptions(method)}"), escape(params))
+        about = escape(f"{method.summary}\n{assumptions(method)}")
+        cells = [about, escape(params)] if wide else [f"{about}\nparameters: {escape(params)}"]
+        table.add_row(method.name, *cells)
     stdout.print(table)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from diffshot.cli.common import claim_outputs, stdout, user_errors
+from diffshot.cli.common import Force, Quiet, claim_outputs, stdout, user_errors
 from diffshot.plot.backend import figure_format, save_figure
 from diffshot.plot.draw import render
 
@@ -28,10 +28,17 @@ def plot(
     ] = None,
     method: Annotated[str | None, typer.Option(help="For a .npz: the method whose gain is drawn (B in B − A).")] = None,
     baseline: Annotated[str | None, typer.Option(help="For a .npz: the method compared against (A).")] = None,
+    support: Annotated[
+        Path | None,
+        typer.Option(help="For a predict CSV: the support file, whose classes are the known ones (a JSON names them)."),
+    ] = None,
+    quiet: Quiet = False,
+    force: Force = False,
 ) -> None:
     """Draw accuracy vs shots, paired differences, a τ × T heat map or a confusion matrix, chosen by the input."""
-    claim_outputs([], [*inputs, labels], binary=[output])
     figure_format(output)
-    kind, drawn = render(inputs, labels, method, baseline)
+    claim_outputs([], [*inputs, labels, support], binary=[output], force=force)
+    kind, drawn = render(inputs, labels, method, baseline, support)
     save_figure(drawn.figure, output)
-    stdout.print(f"{kind} figure written to {output}", highlight=False)
+    if not quiet:
+        stdout.print(f"{kind} figure written to {output}", highlight=False)

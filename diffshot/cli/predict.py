@@ -3,49 +3,60 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import RenderableType
 from rich.markup import escape
-from rich.table import Table
 
 from diffshot.calibration import DEFAULT_TEMPERATURE
-from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, stderr, stdout, user_errors
+from diffshot.cli.common import (
+    LABELS_HELP,
+    AllowExternal,
+    Force,
+    ProgressMode,
+    Threads,
+    claim_outputs,
+    output_format,
+    progress,
+    settings_text,
+    show,
+    stderr,
+    stdout,
+    user_errors,
+)
 from diffshot.device import resolve_device, set_threads
-from diffshot.errors import DiffshotError, UsageError
+from diffshot.errors import UsageError, printable
 from diffshot.features import FeatureSet
-from diffshot.ops.knn import EXACT_LIMIT, faiss_has_gpu
+from diffshot.report.predictions import write_predictions
+from diffshot.report.table import Column, fit
+from diffshot.results import UNKNOWN_NAME, Prediction
 from diffshot.run.config import method_runs, parse_assignments, read_calibration, read_config
 from diffshot.run.predict import (
     DEFAULT_METHOD,
-    OUTPUT_FORMATS,
-    UNKNOWN_NAME,
-    Prediction,
+    NO_INDEX,
     PredictOptions,
     accuracy,
     load_rows,
     parse_reject,
     predict_run,
     rejection_quality,
-    write_predictions,
+    search_falls_back_to_cpu,
 )
 from diffshot.run.predict import (
     predict as run_predict,
 )
-from diffshot.run.stream import BLOCK_ROWS, open_query, predict_stream, wants_stream
+from diffshot.run.stream import BLOCK_ROWS, open_query, wants_stream
+
+STAGES = ("predict: reading the inputs", "predict: labelling the queries", "predict: writing the predictions")
 
 
 def _format(fmt: str | None, output: Path) -> str:
-    """The output format: explicit, else from the extension, else csv."""
-    if fmt is not None:
-        if fmt not in OUTPUT_FORMATS:
-            raise DiffshotError(f"--format {fmt!r}: choose csv or json")
-        return fmt
-    return "json" if output.suffix.lower() == ".json" else "csv"
+    """The output format: explicit, else from the extension (.csv, .json; another is an error), csv for ``-``."""
+    return output_format("--output", output, fmt, {".csv": "csv", ".json": "json"}, "csv")
 
 
 @user_errors
@@ -58,6 +69,13 @@ def predict(
     ] = DEFAULT_METHOD,
     fmt: Annotated[str | None, typer.Option("--format", help="csv|json (default: from --output's extension).")] = None,
     support_split: Annotated[str | None, typer.Option(help="Use only this class split of the support file.")] = None,
+    support_labels: Annotated[
+        Path | None, typer.Option(metavar="FILE", readable=False, help=f"The support's labels. {LABELS_HELP}")
+    ] = None,
+    query_labels: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", readable=False, help="The query labels (for its accuracy line)."),
+    ] = None,
     query_split: Annotated[str | None, typer.Option(help="Use only this class split of the query file.")] = None,
     config: Annotated[Path | None, typer.Option(help="Tuned TOML config; its [METHOD] table is used.")] = None,
     step_size: Annotated[float | None, typer.Option(help="Diffusion step τ (default 0.5).")] = None,
@@ -92,7 +110,9 @@ def predict(
             help="kNN index: auto|flat|hnsw|ivf|ivfpq (auto: flat up to --exact-limit, hnsw, ivfpq above 200k)."
         ),
     ] = "auto",
-    exact_limit: Annotated[int, typer.Option(help="Largest point count for the exact index under auto.")] = EXACT_LIMIT,
+    exact_limit: Annotated[
+        int, typer.Option(help="Largest point count for the exact index under auto.")
+    ] = PredictOptions.exact_limit,
     block_rows: Annotated[
         int,
         typer.Option(help="Stream the HDF5 query file in blocks of this many rows (0: only above 500,000 rows)."),
@@ -116,13 +136,14 @@ def predict(
     threads: Threads = None,
     drop_nonfinite: Annotated[bool, typer.Option(help="Drop rows with NaN/Inf instead of failing.")] = False,
     drop_zero: Annotated[bool, typer.Option(help="Drop all-zero rows instead of failing.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary table.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, notices or summary table.")] = False,
+    progress_mode: ProgressMode = "auto",
     force: Force = False,
 ) -> None:
     """Label a query set by running a method on support + queries as one task (diffusion: a sparse FAISS graph)."""
     start = time.perf_counter()
     out_format = _format(fmt, output)
-    claim_outputs([output], [support, query, config], force=force)
+    claim_outputs([output], [support, query, config, support_labels, query_labels], force=force)
     rejection = parse_reject(reject)
     set_threads(threads)
     on_dask = _check_dask(workers, scheduler)
@@ -142,33 +163,49 @@ def predict(
         unknown_score=unknown_score,
     )
     torch_device = resolve_device(device)
-    support_fs, _ = load_rows(support, support_split, drop_nonfinite, drop_zero, allow_external=allow_external_data)
     if block_rows < 0:
-        raise DiffshotError(f"--block-rows must be 0 or a positive number of rows, got {block_rows}")
-    if on_dask or wants_stream(query, block_rows):
-        with contextlib.ExitStack() as stack:
-            address = _dask_scheduler(stack, workers, scheduler, threads, quiet) if on_dask else None
-            query_rows = open_query(
-                stack, query, query_split, drop_nonfinite, drop_zero, allow_external_data, block_rows or BLOCK_ROWS
-            )
-            loaded = time.perf_counter() - start
-            prediction = predict_stream(support_fs, query_rows, run, options, scheduler=address)
-            prediction = dataclasses.replace(prediction, calibration=options.calibration)
-            tick = time.perf_counter()
-            write_predictions(output, prediction, query_rows, query_rows.rows, out_format)  # type: ignore[arg-type]
-            timings = {"load": loaded, **prediction.timings, "output": time.perf_counter() - tick}
+        raise UsageError(f"--block-rows must be 0 or a positive number of rows, got {block_rows}")
+    with progress(quiet, len(STAGES), STAGES[0], progress_mode) as advance:
+        support_fs, _ = load_rows(
+            support, support_split, drop_nonfinite, drop_zero, True, allow_external_data, support_labels
+        )
+        if on_dask or wants_stream(query, block_rows):
+            if query_labels is not None:
+                raise UsageError("--query-labels is not read when the query file is streamed (--block-rows, Dask)")
+            with contextlib.ExitStack() as stack:
+                address = _dask_scheduler(stack, workers, scheduler, threads, quiet) if on_dask else None
+                query_rows = open_query(
+                    stack, query, query_split, drop_nonfinite, drop_zero, allow_external_data, block_rows or BLOCK_ROWS
+                )
+                loaded = time.perf_counter() - start
+                advance(1, STAGES[1])
+                prediction = run_predict(support_fs, query_rows, run, options, scheduler=address)
+                advance(2, STAGES[2])
+                tick = time.perf_counter()
+                write_predictions(output, prediction, query_rows, query_rows.rows, out_format)  # type: ignore[arg-type]
+                timings = {"load": loaded, **prediction.timings, "output": time.perf_counter() - tick}
+                advance(3)
             _report(prediction, query_rows, support_fs.num_rows, options, timings, quiet)  # type: ignore[arg-type]
-        return
-    query_fs, rows = load_rows(
-        query, query_split, drop_nonfinite, drop_zero, require_labels=False, allow_external=allow_external_data
-    )
-    loaded = time.perf_counter() - start
-    prediction = run_predict(support_fs, query_fs, run, options, torch_device)
-    if torch_device.type == "cuda" and not faiss_has_gpu() and not quiet:
-        stderr.print("notice: this faiss has no GPU support; the kNN graph was built on the CPU")
-    tick = time.perf_counter()
-    write_predictions(output, prediction, query_fs, rows, out_format)
-    timings = {"load": loaded, **prediction.timings, "output": time.perf_counter() - tick}
+            return
+        query_fs, rows = load_rows(
+            query,
+            query_split,
+            drop_nonfinite,
+            drop_zero,
+            require_labels=False,
+            allow_external=allow_external_data,
+            labels_path=query_labels,
+        )
+        loaded = time.perf_counter() - start
+        advance(1, STAGES[1])
+        prediction = run_predict(support_fs, query_fs, run, options, torch_device)
+        if search_falls_back_to_cpu(torch_device) and not quiet:
+            stderr.print("notice: this faiss has no GPU support; the kNN graph was built on the CPU")
+        advance(2, STAGES[2])
+        tick = time.perf_counter()
+        write_predictions(output, prediction, query_fs, rows, out_format)
+        timings = {"load": loaded, **prediction.timings, "output": time.perf_counter() - tick}
+        advance(3)
     _report(prediction, query_fs, support_fs.num_rows, options, timings, quiet)
 
 
@@ -213,12 +250,13 @@ def _report(
     if quiet:
         return
     scored = accuracy(prediction, query_fs)
-    stdout.print(_summary(prediction.counts(), query_fs.num_rows))
-    settings = ", ".join(f"{key} {value}" for key, value in prediction.details.items())
+    show(_summary(prediction.counts(), query_fs.num_rows))
+    settings = settings_text(prediction.details)
+    index = f", index {prediction.index}" if prediction.index != NO_INDEX else ""
     calibrated_on = f", calibrated on {escape(prediction.calibration)}" if prediction.calibration else ""
     stdout.print(
         f"{query_fs.num_rows} query rows, {support_rows} support rows, {len(prediction.class_names)} classes; "
-        f"method {escape(prediction.method)}, index {prediction.index}" + (f", {settings}" if settings else "") + "; "
+        f"method {escape(prediction.method)}{index}" + (f", {settings}" if settings else "") + "; "
         f"confidence = softmax(score / {options.temperature:g})" + calibrated_on,
         highlight=False,
     )
@@ -239,12 +277,11 @@ def _report(
     stderr.print("timing: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()), highlight=False)
 
 
-def _summary(counts: dict[str, int], total: int) -> Table:
+def _summary(counts: dict[str, int], total: int) -> list[RenderableType]:
     """Rows per predicted class."""
-    table = Table(title="predicted classes")
-    table.add_column("class")
-    table.add_column("rows", justify="right")
-    table.add_column("share", justify="right")
-    for name, count in counts.items():
-        table.add_row(escape(name), str(count), f"{100.0 * count / total:.1f}%")
-    return table
+    columns = [
+        Column("class", [printable(name) for name in counts], justify="left"),
+        Column("rows", [str(count) for count in counts.values()]),
+        Column("share", [f"{100.0 * count / total:.1f}%" for count in counts.values()]),
+    ]
+    return fit("predicted classes", columns, stdout.width)

@@ -7,20 +7,37 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.console import RenderableType
+from rich.markup import escape
 
 from diffshot.atomic import write_text_atomic
-from diffshot.cli.common import AllowExternal, Threads, claim_outputs, stdout, user_errors
+from diffshot.cli.common import (
+    AllowExternal,
+    Force,
+    Labels,
+    ProgressMode,
+    Quiet,
+    Threads,
+    check_extension,
+    claim_outputs,
+    progress,
+    show,
+    stdout,
+    user_errors,
+)
 from diffshot.device import resolve_device, set_threads
 from diffshot.episodes import EpisodeSpec
-from diffshot.errors import DiffshotError
+from diffshot.errors import UsageError
 from diffshot.features import load_features
-from diffshot.run.separability import QUANTITIES, episode_view, measure, parse_layers, pca_2d, to_document
+from diffshot.report.separability import to_document
+from diffshot.report.table import Column, fit
+from diffshot.results import QUANTITIES
+from diffshot.run.separability import episode_view, measure, parse_layers, pca_2d
 
 HEADERS = {
-    "min_inter": "min inter-class",
-    "max_diameter": "max diameter",
-    "mean_intra": "mean intra-class",
+    "min_inter": "min\ninter-class",
+    "max_diameter": "max\ndiameter",
+    "mean_intra": "mean\nintra-class",
     "ratio": "ratio",
     "accuracy": "accuracy (%)",
 }
@@ -62,6 +79,10 @@ def separability(
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON here (atomically).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table|json (what is printed).")] = "table",
+    labels: Labels = None,
+    quiet: Quiet = False,
+    progress_mode: ProgressMode = "auto",
+    force: Force = False,
     allow_external_data: AllowExternal = False,
     threads: Threads = None,
 ) -> None:
@@ -71,29 +92,31 @@ def separability(
     """
     set_threads(threads)
     if fmt not in ("table", "json"):
-        raise DiffshotError(f"--format {fmt!r}: choose table or json")
+        raise UsageError(f"--format {fmt!r}: choose table or json")
+    check_extension("--output", output, (".json",))
     wanted = parse_layers(layers)
-    views = [] if show_episode is None or plot is None else [episode_plot_path(plot, show_episode)]
-    claim_outputs([output], [features], binary=[plot, *views])
+    if show_episode is not None and plot is None:
+        raise UsageError("--show-episode needs --plot FIG (the episode view is written beside it)")
+    view = None if show_episode is None or plot is None else episode_plot_path(plot, show_episode)
+    claim_outputs([output], [features, labels], binary=[plot, view], force=force)
     if plot is not None:
         from diffshot.plot.backend import figure, figure_format
 
         figure_format(plot)
         figure()  # fails now, with the one-line missing-extra error, rather than after the run
-    if show_episode is not None and plot is None:
-        raise DiffshotError("--show-episode needs --plot FIG (the episode view is written beside it)")
     overrides = {"step_size": step_size, "n_top": n_top, "sigma": sigma, "shift": shift, "knn": knn}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     spec = EpisodeSpec(ways, shots, queries)
-    fs = load_features(features, allow_external=allow_external_data)
-    result = measure(fs, spec, wanted, episodes, seed, split, overrides, resolve_device(device))
+    fs = load_features(features, allow_external=allow_external_data, labels_path=labels)
+    with progress(quiet, episodes, "separability: episodes", progress_mode) as advance:
+        result = measure(fs, spec, wanted, episodes, seed, split, overrides, resolve_device(device), on_chunk=advance)
     document = to_document(result, features, fs)
     if output is not None:
         write_text_atomic(output, json.dumps(document, indent=2) + "\n")
     if fmt == "json":
         typer.echo(json.dumps(document, indent=2))
     else:
-        stdout.print(_table(document))
+        show(_table(document))
         peaks = document["peaks"]
         stdout.print(
             f"mean ratio peaks at t = {peaks['ratio']}, accuracy at t = {peaks['accuracy']} "
@@ -116,21 +139,20 @@ def separability(
             save_figure(drawn.figure, episode_plot_path(plot, show_episode))
 
 
-def _table(document: dict) -> Table:
-    """One row per layer: each quantity's mean ± 95% interval over episodes."""
+def _table(document: dict) -> list[RenderableType]:
+    """One row per layer: each quantity's mean ± 95% interval over episodes (stacked when wider than the output)."""
     proto = document["protocol"]
-    table = Table(
-        title=f"{document['features']['path']} · {proto['split']} classes · {proto['ways']}-way {proto['shots']}-shot "
-        f"{proto['queries']}-query · {proto['episodes']} episodes · seed {proto['seed']}"
+    title = (
+        f"{escape(document['features']['path'])} · {proto['split']} classes · "
+        f"{proto['ways']}-way {proto['shots']}-shot {proto['queries']}-query · "
+        f"{proto['episodes']} episodes · seed {proto['seed']}"
     )
-    table.add_column("t", justify="right")
+    entries = document["layers"]
+    columns = [Column("t", [str(entry["layer"]) for entry in entries])]
     for q in QUANTITIES:
-        table.add_column(HEADERS[q], justify="right")
-    for entry in document["layers"]:
-        cells = [str(entry["layer"])]
-        for q in QUANTITIES:
-            s = entry[q]
-            digits = 2 if q == "accuracy" else 4
-            cells.append("-" if s["mean"] is None else f"{s['mean']:.{digits}f} ± {s['ci95']:.{digits}f}")
-        table.add_row(*cells)
-    return table
+        digits = 2 if q == "accuracy" else 4
+        cells = [
+            "-" if e[q]["mean"] is None else f"{e[q]['mean']:.{digits}f} ± {e[q]['ci95']:.{digits}f}" for e in entries
+        ]
+        columns.append(Column(HEADERS[q], cells))
+    return fit(title, columns, stdout.width)

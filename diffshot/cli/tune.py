@@ -8,13 +8,27 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.console import RenderableType
 
-from diffshot.cli.common import AllowExternal, Force, Threads, claim_outputs, progress, stdout, user_errors
+from diffshot.cli.common import (
+    AllowExternal,
+    Force,
+    Labels,
+    ProgressMode,
+    Quiet,
+    Threads,
+    check_extension,
+    claim_outputs,
+    progress,
+    show,
+    stdout,
+    user_errors,
+)
 from diffshot.device import resolve_device, set_threads
 from diffshot.episodes import EpisodeSpec
 from diffshot.errors import UsageError
 from diffshot.features import load_features
+from diffshot.report.table import Column, fit
 from diffshot.report.tune import write_tune_json
 from diffshot.run.config import write_config
 from diffshot.run.tune import METHOD, TuneResult, step_layer_view
@@ -64,8 +78,10 @@ def tune(
             help="Also fit the best's confidence temperature on the same episodes (minimum NLL) into [calibration].",
         ),
     ] = True,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Quiet = False,
+    progress_mode: ProgressMode = "auto",
     force: Force = False,
+    labels: Labels = None,
     allow_external_data: AllowExternal = False,
     threads: Threads = None,
 ) -> None:
@@ -77,15 +93,17 @@ def tune(
             f"--shots {', '.join(map(str, counts))}: tune ranks one shot count at a time; run it once per count"
         )
     shots = counts[0]
+    check_extension("--output", output, (".toml",))
+    check_extension("--grid-json", grid_json, (".json",))
     replacing = output.exists() and str(output) != "-"
-    claim_outputs([output, grid_json], [features], force=force)
+    claim_outputs([output, grid_json], [features, labels], force=force)
     axes = {"step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
     axes |= {"rectify": rectify, "shift": shift}
     grid = {k: v for k, v in ((k, _axis(t)) for k, t in axes.items()) if v is not None}
     spec = EpisodeSpec(ways, shots, queries)
-    fs = load_features(features, allow_external=allow_external_data)
+    fs = load_features(features, allow_external=allow_external_data, labels_path=labels)
     setting = f"tuning {ways}-way {shots}-shot"
-    with progress(quiet, episodes, setting) as advance:
+    with progress(quiet, episodes, setting, progress_mode) as advance:
         result = run_tune(
             fs,
             spec,
@@ -115,8 +133,8 @@ def tune(
     write_config(output, {METHOD: best.result.params}, comments, calibration)
     if grid_json is not None:
         write_tune_json(grid_json, result, features, fs)
-    stdout.print(_ranked_table(result, top))
-    stdout.print(_view_table(result))
+    show(_ranked_table(result, top))
+    show(_view_table(result))
     if result.temperature is not None:
         stdout.print(
             f"confidence temperature {result.temperature:.4g} (minimum NLL {result.nll:.4f} on {split}); "
@@ -132,27 +150,40 @@ def tune(
         )
 
 
-def _ranked_table(result: TuneResult, top: int) -> Table:
-    """The best ``top`` configurations with accuracy ± 95% interval and the paired gap to the best."""
-    table = Table(title=f"{len(result.ranked)} configurations, ranked (same episodes)")
-    for column in ("rank", "τ", "T", "n_top", "sigma", "rectify", "shift", "accuracy (%)", "Δ vs best"):
-        table.add_column(column, justify="right")
-    for rank, entry in enumerate(result.ranked[: max(1, top)], start=1):
-        p, s, d = entry.params, entry.result.summary, entry.versus_best
-        cells = [str(rank), f"{p['step_size']:g}", str(p["layers"]), str(p["n_top"]), str(p["sigma"])]
-        cells += [str(p["rectify"]), str(p["shift"]), f"{s.mean:.2f} ± {s.ci95:.2f}"]
-        cells.append("best" if rank == 1 else f"{d.mean:+.2f} ± {d.ci95:.2f}")
-        table.add_row(*cells)
-    return table
+def _ranked_table(result: TuneResult, top: int) -> list[RenderableType]:
+    """The best ``top`` configurations with accuracy ± 95% interval and the paired gap to the best.
+
+    A parameter with one value in every row shown is said in the title rather than given a column.
+    """
+    entries = result.ranked[: max(1, top)]
+    params = [entry.params for entry in entries]
+    columns = [Column("rank", [str(rank) for rank in range(1, len(entries) + 1)])]
+    same = []
+    for key, header in (
+        ("step_size", "τ"),
+        ("layers", "T"),
+        ("n_top", "n_top"),
+        ("sigma", "sigma"),
+        ("rectify", "rectify"),
+        ("shift", "shift"),
+    ):
+        cells = [f"{p[key]:g}" if key == "step_size" else str(p[key]) for p in params]
+        if len(set(cells)) == 1 and len(cells) > 1:
+            same.append(f"{header} {cells[0]}")
+        else:
+            columns.append(Column(header, cells))
+    summaries = [entry.result.summary for entry in entries]
+    columns.append(Column("accuracy (%)", [f"{s.mean:.2f} ± {s.ci95:.2f}" for s in summaries]))
+    gaps = [f"{e.versus_best.mean:+.2f} ± {e.versus_best.ci95:.2f}" for e in entries[1:]]
+    columns.append(Column("Δ vs best", ["best", *gaps]))
+    title = f"{len(result.ranked)} configurations, ranked (same episodes)"
+    return fit(title + (f"; every row: {', '.join(same)}" if same else ""), columns, stdout.width)
 
 
-def _view_table(result: TuneResult) -> Table:
+def _view_table(result: TuneResult) -> list[RenderableType]:
     """Accuracy over τ (rows) × T (columns), other parameters at the best's values."""
     taus, depths, values = step_layer_view(result)
-    table = Table(title="accuracy (%): τ (rows) × T (columns)")
-    table.add_column("τ \\ T", justify="right")
-    for depth in depths:
-        table.add_column(str(depth), justify="right")
-    for i, tau in enumerate(taus):
-        table.add_row(f"{tau:g}", *("-" if math.isnan(v) else f"{v:.2f}" for v in values[i]))
-    return table
+    columns = [Column("τ \\ T", [f"{tau:g}" for tau in taus])]
+    for j, depth in enumerate(depths):
+        columns.append(Column(str(depth), ["-" if math.isnan(row[j]) else f"{row[j]:.2f}" for row in values]))
+    return fit("accuracy (%): τ (rows) × T (columns)", columns, stdout.width)

@@ -222,4 +222,4 @@ def build_backbone(arch: str, in_channels: int = 3, checkpoint_keys: Iterable[st
         return ResNet18(in_channels)
     if arch == "wrn28_10":
         return WideResNet(in_channels, layout=wrn_layout(checkpoint_keys))
-    raise DiffshotError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    raise DiffshotError(f"unknown arch={arch!r}; choose one of {', '.join(ARCHS)}")

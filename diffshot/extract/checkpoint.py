@@ -63,7 +63,7 @@ def load_checkpoint(path: Path, trust: bool = False) -> object:
     """``torch.load`` on CPU, with ``weights_only=True`` unless the user trusts the file; one-line errors."""
     _check_file(path)
     if is_torchscript(path):
-        raise DiffshotError(f"{path}: is a TorchScript module, not a state dict; use --arch torchscript")
+        raise DiffshotError(f"{path}: is a TorchScript module, not a state dict; use arch=torchscript")
     archive = zipfile.is_zipfile(path)
     if archive:
         _check_archive_sizes(path)
@@ -193,7 +193,7 @@ def _refusal(path: Path, name: str) -> str:
     """Why a checkpoint was refused under weights_only, naming the Python global it asked for."""
     return (
         f"{path}: refused to load: it asks to run code (the pickled global {name}, which loading would import "
-        "and call); pass --trust-checkpoint only if you trust where the file came from"
+        "and call); pass trust_checkpoint=True only if you trust where the file came from"
     )
 
 
@@ -267,8 +267,8 @@ def _mismatch_message(
         parts.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
     if shapes:
         parts.append(f"{len(shapes)} shape mismatches (first: {shapes[0]})")
-    hint = f"; the model was built for {in_channels}-channel images (see --grayscale/--rgb)" if shapes else ""
-    return f"{source}: does not fit --arch {arch}: " + ", ".join(parts) + hint
+    hint = f"; the model was built for {in_channels}-channel images (see grayscale)" if shapes else ""
+    return f"{source}: does not fit arch={arch}: " + ", ".join(parts) + hint
 
 
 def _check_weight(source: Path, key: str, tensor: torch.Tensor, own: torch.Tensor) -> None:
@@ -315,6 +315,6 @@ def load_into(
     try:
         model.load_state_dict(used, strict=False)
     except RuntimeError as exc:
-        raise DiffshotError(f"{source}: cannot load into --arch {arch} ({first_line(exc)})") from None
+        raise DiffshotError(f"{source}: cannot load into arch={arch} ({first_line(exc)})") from None
     ignored = tuple(k for k in state if not (k.startswith(prefix) and k[len(prefix) :] in own))
     return LoadReport(prefix=prefix, ignored=ignored)

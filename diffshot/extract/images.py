@@ -304,12 +304,12 @@ def read_rows_csv(path: Path, what: str) -> list[tuple[int, str, str]]:
 
 
 def parse_split_option(text: str) -> tuple[Path, str]:
-    """``FILE=base|val|novel`` from --split-csv into (path, split)."""
+    """``FILE=base|val|novel`` (an item of ``split_csv``) into (path, split)."""
     file, sep, split = text.rpartition("=")
     if not sep or not file:
-        raise DiffshotError(f"--split-csv {text!r}: expected FILE=base, FILE=val or FILE=novel")
+        raise DiffshotError(f"split_csv {text!r}: expected FILE=base, FILE=val or FILE=novel")
     if split not in SPLITS:
-        raise DiffshotError(f"--split-csv {text!r}: split must be base, val or novel, not {split!r}")
+        raise DiffshotError(f"split_csv {text!r}: split must be base, val or novel, not {split!r}")
     return Path(file), split
 
 
@@ -373,7 +373,7 @@ def collect_images(sources: Sequence[Path], split_csvs: Sequence[Path] = (), roo
         if prefix == "" and not split_csvs:
             raise DiffshotError(
                 f"{source}: images sit at the top level with no class folders; "
-                "give --split-csv FILE=SPLIT files listing filename,label"
+                "give split_csv=FILE=SPLIT files listing filename,label"
             )
         if prefix is not None and split_csvs:
             for csv_path in split_csvs:
@@ -435,7 +435,7 @@ def check_splits(items: Sequence[ImageItem], splits: dict[str, str]) -> None:
     for item in items:
         if item.label not in splits:
             raise DiffshotError(
-                f"class {item.label!r} (e.g. {item.path}) has no split: name it in --split-csv or --class-split"
+                f"class {item.label!r} (e.g. {item.path}) has no split: name it in split_csv or class_split"
             )
 
 

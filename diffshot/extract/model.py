@@ -36,27 +36,27 @@ class Encoder:
         smallest = MIN_INPUT_SIDE.get(self.arch, 1)
         if min(batch.shape[2:]) < smallest:
             raise DiffshotError(
-                f"--arch {self.arch} needs images of at least {smallest}x{smallest} pixels, these are "
-                f"{batch.shape[2]}x{batch.shape[3]}; give --image-size {smallest} or more"
+                f"arch={self.arch} needs images of at least {smallest}x{smallest} pixels, these are "
+                f"{batch.shape[2]}x{batch.shape[3]}; give image_size={smallest} or more"
             )
         try:
             with torch.inference_mode():
                 out = self.module(torch.from_numpy(batch).to(self.device))
         except RuntimeError as exc:
             raise DiffshotError(
-                f"--arch {self.arch}: the model failed on a batch of shape {list(batch.shape)} ({first_line(exc)})"
+                f"arch={self.arch}: the model failed on a batch of shape {list(batch.shape)} ({first_line(exc)})"
             ) from None
         if not isinstance(out, torch.Tensor):
-            raise DiffshotError(f"--arch {self.arch}: the model returned a {type(out).__name__}, not a tensor")
+            raise DiffshotError(f"arch={self.arch}: the model returned a {type(out).__name__}, not a tensor")
         if out.ndim != 2 or out.shape[0] != batch.shape[0]:
             raise DiffshotError(
-                f"--arch {self.arch}: the model returned shape {list(out.shape)} for a batch of "
+                f"arch={self.arch}: the model returned shape {list(out.shape)} for a batch of "
                 f"{batch.shape[0]}; expected (batch, dim)"
             )
         features = out.detach().float().cpu().numpy()
         if not np.isfinite(features).all():
             raise DiffshotError(
-                f"--arch {self.arch}: the model gave non-finite features (NaN or infinity) for a batch of "
+                f"arch={self.arch}: the model gave non-finite features (NaN or infinity) for a batch of "
                 f"{batch.shape[0]} images; check the checkpoint and the preprocessing"
             )
         return features
@@ -65,16 +65,10 @@ class Encoder:
 def build_encoder(arch: str, checkpoint: Path, in_channels: int, device: torch.device, trust: bool = False) -> Encoder:
     """Build ``arch``, load ``checkpoint`` into it (or load the TorchScript module), move it to ``device``."""
     if arch not in ARCHS:
-        raise DiffshotError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
+        raise DiffshotError(f"unknown arch={arch!r}; choose one of {', '.join(ARCHS)}")
     if arch == "torchscript":
         return Encoder(load_torchscript(checkpoint, device), arch, device)
     state = find_state_dict(load_checkpoint(checkpoint, trust), checkpoint)
     module = build_backbone(arch, in_channels, state.keys())
     report = load_into(module, state, arch, checkpoint, in_channels)
     return Encoder(module.to(device).eval(), arch, device, report)
-
-
-def random_encoder(arch: str, in_channels: int, device: torch.device, seed: int = 0) -> Encoder:
-    """A backbone with seeded random weights (for benchmarks and tests)."""
-    torch.manual_seed(seed)
-    return Encoder(build_backbone(arch, in_channels).to(device).eval(), arch, device)

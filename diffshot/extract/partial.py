@@ -112,7 +112,7 @@ def parse_partial(data: bytes, path: Path, identity: Mapping[str, object], batch
         named = [IDENTITY_NAMES.get(k, k) for k in differs]
         raise DiffshotError(
             f"{path}: left by a different run (differs in: {', '.join(named)}); rerun with the same inputs and "
-            "options, or delete it and rerun without --resume"
+            "options, or delete it and rerun without resume=True"
         )
     dtype = record_dtype(dim)
     usable = (len(data) - start) // dtype.itemsize
@@ -149,7 +149,7 @@ class PartialFile:
             if not resume and holds_rows(data, path):
                 raise DiffshotError(
                     f"{path}: an interrupted run left its rows here; "
-                    "pass --resume to continue it, or delete it to start over"
+                    "pass resume=True to continue it, or delete it to start over"
                 )
             self.state = parse_partial(data, path, identity, batch_size, total) if resume else PartialState()
         except BaseException:

@@ -19,7 +19,7 @@ def base_mean_of(
 ) -> tuple[np.ndarray | None, str]:
     """The base mean to store and a sentence saying where it came from (or why there is none)."""
     if mode not in BASE_MEAN_CHOICES:
-        raise DiffshotError(f"unknown --base-mean {mode!r}; choose one of {', '.join(BASE_MEAN_CHOICES)}")
+        raise DiffshotError(f"unknown base_mean={mode!r}; choose one of {', '.join(BASE_MEAN_CHOICES)}")
     if mode == "none":
         return None, "none (--base-mean none)"
     if mode == "all":

@@ -28,6 +28,7 @@ __all__ = [
     "Rows",
     "RunStats",
     "check_batch_bytes",
+    "check_run_options",
     "decode_batch",
     "extract_rows",
     "items_digest",
@@ -80,7 +81,7 @@ def decode_batch(images: ImageList, prep: Preprocessing, number: int, batch_size
             arrays.append(_load(images, prep, index))
         except BadImage as exc:
             if not skip_bad:
-                raise DiffshotError(f"{exc} (pass --skip-bad-images to skip such images)") from None
+                raise DiffshotError(f"{exc} (pass skip_bad_images=True to skip such images)") from None
             continue
         good.append(index)
         held += arrays[-1].nbytes
@@ -88,7 +89,7 @@ def decode_batch(images: ImageList, prep: Preprocessing, number: int, batch_size
             raise DiffshotError(
                 f"{images.display(images.items[index])}: batch {number}'s images take more than "
                 f"{MAX_BATCH_BYTES >> 20:,} MiB as float32 ({arrays[-1].shape[1]}x{arrays[-1].shape[2]} pixels "
-                "each); lower --batch-size or the image size"
+                "each); lower batch_size or the image size"
             )
     pixels = _stack(arrays, images, good) if arrays else None
     return Batch(start, stop, np.asarray(good, dtype=np.int64), pixels, stamps)
@@ -102,7 +103,7 @@ def _stack(arrays: list[np.ndarray], images: ImageList, good: list[int]) -> np.n
             name, other = images.display(images.items[index]), images.display(images.items[good[0]])
             raise DiffshotError(
                 f"{name}: size {array.shape[1]}x{array.shape[2]} differs from {other} ({first[1]}x{first[2]}); "
-                "give --image-size or --resize/--center-crop so that all images end up the same size"
+                "give image_size, or resize and center_crop, so that all images end up the same size"
             )
     return np.stack(arrays)
 
@@ -200,10 +201,7 @@ def extract_rows(
     on_batch: ProgressHook | None = None,
 ) -> tuple[Rows, RunStats]:
     """Encode every image into the partial file beside ``output`` (resuming it if asked), then read it back."""
-    if batch_size <= 0:
-        raise DiffshotError(f"--batch-size must be positive, got {batch_size}")
-    if workers < 0:
-        raise DiffshotError(f"--workers must be 0 or more, got {workers}")
+    check_run_options(batch_size, workers)
     check_writable(output)
     part = check_writable(partial_path(output))
     total = len(images.items)
@@ -220,6 +218,14 @@ def extract_rows(
     return _rows(final.records), stats
 
 
+def check_run_options(batch_size: int, workers: int) -> None:
+    """A one-line error naming ``batch_size`` or ``workers`` when it is out of range."""
+    if batch_size <= 0:
+        raise DiffshotError(f"batch_size must be positive, got {batch_size}")
+    if workers < 0:
+        raise DiffshotError(f"workers={workers}: must be 0 or more")
+
+
 def check_batch_bytes(prep: Preprocessing, batch_size: int) -> None:
     """A one-line error when one batch of the known final image size would exceed MAX_BATCH_BYTES."""
     size = prep.output_size()
@@ -228,9 +234,9 @@ def check_batch_bytes(prep: Preprocessing, batch_size: int) -> None:
     per_image = prep.channels * size[0] * size[1] * 4
     if per_image * batch_size > MAX_BATCH_BYTES:
         raise DiffshotError(
-            f"--batch-size {batch_size}: a batch of {size[0]}x{size[1]} images would take "
+            f"batch_size={batch_size}: a batch of {size[0]}x{size[1]} images would take "
             f"{per_image * batch_size / (1 << 30):.1f} GiB as float32 (limit {MAX_BATCH_BYTES >> 30} GiB); "
-            f"use --batch-size {max(1, MAX_BATCH_BYTES // per_image)} or less"
+            f"use batch_size={max(1, MAX_BATCH_BYTES // per_image)} or less"
         )
 
 
@@ -244,7 +250,7 @@ def _check_unchanged(part: Path, images: ImageList, records: np.ndarray) -> None
         raise DiffshotError(
             f"{part}: {first} changed since the interrupted run read it ({changed.size} of {len(indices)} finished "
             "images changed: zip CRC-32 and size, or a hash of the file's bytes); "
-            "delete it and rerun without --resume"
+            "delete it and rerun without resume=True"
         )
 
 

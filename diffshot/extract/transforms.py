@@ -8,7 +8,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from diffshot.errors import DiffshotError
+from diffshot.errors import DiffshotError, UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -94,7 +94,7 @@ class Preprocessing:
             size = _shorter_side_size(image.size, self.resize)
             if size[0] * size[1] > MAX_RESIZED_PIXELS:
                 raise ImageTooLarge(
-                    f"--resize {self.resize} would make this {image.size[0]}x{image.size[1]} image "
+                    f"resize={self.resize} would make this {image.size[0]}x{image.size[1]} image "
                     f"{size[0]}x{size[1]}, more than {MAX_RESIZED_PIXELS:,} pixels"
                 )
             image = image.resize(size, resample)
@@ -144,13 +144,13 @@ def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
         values = tuple(float(part) for part in text.replace(" ", "").split(",") if part)
     except ValueError:
         raise DiffshotError(
-            f"{option} {text!r}: expected numbers separated by commas, e.g. 0.485,0.456,0.406"
+            f"{option}={text!r}: expected numbers separated by commas, e.g. 0.485,0.456,0.406"
         ) from None
     if not values:
-        raise DiffshotError(f"{option} is empty")
+        raise DiffshotError(f"{option}={text!r}: holds no number")
     bad = next((v for v in values if not math.isfinite(v)), None)
     if bad is not None:
-        raise DiffshotError(f"{option} {text!r}: {bad} is not a finite number")
+        raise DiffshotError(f"{option}={text!r}: {bad} is not a finite number")
     return values
 
 
@@ -169,7 +169,7 @@ def build_preprocessing(
 ) -> Preprocessing:
     """The preset (or the plain defaults) with every option the user gave laid over it, validated."""
     if preset is not None and preset not in PRESETS:
-        raise DiffshotError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     base = PRESETS[preset] if preset is not None else Preprocessing()
     changes: dict[str, object] = {
         key: value
@@ -197,29 +197,27 @@ def _validated(prep: Preprocessing) -> Preprocessing:
     for name in ("resize", "center_crop", "image_size"):
         value = getattr(prep, name)
         if value is not None and not 0 < value <= MAX_SIDE:
-            raise DiffshotError(
-                f"--{name.replace('_', '-')} must be a number of pixels from 1 to {MAX_SIDE}, got {value}"
-            )
+            raise DiffshotError(f"{name}={value}: must be a number of pixels from 1 to {MAX_SIDE}")
     if prep.resample not in RESAMPLE:
-        raise DiffshotError(f"unknown --resample {prep.resample!r}; choose one of {', '.join(RESAMPLE)}")
+        raise DiffshotError(f"unknown resample={prep.resample!r}; choose one of {', '.join(RESAMPLE)}")
     if prep.mean is None or prep.std is None:
         return prep
-    mean, std = _broadcast(prep.mean, prep.channels, "--mean"), _broadcast(prep.std, prep.channels, "--std")
+    mean, std = _broadcast(prep.mean, prep.channels, "mean"), _broadcast(prep.std, prep.channels, "std")
     if not all(math.isfinite(m) for m in mean):
-        raise DiffshotError(f"--mean {_fmt(mean)}: every value must be a finite number")
+        raise DiffshotError(f"mean={_fmt(mean)}: every value must be a finite number")
     if not all(math.isfinite(s) and s > 0 for s in std):
-        raise DiffshotError(f"--std {_fmt(std)}: every value must be a finite number above 0")
+        raise DiffshotError(f"std={_fmt(std)}: every value must be a finite number above 0")
     return dataclasses.replace(prep, mean=mean, std=std)
 
 
 def final_side(prep: Preprocessing) -> tuple[int, str] | None:
     """The shorter side every image ends up with and the option that sets it, or None when it follows the image."""
     if prep.image_size is not None:
-        return prep.image_size, "--image-size"
+        return prep.image_size, "image_size"
     if prep.center_crop is not None:
-        return prep.center_crop, "--center-crop"
+        return prep.center_crop, "center_crop"
     if prep.resize is not None:
-        return prep.resize, "--resize"
+        return prep.resize, "resize"
     return None
 
 
@@ -227,9 +225,7 @@ def check_model_input(prep: Preprocessing, arch: str, smallest: int) -> None:
     """A one-line error when the preprocessing makes images smaller than ``arch`` can run on."""
     final = final_side(prep)
     if final is not None and final[0] < smallest:
-        raise DiffshotError(
-            f"{final[1]} {final[0]}: --arch {arch} needs images of at least {smallest}x{smallest} pixels"
-        )
+        raise DiffshotError(f"{final[1]}={final[0]}: arch={arch} needs images of at least {smallest}x{smallest} pixels")
 
 
 def _broadcast(values: tuple[float, ...], channels: int, option: str) -> tuple[float, ...]:
@@ -237,5 +233,5 @@ def _broadcast(values: tuple[float, ...], channels: int, option: str) -> tuple[f
     if len(values) == 1:
         return values * channels
     if len(values) != channels:
-        raise DiffshotError(f"{option} has {len(values)} values for {channels}-channel images")
+        raise DiffshotError(f"{option}={_fmt(values)}: {len(values)} values for {channels}-channel images")
     return values

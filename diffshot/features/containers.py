@@ -116,7 +116,7 @@ def describe_bytes(path: Path) -> str:
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """Every array of an .npz, loaded with allow_pickle=False once the declared shapes fit what the archive holds."""
     try:
-        _check_npz_sizes(path)
+        check_npz_sizes(path)
         with np.load(path, allow_pickle=False) as archive:
             return {key: _npz_member(archive, key, path) for key in archive.files}
     except (zipfile.BadZipFile, OSError, EOFError, MemoryError) as exc:
@@ -157,7 +157,7 @@ def _check_npy_size(path: Path, what: str, shape: tuple[int, ...], dtype: np.dty
     return need
 
 
-def _check_npz_sizes(path: Path) -> None:
+def check_npz_sizes(path: Path) -> None:
     """Refuse an .npz whose members declare more data than they hold, or more than memory, before reading any."""
     budget = Budget(path)
     with zipfile.ZipFile(path) as archive:
@@ -202,6 +202,7 @@ __all__ = [
     "NPY_MAGIC",
     "TORCH_LEGACY_MAGIC",
     "ZIP_MAGIC",
+    "check_npz_sizes",
     "check_readable",
     "describe_bytes",
     "head",

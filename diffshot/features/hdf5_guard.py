@@ -9,13 +9,14 @@ import h5py
 import numpy as np
 
 from diffshot.errors import DiffshotError
-from diffshot.features.limits import COMPRESSED_RATIO, Budget
+from diffshot.features.limits import COMPRESSED_RATIO, FLOOR_BYTES, Budget, human
 
 OPT_IN = "pass --allow-external-data (allow_external=True) only if you trust the file and what it points at"
 
 
-def check_contained(handle: h5py.File, path: Path | str) -> None:
-    """Refuse external links, external storage and virtual datasets anywhere in the file, naming dataset and target.
+def check_contained(handle: h5py.File, path: Path | str, allow_external: bool = False) -> None:
+    """Refuse soft links that lead nowhere or loop, and (unless ``allow_external``) external links, external
+    storage and virtual datasets anywhere in the file, naming the dataset and its target.
 
     Every group reachable by hard links is visited without following soft or external links, so a
     soft link can only resolve to something visited here.
@@ -28,10 +29,13 @@ def check_contained(handle: h5py.File, path: Path | str) -> None:
             where = f"{group.name.rstrip('/')}/{name}"
             link = group.get(name, getlink=True)
             if isinstance(link, h5py.ExternalLink):
+                if allow_external:
+                    continue
                 raise DiffshotError(
                     f"{path}: {where} is an external link to {link.filename}:{link.path}, outside this file; {OPT_IN}"
                 )
             if isinstance(link, h5py.SoftLink):
+                _check_soft_link(group, name, where, link.path, path)
                 continue
             if not isinstance(link, h5py.HardLink):
                 raise DiffshotError(f"{path}: {where} is a user-defined HDF5 link, which diffshot does not follow")
@@ -41,8 +45,21 @@ def check_contained(handle: h5py.File, path: Path | str) -> None:
             seen.add(hash(obj))
             if isinstance(obj, h5py.Group):
                 groups.append(obj)
-            elif isinstance(obj, h5py.Dataset):
+            elif isinstance(obj, h5py.Dataset) and not allow_external:
                 _check_dataset(obj, where, path)
+
+
+def _check_soft_link(group: h5py.Group, name: str, where: str, target: str, path: Path | str) -> None:
+    """A one-line error for a soft link that points at nothing, or at itself (a loop HDF5 gives up on)."""
+    try:
+        found = group.get(name)
+    except (KeyError, RuntimeError, OSError, ValueError):
+        found = None
+    if found is None:
+        raise DiffshotError(
+            f"{path}: {where} is a soft link to {target}, which does not exist or leads back to itself "
+            f"(a dangling or looping link)"
+        )
 
 
 def _check_dataset(ds: h5py.Dataset, where: str, path: Path | str) -> None:
@@ -60,7 +77,8 @@ def _check_dataset(ds: h5py.Dataset, where: str, path: Path | str) -> None:
 
 
 def open_hdf5(path: Path | str, allow_external: bool = False, image: bytes | None = None) -> h5py.File:
-    """An HDF5 file opened read-only and checked to be self-contained (unless ``allow_external``).
+    """An HDF5 file opened read-only, its soft links checked, and checked to be self-contained (unless
+    ``allow_external``).
 
     ``image`` is the file's bytes already read (then the file is not read again; messages still name ``path``).
     """
@@ -68,12 +86,11 @@ def open_hdf5(path: Path | str, allow_external: bool = False, image: bytes | Non
         handle = h5py.File(path if image is None else io.BytesIO(image), "r")
     except OSError as exc:
         raise DiffshotError(f"{path}: unreadable HDF5 file ({exc})") from None
-    if not allow_external:
-        try:
-            check_contained(handle, path)
-        except BaseException:
-            handle.close()
-            raise
+    try:
+        check_contained(handle, path, allow_external)
+    except BaseException:
+        handle.close()
+        raise
     return handle
 
 
@@ -87,13 +104,32 @@ def _stored_bytes(ds: h5py.Dataset) -> tuple[int, bool]:
     return stored, filtered
 
 
-def read_dataset(ds: h5py.Dataset, budget: Budget, what: str, rows: int | None = None) -> np.ndarray:
-    """``ds[()]`` (or its first ``rows`` rows), once its declared size has been checked against what the file stores."""
+def declared_bytes(ds: h5py.Dataset, rows: int | None = None) -> int:
+    """Bytes ``ds`` (or its first ``rows`` rows) declares, in exact integer arithmetic."""
     shape = ds.shape or ()
     if rows is not None and shape:
         shape = (min(rows, shape[0]), *shape[1:])
     count = int(np.prod(shape, dtype=object)) if shape else 1
-    nbytes = count * ds.dtype.itemsize
+    return count * ds.dtype.itemsize
+
+
+def check_stored(ds: h5py.Dataset, path: Path | str, what: str) -> None:
+    """Refuse, before streaming it, a dataset that declares far more data than the file stores for it (a fill
+    value or a crafted size): what a streamed reader checks where a whole-file read uses a :class:`Budget`."""
+    if ds.external or ds.is_virtual:  # only with --allow-external-data; the data is elsewhere
+        return
+    nbytes = declared_bytes(ds)
+    stored, filtered = _stored_bytes(ds)
+    if nbytes > max(FLOOR_BYTES, stored * (COMPRESSED_RATIO if filtered else 1)):
+        raise DiffshotError(
+            f"{path}: {what} {ds.name} (shape {ds.shape}) declares {human(nbytes)} of data, but the file stores only "
+            f"{human(stored)} for it; refused before reading (a crafted or corrupt size, or an unwritten fill value)"
+        )
+
+
+def read_dataset(ds: h5py.Dataset, budget: Budget, what: str, rows: int | None = None) -> np.ndarray:
+    """``ds[()]`` (or its first ``rows`` rows), once its declared size has been checked against what the file stores."""
+    nbytes = declared_bytes(ds, rows)
     stored, filtered = _stored_bytes(ds)
     if ds.external or ds.is_virtual:  # only read when the user opted in; the data is elsewhere, memory still bounds it
         stored, filtered = nbytes, False
@@ -104,4 +140,4 @@ def read_dataset(ds: h5py.Dataset, budget: Budget, what: str, rows: int | None =
         raise DiffshotError(f"{budget.path}: dataset {ds.name} cannot be read ({str(exc).splitlines()[0]})") from None
 
 
-__all__ = ["check_contained", "open_hdf5", "read_dataset"]
+__all__ = ["check_contained", "check_stored", "declared_bytes", "open_hdf5", "read_dataset"]

@@ -137,7 +137,11 @@ def parse(obj: object, path: Path, container: str, require_labels: bool = True) 
     if isinstance(obj, list | tuple):
         return _parse_sequence(obj, path)
     if isinstance(obj, np.ndarray) or is_tensor(obj):
-        return _parse_array(_array(obj, path, "the stored array"), path)
+        array = _array(obj, path, "the stored array")
+        if not require_labels and array.ndim == 2:
+            labels = np.zeros(array.shape[0], dtype=np.int64)
+            return Imported(_numeric(array, path, "the array"), labels, "unlabelled-array", [UNLABELLED])
+        return _parse_array(array, path)
     raise unknown(path, _describe(obj))
 
 
@@ -188,7 +192,8 @@ def _parse_array(array: np.ndarray, path: Path) -> Imported:
         return _per_class(list(array), path, "easy-tensor")
     if array.ndim == 1:
         return Imported(_numeric(array, path, "the vector")[None, :], np.zeros(1, np.int64), "vector", ["vector"])
-    raise unknown(path, f"an array of shape {tuple(array.shape)} with no labels")
+    hint = "; give them with --labels FILE" if array.ndim == 2 else ""
+    raise unknown(path, f"an array of shape {tuple(array.shape)} with no labels{hint}")
 
 
 def _per_class(blocks: Sequence[np.ndarray], path: Path, layout: str) -> Imported:

@@ -17,12 +17,19 @@ def read_features(
     base_mean_path: str | os.PathLike[str] | None = None,
     require_labels: bool = True,
     allow_external: bool = False,
+    labels_path: str | os.PathLike[str] | None = None,
 ) -> FeatureSet:
     """Read a features file of any supported format, without cleaning it.
 
-    With ``require_labels=False`` a canonical file, .npz or dict without ``labels`` (rows to predict) is accepted.
-    HDF5 external links, external storage and virtual datasets are refused unless ``allow_external``.
+    With ``require_labels=False`` a canonical file, .npz, dict or bare 2-D array without ``labels`` (rows to
+    predict) is accepted. ``labels_path`` (``--labels FILE``: .npy, .txt or .csv) labels a file stored without
+    labels. HDF5 external links, external storage and virtual datasets are refused unless ``allow_external``.
     """
+    if labels_path is not None:
+        from diffshot.features.labels import with_labels
+
+        fs = read_features(path, base_mean_path, require_labels=False, allow_external=allow_external)
+        return with_labels(fs, labels_path)
     p = check_readable(path)
     mean_path = None if base_mean_path is None else check_readable(base_mean_path)
     return read_foreign(p, mean_path, allow_external, require_labels)
@@ -31,8 +38,8 @@ def read_features(
 def clean_features(fs: FeatureSet, drop_nonfinite: bool = False, drop_zero: bool = False) -> FeatureSet:
     """Refuse (or, when asked, drop with a warning) rows with NaN/Inf and all-zero rows."""
     for mask, what, flag, drop in (
-        (fs.nonfinite_rows(), "contain NaN or Inf", "--drop-nonfinite", drop_nonfinite),
-        (fs.zero_rows(), "are all-zero vectors", "--drop-zero", drop_zero),
+        (fs.nonfinite_rows(), "contain NaN or Inf", "drop_nonfinite=True", drop_nonfinite),
+        (fs.zero_rows(), "are all-zero vectors", "drop_zero=True", drop_zero),
     ):
         count = int(mask.sum())
         if count == 0:
@@ -53,9 +60,10 @@ def load_features(
     drop_nonfinite: bool = False,
     drop_zero: bool = False,
     allow_external: bool = False,
+    labels_path: str | os.PathLike[str] | None = None,
 ) -> FeatureSet:
-    """Read and clean a features file: what ``evaluate`` and friends call (``allow_external`` as in read_features)."""
-    fs = read_features(path, base_mean_path, allow_external=allow_external)
+    """Read and clean a features file: what ``evaluate`` and friends call (the options as in read_features)."""
+    fs = read_features(path, base_mean_path, allow_external=allow_external, labels_path=labels_path)
     return clean_features(fs, drop_nonfinite=drop_nonfinite, drop_zero=drop_zero)
 
 

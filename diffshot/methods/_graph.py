@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffshot.episodes import Episodes, Task
+import numpy as np
+
+from diffshot.episodes import Episodes
 from diffshot.lazy import torch
 from diffshot.methods.base import AUTO, param
 from diffshot.ops.graph import graph_size, sparse_graph
 from diffshot.ops.knn import EPISODE_BACKENDS, gram
 from diffshot.ops.preprocess import transductive_gram, transductive_points
+from diffshot.task import Prepared, Task
 
 MAX_STEP_SIZE = 2.0
 MAX_LAYERS = 1000
@@ -41,7 +44,7 @@ def n_top_param(default: int | str = AUTO) -> Any:
     return param(
         default,
         "keep entries below the n_top-th smallest distance, the point itself included "
-        "(paper: 8; auto: adapts to queries per shot, see README)",
+        "(paper: 8; auto: adapts to queries per shot, see docs/evaluate.md)",
         kind=int,
         auto=default == AUTO,
         minimum=2,
@@ -86,15 +89,11 @@ def graph_inputs(episodes: Episodes, shift: bool, knn: str) -> tuple[torch.Tenso
     return points, gram(points)
 
 
-def task_graph(
-    task: Task, n_top: int | str, sigma: int | str, shift: bool, points: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """One large task's transductive points (or ``points``, prepared by the caller) and sparse graph W̃,
-    with the graph size the ``auto`` rule gives it."""
-    if points is None:
-        points = transductive_points(task.points, task.centre, task.num_support, shift)
-    n = points.shape[0]
+def task_graph(task: Task, prepared: Prepared, n_top: int | str, sigma: int | str) -> tuple[torch.Tensor, int, int]:
+    """One large task's sparse graph W̃ of its prepared points, with the graph size the ``auto`` rule gives it."""
+    n = prepared.n
     top, width = graph_size(task.shots, task.points_per_class, n_top, sigma)
     top, width = min(top, n), min(width, n)
-    dist, ids = task.search(points.cpu().numpy(), max(top, width))
-    return points, sparse_graph(dist, ids, top, width), top, width
+    with task.search(prepared, max(top, width)) as (dist, ids):
+        graph = sparse_graph(np.asarray(dist), np.asarray(ids, dtype=np.int64), top, width)
+    return graph, top, width

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from diffshot.errors import UsageError
@@ -18,9 +18,9 @@ from diffshot.errors import UsageError
 if TYPE_CHECKING:
     import torch
 
-    from diffshot.episodes import Episodes, Task
+    from diffshot.episodes import Episodes
+    from diffshot.task import Task
 
-Scores = "torch.Tensor"  # [E, nq, ways], higher means more likely
 ParamValue = bool | int | float | str
 AUTO = "auto"
 _SPEC = "diffshot_param"
@@ -165,16 +165,20 @@ P = TypeVar("P")
 
 @dataclasses.dataclass(frozen=True)
 class Method(Generic[P]):
-    """A few-shot classifier and what it declares about itself.
+    """A few-shot classifier and what it declares about itself: each command runs the hooks it declares.
 
-    ``score(episodes, params)`` returns query scores [E, nq, ways] (higher = more likely).
-    ``label(task, params)`` labels one large task (thousands to millions of queries, unequal shots),
-    returning a scorer over query row blocks; methods without it cannot be used by ``predict``.
-    ``resolve_auto(episodes, params)`` says what ``auto`` parameters become on those episodes.
-    ``transductive``: uses the unlabelled queries; ``assumes_balance``: assumes equal query counts per
-    class (a bool, or a function of the parameters when only some settings do).
+    ``score(episodes, params)`` returns query scores [E, nq, ways] (higher = more likely): ``evaluate``,
+    ``tune``, ``batch``. ``large_task(task, params)`` labels one large task (thousands to millions of
+    queries, unequal shots; in memory or streamed from a file, see :mod:`diffshot.task`), returning a
+    scorer over query row blocks: ``predict``; methods without it are refused there.
+    ``layerwise(episodes, params)`` yields the points [E, n, d] the method decides on after layer 0, 1,
+    2, … (a generator the caller stops): ``separability``, whose parameters are ``layer_params``.
     ``open_set(episodes, params)`` scores episodes whose queries may come from no support class
     (``evaluate --open-set``); methods without it are refused there.
+    ``resolve_auto(episodes, params)`` says what ``auto`` parameters become on those episodes.
+    ``grid``: ``tune``'s default grid, (parameter, values) pairs (none: the defaults alone).
+    ``transductive``: uses the unlabelled queries; ``assumes_balance``: assumes equal query counts per
+    class (a bool, or a function of the parameters when only some settings do).
     """
 
     name: str
@@ -183,9 +187,12 @@ class Method(Generic[P]):
     score: Callable[[Episodes, P], torch.Tensor]
     transductive: bool
     assumes_balance: bool | Callable[[P], bool] = False
-    label: Callable[[Task, P], TaskScores] | None = None
+    large_task: Callable[[Task, P], TaskScores] | None = None
     resolve_auto: Callable[[Episodes, P], dict[str, object]] | None = None
     open_set: Callable[[Episodes, P], OpenSetScores] | None = None
+    layerwise: Callable[[Episodes, P], Iterator[torch.Tensor]] | None = None
+    layer_params: tuple[str, ...] = ()
+    grid: tuple[tuple[str, tuple[ParamValue, ...]], ...] = ()
 
     @property
     def declared(self) -> tuple[Param, ...]:
@@ -217,7 +224,7 @@ class Method(Generic[P]):
     @property
     def labels_large_tasks(self) -> bool:
         """Whether ``predict`` can run this method on one large task."""
-        return self.label is not None
+        return self.large_task is not None
 
     def as_dict(self, params: P) -> dict[str, ParamValue]:
         """The parameter values by name, as the JSON, CSV and TOML outputs record them."""
@@ -254,7 +261,6 @@ __all__ = [
     "OpenSetScores",
     "Param",
     "ParamValue",
-    "Scores",
     "TaskScores",
     "declared_params",
     "param",

@@ -145,7 +145,7 @@ def sgd_coefficients(lrs: list[float]) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def rectified_prototypes(points: torch.Tensor, support_labels: torch.Tensor, ways: int) -> torch.Tensor:
+def official_rectified_prototypes(points: torch.Tensor, support_labels: torch.Tensor, ways: int) -> torch.Tensor:
     """The official code's rectified prototypes [E, ways, d]: BD-CSPN's membership over every point, by member count.
 
     Unlike BD-CSPN, the support points take their argmax class too, and a prototype divides its
@@ -159,7 +159,7 @@ def rectified_prototypes(points: torch.Tensor, support_labels: torch.Tensor, way
 
 
 @dataclasses.dataclass
-class Task:
+class TrainingBatch:
     """What one chunk of episodes trains on: the rows of P that enter the loss, their targets, and fc1's Gram."""
 
     rows: torch.Tensor  # [E, m, n], rows of P = (I − τL)ᵀ: the support's, and the queries' when alpha > 0
@@ -171,37 +171,39 @@ class Task:
     distance: torch.Tensor | None = None  # [E, nq, ways], query distances to the rectified prototypes
 
 
-def make_task(
+def training_batch(
     points: torch.Tensor,
     rows: torch.Tensor,
     gram_with_bias: torch.Tensor,
     targets: torch.Tensor,
     alpha: float = 0.0,
     distance: torch.Tensor | None = None,
-) -> Task:
+) -> TrainingBatch:
     """The fixed tensors of training for the rows ``rows`` of P, computed once per chunk."""
-    return Task(rows, rows @ points, rows.sum(-1, keepdim=True), gram_with_bias, targets, alpha, distance)
+    return TrainingBatch(rows, rows @ points, rows.sum(-1, keepdim=True), gram_with_bias, targets, alpha, distance)
 
 
-def logits_of(task: Task, head: Head, composed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def logits_of(
+    batch: TrainingBatch, head: Head, composed: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits [E, m, ways] = rows·(x + relu(Z)·W2ᵀ + 1·b2)·Wcᵀ + bc, with composed = Wc·W2.
 
     Also returns the residual part rows·(x + 1·b2) and relu(Z), which the gradients reuse.
     """
     hidden = torch.relu(head.z)
-    residual = torch.baddbmm(task.mixed_points, task.row_sums, head.b2)
+    residual = torch.baddbmm(batch.mixed_points, batch.row_sums, head.b2)
     logits = torch.baddbmm(head.bc, residual, head.wc.mT)
-    return logits.baddbmm_(task.rows, hidden @ composed.mT), residual, hidden
+    return logits.baddbmm_(batch.rows, hidden @ composed.mT), residual, hidden
 
 
-def logits_gradient(task: Task, logits: torch.Tensor) -> torch.Tensor:
+def logits_gradient(batch: TrainingBatch, logits: torch.Tensor) -> torch.Tensor:
     """∂loss/∂logits: mean cross-entropy on the support, plus alpha·Σ softmax·distance on the queries."""
-    ns = task.targets.shape[-2]
+    ns = batch.targets.shape[-2]
     grad = logits.softmax(-1)
-    if task.alpha:
+    if batch.alpha:
         query = grad[:, ns:]
-        query.mul_(task.distance - (query * task.distance).sum(-1, keepdim=True)).mul_(task.alpha)
-    grad[:, :ns].sub_(task.targets).div_(ns)
+        query.mul_(batch.distance - (query * batch.distance).sum(-1, keepdim=True)).mul_(batch.alpha)
+    grad[:, :ns].sub_(batch.targets).div_(ns)
     return grad
 
 
@@ -213,18 +215,18 @@ def sgd_step(parameters: list[torch.Tensor], grads: list[torch.Tensor], buffers:
     torch._foreach_add_(parameters, buffers, alpha=-lr)
 
 
-def train_step(task: Task, head: Head, velocity: Head, fc2: ImplicitWeight, step: int, lr: float) -> None:
+def train_step(batch: TrainingBatch, head: Head, velocity: Head, fc2: ImplicitWeight, step: int, lr: float) -> None:
     """One full-batch SGD step of every head, its gradients written out by hand (no autograd graph)."""
     composed = fc2.left_product(head.wc)
-    logits, residual, hidden = logits_of(task, head, composed)
-    dlogits = logits_gradient(task, logits)
-    dcolumns = task.rows.mT @ dlogits
+    logits, residual, hidden = logits_of(batch, head, composed)
+    dlogits = logits_gradient(batch, logits)
+    dcolumns = batch.rows.mT @ dlogits
     dcomposed = dcolumns.mT @ hidden
     dwc = torch.baddbmm(fc2.right_product(dcomposed), dlogits.mT, residual)
-    db2 = (task.row_sums.mT @ dlogits) @ head.wc
+    db2 = (batch.row_sums.mT @ dlogits) @ head.wc
     dz = torch.ops.aten.threshold_backward(dcolumns @ composed, head.z, 0.0)
     fc2.record(step, head.wc, dcomposed)
-    velocity.z.baddbmm_(task.gram, dz, beta=MOMENTUM).add_(head.z, alpha=WEIGHT_DECAY)
+    velocity.z.baddbmm_(batch.gram, dz, beta=MOMENTUM).add_(head.z, alpha=WEIGHT_DECAY)
     head.z.add_(velocity.z, alpha=-lr)
     small = [head.b2, head.wc, head.bc]
     sgd_step(small, [db2, dwc, dlogits.sum(-2, keepdim=True)], [velocity.b2, velocity.wc, velocity.bc], lr)
@@ -241,17 +243,17 @@ def train(episodes: Episodes, params: DiffResNetParams) -> torch.Tensor:
     targets = F.one_hot(episodes.support_labels, ways).to(points.dtype)
     gram_with_bias = inner + 1.0
     if alpha:
-        distance = torch.cdist(points[:, ns:], rectified_prototypes(points, episodes.support_labels, ways))
-        task = make_task(points, operator, gram_with_bias, targets, alpha, distance)
+        distance = torch.cdist(points[:, ns:], official_rectified_prototypes(points, episodes.support_labels, ways))
+        batch = training_batch(points, operator, gram_with_bias, targets, alpha, distance)
     else:
-        task = make_task(points, operator[:, :ns], gram_with_bias, targets)
+        batch = training_batch(points, operator[:, :ns], gram_with_bias, targets)
     milestones = [int(fraction * epochs) for fraction in LR_MILESTONES]
     lrs = [params.lr * 0.1 ** sum(epoch >= m for m in milestones) for epoch in range(epochs)]
     head, fc2 = init_head(points, ways, params.seed, sgd_coefficients(lrs))
     velocity = Head(*(torch.zeros_like(getattr(head, field.name)) for field in dataclasses.fields(head)))
     for step, lr in enumerate(lrs):
-        train_step(task, head, velocity, fc2, step, lr)
-    queries = make_task(points, operator[:, ns:], gram_with_bias, targets)
+        train_step(batch, head, velocity, fc2, step, lr)
+    queries = training_batch(points, operator[:, ns:], gram_with_bias, targets)
     return logits_of(queries, head, fc2.left_product(head.wc))[0]
 
 

@@ -10,9 +10,12 @@ One large task (``predict``) runs the same recipe on a sparse FAISS graph, stepp
 from __future__ import annotations
 
 import dataclasses
+import functools
+import warnings
+from collections.abc import Iterator
 
-from diffshot.episodes import Episodes, Task
-from diffshot.errors import DiffshotError
+from diffshot.episodes import Episodes
+from diffshot.errors import UsageError
 from diffshot.lazy import torch
 from diffshot.methods._graph import (
     graph_inputs,
@@ -35,10 +38,11 @@ from diffshot.ops.classify import (
     squared_distances,
     support_averaging,
 )
-from diffshot.ops.diffusion import diffuse_, diffuse_gram, diffused_prototype_scores, diffusion_operator
+from diffshot.ops.diffusion import diffuse, diffuse_, diffuse_gram, diffused_prototype_scores, diffusion_operator
 from diffshot.ops.graph import episode_laplacian, sparse_laplacian_of
+from diffshot.ops.knn import gram
 from diffshot.ops.openset import otsu_rejection
-from diffshot.ops.preprocess import cl2n, transductive_gram
+from diffshot.ops.preprocess import cl2n, transductive_gram, transductive_points
 from diffshot.ops.proportions import (
     anchor_support_,
     proportion_em,
@@ -50,6 +54,9 @@ from diffshot.ops.proportions import (
 from diffshot.ops.reject import max_cosine_unknown
 from diffshot.ops.sinkhorn import PTMAP_ALPHA, PTMAP_STEPS, balanced_assignment
 from diffshot.ops.spectrum import checked_step
+from diffshot.task import Prepared, Task
+
+SLAB_BUDGET = 2**29
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,40 +260,87 @@ def query_to_diffused_cosine(
     return dots[..., rows, :] / (norms[..., None] * proto_norms[..., None, :])
 
 
-def label(task: Task, params: DiffusionParams) -> TaskScores:
-    """The same recipe on one large task: a sparse FAISS graph, T sparse steps on the features, then the decision.
+def large_task(task: Task, params: DiffusionParams) -> TaskScores:
+    """The same recipe on one large task: a sparse FAISS graph, T sparse steps, then the decision.
 
-    ``nearest``: nearest (rectified) prototype. ``estimated``: the class shares are estimated by the EM of
-    episodes (in feature space); when one looks scarce or absent, the support is kept in place and the
-    decision of :func:`scarce_scores` is taken (the EM's log-posteriors at one shot, the nearest prototype
-    after the share-weighted shift with more), else the nearest decision. The unknown score is −max cosine
-    of the diffused query to the prototypes the decision measured.
+    Rows in memory: the features are stepped. Streamed rows: diffusion is linear, so it runs on
+    class-sized state instead (:func:`streamed_scores`; rectification needs the features, so the rows
+    in memory). Its unknown score is −max cosine of the diffused query to the diffused prototypes.
+    ``assign = estimated`` (the default) estimates the class shares first (:func:`estimated_large_task`,
+    rows in memory; streamed rows are decided by the nearest prototype, with a notice).
     """
+    decision: dict[str, object] = {}
     if params.assign == "balanced":
-        raise DiffshotError(
+        raise UsageError(
             "parameter diffusion.assign: balanced is for episodes; one large task uses nearest or estimated"
         )
-    details: dict[str, object] = {}
     if params.assign == "estimated":
-        ns, ways, labels = task.num_support, task.ways, task.support_labels
-        raw = cl2n(task.points, task.centre)
-        _, log_share = proportion_em_points(raw, labels, ways, params.em_lam, PTMAP_STEPS, PTMAP_ALPHA, params.prior)
-        share = log_share.exp()
-        if raw.shape[0] - ns >= params.min_queries * ways and float(share.min()) * ways < params.scarce:
-            return scarce_label(task, params, raw, share)
-        details = {"decision": "nearest (no class looks scarce)"}
-    return nearest_label(task, params, details)
+        if task.points is None:
+            warnings.warn(
+                "streamed predict decides by the nearest diffused prototype: diffusion.assign = estimated (the "
+                "default) estimates class shares on a pool held in memory",
+                stacklevel=2,
+            )
+        else:
+            scored = estimated_large_task(task, params)
+            if scored is not None:
+                return scored
+        decision = {"decision": "nearest (no class looks scarce)"}
+    if params.rectify:
+        task.require_in_memory("diffusion with rectify")
+    prepared = task.prepared(params.shift)
+    graph, n_top, sigma = task_graph(task, prepared, params.n_top, params.sigma)
+    device = prepared.support.device
+    lap = sparse_laplacian_of(graph).to(device)
+    del graph
+    step, bound = checked_step(lap, params.step_size)
+    details = {
+        "n_top": n_top,
+        "sigma": sigma,
+        "step_size": step,
+        "lambda_max_bound": round(bound, 4),
+        "layers": params.layers,
+    }
+    if prepared.dense is None:
+        return streamed_scores(task, prepared, lap, step, params.layers, details)
+    ns = task.num_support
+    x = diffuse_(prepared.dense, lap, step, params.layers)
+    del lap
+    protos = prototypes(x[:ns], task.support_labels, task.ways)
+    if params.rectify:
+        protos = rectified_prototypes(x, protos, task.support_labels, task.ways)
+    return TaskScores(
+        block=lambda start, stop: -squared_distances(x[ns + start : ns + stop], protos),
+        unknown=lambda start, stop: max_cosine_unknown(x[ns + start : ns + stop], protos),
+        support=lambda: x[:ns],
+        details=details | decision,
+    )
 
 
-def scarce_label(task: Task, params: DiffusionParams, raw: torch.Tensor, share: torch.Tensor) -> TaskScores:
-    """:func:`scarce_scores` on one large task: the support kept in place; ``raw`` is the CL2N points, π̂ ``share``."""
+def estimated_large_task(task: Task, params: DiffusionParams) -> TaskScores | None:
+    """:func:`scarce_scores` on one large task held in memory, or None when no class looks scarce.
+
+    The share EM of episodes runs in feature space on the CL2N rows; when a share is below scarce / ways the
+    support is kept in place after diffusion, and the EM's log-posteriors / λ (one shot per class) or the nearest
+    prototype after the share-weighted shift (more shots) decide, as in episodes.
+    """
     ns, ways, labels = task.num_support, task.ways, task.support_labels
+    raw = cl2n(task.points, task.centre)
+    _, log_share = proportion_em_points(raw, labels, ways, params.em_lam, PTMAP_STEPS, PTMAP_ALPHA, params.prior)
+    share = log_share.exp()
+    if raw.shape[0] - ns < params.min_queries * ways or float(share.min()) * ways >= params.scarce:
+        return None
     one_shot = ns < 2 * ways
-    if one_shot:
-        x, details = diffused_task(task, dataclasses.replace(params, shift=False))
-    else:
-        x, details = diffused_task(task, params, share_shift_(raw.clone(), labels, ways, share))
+    points = raw.clone() if one_shot else share_shift_(raw.clone(), labels, ways, share)
+    prepared = Prepared(points[:ns], task.queries, task.centre, None, points)
+    graph, n_top, sigma = task_graph(task, prepared, params.n_top, params.sigma)
+    lap = sparse_laplacian_of(graph).to(points.device)
+    del graph
+    step, bound = checked_step(lap, params.step_size)
+    x = diffuse_(points, lap, step, params.layers)
+    del lap
     x[:ns] = raw[:ns]
+    scale = max(params.em_lam, 1e-12)
     if one_shot:
         protos, log_share = proportion_em_points(x, labels, ways, params.em_lam, PTMAP_STEPS, PTMAP_ALPHA, 0.0)
     else:
@@ -295,48 +349,99 @@ def scarce_label(task: Task, params: DiffusionParams, raw: torch.Tensor, share: 
     def block(start: int, stop: int) -> torch.Tensor:
         if log_share is None:
             return -squared_distances(x[ns + start : ns + stop], protos)
-        return share_scores(x[ns + start : ns + stop], protos, log_share, params.em_lam) / max(params.em_lam, 1e-12)
+        return share_scores(x[ns + start : ns + stop], protos, log_share, params.em_lam) / scale
 
+    details = {"n_top": n_top, "sigma": sigma, "step_size": step, "lambda_max_bound": round(bound, 4)}
     return TaskScores(
         block=block,
         unknown=lambda start, stop: max_cosine_unknown(x[ns + start : ns + stop], protos),
         support=lambda: x[:ns],
-        details=details | {"decision": "estimated shares (a class looks scarce or absent)"},
+        details=details | {"layers": params.layers, "decision": "estimated shares (a class looks scarce or absent)"},
     )
 
 
-def diffused_task(
-    task: Task, params: DiffusionParams, points: torch.Tensor | None = None
-) -> tuple[torch.Tensor, dict[str, object]]:
-    """One large task's points (prepared by ``params``, or ``points``) after T sparse steps, and the graph used."""
-    points, graph, n_top, sigma = task_graph(task, params.n_top, params.sigma, params.shift, points)
-    lap = sparse_laplacian_of(graph).to(points.device)
-    del graph
-    step, bound = checked_step(lap, params.step_size, stacklevel=3)
-    x = diffuse_(points, lap, step, params.layers)
-    details = {
-        "n_top": n_top,
-        "sigma": sigma,
-        "step_size": step,
-        "lambda_max_bound": round(bound, 4),
-        "layers": params.layers,
-    }
-    return x, details
+def streamed_scores(
+    task: Task, prepared: Prepared, lap: torch.Tensor, step: float, layers: int, details: dict[str, object]
+) -> TaskScores:
+    """Nearest diffused prototype scores of a streamed task from class-sized state, the features never stepped.
 
+    With P = (I − τL)^T (symmetric, as L is), the diffused points are P·x, the prototypes p_c = a_cᵀP·x
+    with a_c the class-mean indicator of the support, and −‖(Px)_q − p_c‖² = 2·(P·x·pᵀ)_qc − ‖p_c‖² − ‖(Px)_q‖².
+    The last term is the same for every class of a query, so argmax and softmax need only B = P·A
+    ([n, C], A the indicators), p = Bᵀx (one pass over the blocks) and Y = P·(x·pᵀ) ([n, C]): 2·T
+    sparse products on [n, C] instead of T on [n, d]. Same predictions as the in-memory path up to
+    float rounding. The unknown score (−max cosine of the diffused query to the diffused prototypes)
+    needs ‖(Px)_q‖ and the diffused support rows: :func:`diffused_rows_and_norms`, on first use.
+    """
+    ns, ways, dim, n = task.num_support, task.ways, prepared.dim, prepared.n
+    labels = task.support_labels.cpu()
+    counts = torch.bincount(labels, minlength=ways).to(torch.float32)
+    indicator = torch.zeros((n, ways), dtype=torch.float32)
+    indicator[torch.arange(ns), labels] = 1.0 / counts[labels]
+    spread = diffuse_(indicator, lap, step, layers)
+    protos = torch.zeros((ways, dim), dtype=torch.float64)
+    for start, x in prepared.blocks():
+        protos += spread[start : start + len(x)].T.double() @ x.double()
+    del spread
+    protos32 = protos.to(torch.float32)
+    along = torch.empty((n, ways), dtype=torch.float32)
+    for start, x in prepared.blocks():
+        along[start : start + len(x)] = x @ protos32.T
+    along = diffuse_(along, lap, step, layers)
+    scores = 2.0 * along[ns:] - (protos32 * protos32).sum(dim=1)
 
-def nearest_label(task: Task, params: DiffusionParams, details: dict[str, object]) -> TaskScores:
-    """One large task by the nearest diffused (rectified) prototype; unknown = −max cosine to those prototypes."""
-    ns = task.num_support
-    x, graph_details = diffused_task(task, params)
-    protos = prototypes(x[:ns], task.support_labels, task.ways)
-    if params.rectify:
-        protos = rectified_prototypes(x, protos, task.support_labels, task.ways)
+    @functools.cache
+    def unknown_parts() -> tuple[torch.Tensor, torch.Tensor]:
+        rows, norms = diffused_rows_and_norms(prepared, lap, step, layers)
+        return rows, norms[:, None].clamp_min(1e-12) * protos32.norm(dim=1).clamp_min(1e-12)
+
     return TaskScores(
-        block=lambda start, stop: -squared_distances(x[ns + start : ns + stop], protos),
-        unknown=lambda start, stop: max_cosine_unknown(x[ns + start : ns + stop], protos),
-        support=lambda: x[:ns],
-        details=graph_details | details,
+        block=lambda start, stop: scores[start:stop],
+        unknown=lambda start, stop: -(along[ns + start : ns + stop] / unknown_parts()[1][start:stop]).max(-1).values,
+        support=lambda: unknown_parts()[0],
+        details=details,
     )
+
+
+def diffused_rows_and_norms(
+    prepared: Prepared, lap: torch.Tensor, step: float, layers: int, budget: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The diffused support rows [ns, d] and the norms ‖(P·x)_q‖ [nq] of the queries, P·x stepped slab by slab.
+
+    A slab is ``width`` feature columns of all n points ([n, width] float32, and one product of that
+    size while stepping; ``budget`` bytes for both, default ``SLAB_BUDGET``), read again from the blocks
+    for every slab.
+    """
+    n, ns, dim = prepared.n, prepared.num_support, prepared.dim
+    width = max(1, min(dim, (budget or SLAB_BUDGET) // (8 * n)))
+    rows = torch.empty((ns, dim), dtype=torch.float32)
+    squares = torch.zeros(n - ns, dtype=torch.float64)
+    for first in range(0, dim, width):
+        cols = slice(first, min(dim, first + width))
+        state = torch.empty((n, cols.stop - cols.start), dtype=torch.float32)
+        for start, x in prepared.blocks():
+            state[start : start + len(x)] = x[:, cols]
+        state = diffuse_(state, lap, step, layers)
+        rows[:, cols] = state[:ns]
+        squares += state[ns:].double().square().sum(dim=1)
+        del state
+    return rows, squares.sqrt().to(torch.float32)
+
+
+def layerwise(episodes: Episodes, params: DiffusionParams) -> Iterator[torch.Tensor]:
+    """The points [E, n, d] after layer 0, 1, 2, …: CL2N, the shift, one checked step x ← x − τ·L·x at a time.
+
+    The graph is built once from the undiffused points and τ is the one ``evaluate`` uses, so the
+    nearest-prototype decision after layer t is diffusion's with ``layers = t``.
+    """
+    x = transductive_points(episodes.points, episodes.centre, episodes.num_support, params.shift)
+    n_top, sigma = method_graph_size(episodes, params)
+    lap = episode_laplacian(x, n_top, sigma, params.knn, gram(x))
+    steps, _ = checked_step(lap, params.step_size)
+    step = steps if bool((steps < params.step_size).any()) else params.step_size
+    while True:
+        yield x
+        x = diffuse(x, lap, step, 1)
 
 
 METHOD = Method(
@@ -348,6 +453,16 @@ METHOD = Method(
     transductive=True,
     resolve_auto=resolved_graph,
     assumes_balance=lambda params: params.assign == "balanced",
-    label=label,
+    large_task=large_task,
     open_set=open_set,
+    layerwise=layerwise,
+    layer_params=("step_size", "n_top", "sigma", "shift", "knn"),
+    grid=(
+        ("step_size", (0.1, 0.25, 0.5, 0.75, 1.0)),
+        ("layers", (1, 2, 4, 6, 8, 12)),
+        ("n_top", ("auto",)),
+        ("sigma", ("auto",)),
+        ("rectify", (False,)),
+        ("shift", (True,)),
+    ),
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from diffshot.episodes import Episodes, Task
+from diffshot.episodes import Episodes
 from diffshot.lazy import functional as F
 from diffshot.lazy import torch
 from diffshot.methods._graph import (
@@ -24,6 +24,7 @@ from diffshot.methods._graph import (
 )
 from diffshot.methods.base import Method, TaskScores, param
 from diffshot.ops.graph import degree_normalised, episode_graph, to_csr
+from diffshot.task import Task
 
 CG_TOLERANCE = 1e-6
 CG_MAX_ITERATIONS = 1000
@@ -71,13 +72,17 @@ def conjugate_gradients(apply: object, b: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def label(task: Task, params: LabelpropParams) -> TaskScores:
-    """F = (I − αS)⁻¹Y on one large task's sparse graph, by conjugate gradients (I − αS is positive definite)."""
+def large_task(task: Task, params: LabelpropParams) -> TaskScores:
+    """F = (I − αS)⁻¹Y on one large task's sparse graph, by conjugate gradients (I − αS is positive definite).
+
+    The state is class-sized ([n, ways]), so a streamed task never holds its rows whole.
+    """
     ns = task.num_support
-    points, graph, n_top, sigma = task_graph(task, params.n_top, params.sigma, params.shift)
-    n = points.shape[0]
-    s = to_csr(degree_normalised(graph)).to(points.device)
-    y = F.pad(F.one_hot(task.support_labels, task.ways).to(points.dtype), (0, 0, 0, n - ns))
+    prepared = task.prepared(params.shift)
+    graph, n_top, sigma = task_graph(task, prepared, params.n_top, params.sigma)
+    n, support = prepared.n, prepared.support
+    s = to_csr(degree_normalised(graph)).to(support.device)
+    y = F.pad(F.one_hot(task.support_labels, task.ways).to(support.dtype), (0, 0, 0, n - ns))
     mass = conjugate_gradients(lambda v: v - params.alpha * (s @ v), y)
     return TaskScores(block=lambda start, stop: mass[ns + start : ns + stop], details={"n_top": n_top, "sigma": sigma})
 
@@ -89,5 +94,5 @@ METHOD = Method(
     score=score,
     transductive=True,
     resolve_auto=resolved_graph,
-    label=label,
+    large_task=large_task,
 )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from diffshot.episodes import Episodes, Task
+from diffshot.episodes import Episodes
 from diffshot.lazy import torch
 from diffshot.methods.base import Method, NoParams, OpenSetScores, TaskScores
 from diffshot.ops.classify import cosine, prototypes, squared_distances
 from diffshot.ops.openset import otsu_rejection
 from diffshot.ops.preprocess import cl2n
 from diffshot.ops.reject import max_cosine_unknown
+from diffshot.task import Task
 
 
 def score(episodes: Episodes, params: NoParams) -> torch.Tensor:
@@ -27,15 +28,18 @@ def open_set(episodes: Episodes, params: NoParams) -> OpenSetScores:
     return OpenSetScores(-squared_distances(query, protos), unknown, otsu_rejection(unknown))
 
 
-def label(task: Task, params: NoParams) -> TaskScores:
+def large_task(task: Task, params: NoParams) -> TaskScores:
     """Nearest CL2N class mean for every query row of one large task; unknown = −max cosine to those means."""
-    ns = task.num_support
-    support = cl2n(task.points[:ns], task.centre)
+    support = cl2n(task.support, task.centre)
     protos = prototypes(support, task.support_labels, task.ways)
+
+    def rows(start: int, stop: int) -> torch.Tensor:
+        return cl2n(task.queries.read(start, stop).to(protos.device), task.centre)
+
     return TaskScores(
-        block=lambda start, stop: -squared_distances(cl2n(task.points[ns + start : ns + stop], task.centre), protos),
+        block=lambda start, stop: -squared_distances(rows(start, stop), protos),
         details={},
-        unknown=lambda start, stop: max_cosine_unknown(cl2n(task.points[ns + start : ns + stop], task.centre), protos),
+        unknown=lambda start, stop: max_cosine_unknown(rows(start, stop), protos),
         support=lambda: support,
     )
 
@@ -46,6 +50,6 @@ METHOD = Method(
     params=NoParams,
     score=score,
     transductive=False,
-    label=label,
+    large_task=large_task,
     open_set=open_set,
 )

@@ -5,14 +5,22 @@ from __future__ import annotations
 from diffshot.lazy import torch
 
 
-def diffuse_(x: torch.Tensor, lap: torch.Tensor, step_size: float, layers: int) -> torch.Tensor:
-    """``layers`` explicit steps x ← x − τ·L·x, in place on ``x`` ([E, n, d] with dense L, or [n, d] with sparse L)."""
+def diffuse_(x: torch.Tensor, lap: torch.Tensor, step_size: float | torch.Tensor, layers: int) -> torch.Tensor:
+    """``layers`` explicit steps x ← x − τ·L·x, in place on ``x`` ([E, n, d] with dense L, or [n, d] with sparse L).
+
+    ``step_size`` is one τ, or one per episode [E] for dense L.
+    """
+    if isinstance(step_size, torch.Tensor):
+        per_episode = step_size.to(x.dtype)[..., None, None]
+        for _ in range(layers):
+            x.sub_(per_episode * (lap @ x))
+        return x
     for _ in range(layers):
         x.sub_(lap @ x, alpha=step_size)
     return x
 
 
-def diffuse(x: torch.Tensor, lap: torch.Tensor, step_size: float, layers: int) -> torch.Tensor:
+def diffuse(x: torch.Tensor, lap: torch.Tensor, step_size: float | torch.Tensor, layers: int) -> torch.Tensor:
     """``layers`` explicit diffusion steps on a copy of the features ``x``."""
     return diffuse_(x.clone(), lap, step_size, layers)
 

@@ -135,11 +135,6 @@ def to_csr(coo: torch.Tensor) -> torch.Tensor:
         return coo.to_sparse_csr()
 
 
-def sparse_laplacian(dist: np.ndarray, ids: np.ndarray, n_top: int, sigma: int) -> torch.Tensor:
-    """The sparse Laplacian L [n, n] (CSR, float32) of the normalised Gaussian kNN graph of one large set."""
-    return sparse_laplacian_of(sparse_graph(dist, ids, n_top, sigma))
-
-
 def degree_normalised(w: torch.Tensor) -> torch.Tensor:
     """S = D^-1/2 W D^-1/2 of a dense [E, n, n] or sparse COO [n, n] symmetric graph (Zhou et al.'s S).
 

@@ -244,10 +244,3 @@ def search_blocks(
         block_dist, block_ids = own_first(sq, found, start)
         dist[start : start + len(rows)] = block_dist
         ids[start : start + len(rows)] = block_ids
-
-
-def neighbour_recall(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
-    """Fraction of the exact neighbours that the approximate search also found (faiss.contrib's intersection)."""
-    from faiss.contrib.evaluation import knn_intersection_measure
-
-    return float(knn_intersection_measure(approx_ids, exact_ids))

@@ -9,8 +9,12 @@ query of a class absent from the support would be. The threshold is the cut that
 the two (highest balanced accuracy), raised to at least the 0.9-quantile of the known reference so
 that it turns away no more than about a tenth of known-class queries (the leave-one-out means are
 pessimistic, so the cut alone rejects too many on BANKING77). ``auto:Q`` takes the Q-quantile
-alone. When no class has two support rows, the threshold splits the queries' scores in two by
-Otsu's criterion (largest between-group variance).
+alone. When no class has two support rows (one shot per class), there is no known reference; the
+unknown reference still exists, and the threshold is its :data:`ABSENT_QUANTILE`-quantile: a query is
+turned away when it is as far from every class mean as that share of the support rows are from the
+other classes' means (chosen on BANKING77's val classes, with base rows as the unknowns:
+docs/calibration.md). Otsu's split of the queries' scores (largest between-group variance), which
+this rule replaced, splits the known queries in two when no unknown is among them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from diffshot.lazy import torch
 from diffshot.ops.classify import cosine, prototypes
 
 KNOWN_QUANTILE = 0.9
+ABSENT_QUANTILE = 0.6
 
 OTSU_CANDIDATES = 97
 OTSU_SAMPLE = 1 << 20
@@ -64,10 +69,17 @@ def separating_threshold(known: torch.Tensor, unknown: torch.Tensor) -> float:
 def support_threshold(
     support: torch.Tensor, labels: torch.Tensor, ways: int, quantile: float | None = None
 ) -> tuple[float, str] | None:
-    """The ``auto`` threshold from the support and how it was set; None when no class has two rows."""
+    """The ``auto`` threshold from the support and how it was set; None when it has fewer than two classes."""
     known = leave_one_out_unknown(support, labels, ways)
     if known.numel() < 2:
-        return None
+        if int(torch.unique(labels).numel()) < 2:
+            return None
+        absent = leave_one_class_out_unknown(support, labels, ways)
+        rule = (
+            f"the {ABSENT_QUANTILE:g} quantile of the support rows' scores without their own class "
+            f"({absent.numel()} rows, as unknown queries; no class has two rows)"
+        )
+        return float(torch.quantile(absent.double(), ABSENT_QUANTILE)), rule
     if quantile is not None:
         rule = f"the {quantile:g} quantile of the support rows' leave-one-out unknown scores ({known.numel()} rows)"
         return float(torch.quantile(known.double(), quantile)), rule

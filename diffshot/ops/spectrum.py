@@ -13,7 +13,7 @@ Three estimates, in order of cost:
 - :func:`power_iteration`: the Rayleigh quotient μ of a seeded power iteration, always ≤ λ_max;
   from a Gaussian start, P(μ < (1 − ε)·λ_max) ≤ 0.824·√n·(1 − ε)^(k − 1/2) after k products
   (Kuczyński & Woźniakowski, SIAM J. Matrix Anal. Appl. 13(4), 1992);
-- :func:`largest_eigenvalue_batched`: exact, ``torch.linalg.eigvalsh`` on dense episode Laplacians.
+- ``torch.linalg.eigvalsh`` on dense episode Laplacians: exact (:func:`stable_step_batched`'s last resort).
 
 :func:`stable_step_sparse` (``predict``'s graph) and :func:`stable_step_batched` (episodes) return
 τ_eff = min(τ, 1.9 / U) with U ≥ λ_max guaranteed, so τ_eff·λ_max ≤ 1.9 < 2 on every graph; where
@@ -112,19 +112,6 @@ def _laplacian_parts(lap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return degree, off.abs().sum(dim=-1)
 
 
-def gershgorin_bound(laplacian: torch.Tensor) -> torch.Tensor:
-    """max_i Σ_j |L_ij| (= 2·max degree for a Laplacian): an upper bound on every eigenvalue of a symmetric L.
-
-    Dense input may be batched [E, n, n] (returns [E]); sparse input is one [n, n] matrix (returns a scalar).
-    """
-    if laplacian.is_sparse or laplacian.layout != torch.strided:
-        coo = laplacian.to_sparse_coo().coalesce()
-        rows = coo.indices()[0]
-        sums = torch.zeros(laplacian.shape[0], dtype=coo.values().dtype, device=coo.values().device)
-        return sums.index_add_(0, rows, coo.values().abs()).max()
-    return laplacian.abs().sum(dim=-1).amax(dim=-1)
-
-
 def laplacian_upper_bound(laplacian: torch.Tensor) -> torch.Tensor:
     """max_i (d_i + Σ_j w_ij·d_j / d_i) ≥ λ_max for L = D − W, W ≥ 0 symmetric; ≤ 2·max degree (Gershgorin).
 
@@ -170,29 +157,6 @@ def largest_eigenvalue_sparse(
     if isinstance(laplacian, torch.Tensor):
         estimate = min(estimate, float(laplacian_upper_bound(laplacian)))
     return estimate
-
-
-def largest_eigenvalue_batched(laplacian: torch.Tensor, method: str = "eigh", iterations: int = 60) -> torch.Tensor:
-    """λ_max [E] of dense episode Laplacians [E, n, n]: exact (``eigh``) or batched power iteration (``power``).
-
-    ``power`` returns Rayleigh quotients (lower bounds, like :func:`power_iteration`); ``bound`` the
-    guaranteed :func:`laplacian_upper_bound`. The exact one is the default: fast enough for episodes.
-    """
-    if laplacian.dim() != 3 or laplacian.shape[-1] != laplacian.shape[-2]:
-        raise DiffshotError(f"episode Laplacians must be [E, n, n], got shape {tuple(laplacian.shape)}")
-    if method == "eigh":
-        return torch.linalg.eigvalsh(laplacian)[..., -1]
-    if method == "bound":
-        return laplacian_upper_bound(laplacian)
-    if method != "power":
-        raise DiffshotError(f"unknown eigenvalue method {method!r}: choose eigh, power or bound")
-    generator = torch.Generator().manual_seed(0)
-    v = torch.randn((laplacian.shape[0], laplacian.shape[-1], 1), generator=generator, dtype=laplacian.dtype)
-    v = v.to(laplacian.device)
-    for _ in range(max(1, iterations)):
-        v = laplacian @ v
-        v = v / v.norm(dim=-2, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
-    return (v * (laplacian @ v)).sum(dim=(-2, -1)).clamp_min(0.0)
 
 
 def stable_step_size(

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diffshot.atomic import atomic_path
-from diffshot.errors import DiffshotError
+from diffshot.errors import DiffshotError, UsageError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -32,7 +32,7 @@ def figure_format(path: str | Path) -> str:
     """png, svg or pdf from the output's suffix, else a one-line error naming the file."""
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix not in FORMATS:
-        raise DiffshotError(f"{path}: the figure format comes from the suffix; use .png, .svg or .pdf")
+        raise UsageError(f"{path}: the figure format comes from the suffix; use .png, .svg or .pdf")
     return suffix
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -135,7 +136,7 @@ def draw_episodes(path: Path, method: str | None = None, baseline: str | None = 
         if name not in methods:
             raise DiffshotError(f"{path}: no method {name!r} in it (it has {', '.join(methods)})")
     if a == b:
-        raise DiffshotError(f"{path}: --method and --baseline are both {a}")
+        raise DiffshotError(f"{path}: method and baseline are both {a}")
     panels = []
     queries = int(meta.get("ways", 1)) * int(meta.get("queries", 1))
     for shots in dict.fromkeys(r.shots for r in runs):
@@ -228,45 +229,136 @@ def _predictions(kind_payload: object, source: Path) -> tuple[np.ndarray, list[s
     return np.asarray(rows_list, dtype=np.int64), names, None
 
 
-def confusion_counts(
-    predicted: Sequence[str], truth_names: Sequence[str], support: Sequence[str] | None
-) -> tuple[np.ndarray, list[str], int]:
-    """Counts [C, C] (true rows × predicted columns) over the support classes, and the rows left out.
+UNKNOWN_ROW = "unknown"  # the row of truths outside the support and the column of rejected predictions
+MAX_ROWS = 40  # above this many true classes, only the TOP_ROWS with the most errors are drawn
+TOP_ROWS = 30
 
-    Class order: the support classes (predict JSON) or, for a CSV, the query file's classes that occur
-    as truth or prediction. Rows whose true class is not among them are left out (no column to be right in).
+
+@dataclasses.dataclass(frozen=True)
+class Confusion:
+    """Counts [R, C] of true classes (rows) × predicted classes (columns), known classes first, then ``unknown``.
+
+    Truth outside the support classes is the ``unknown`` row; rejected predictions are the ``unknown`` column.
     """
-    present = set(predicted) | set(truth_names)
-    classes = list(support) if support is not None else [c for c in dict.fromkeys(truth_names) if c in present]
-    classes += [c for c in dict.fromkeys(predicted) if c not in set(classes)]
-    position = {c: i for i, c in enumerate(classes)}
-    t = np.array([position.get(name, -1) for name in truth_names], dtype=np.int64)
-    p = np.array([position[name] for name in predicted], dtype=np.int64)
-    keep = t >= 0
-    counts = np.zeros((len(classes), len(classes)))
-    np.add.at(counts, (t[keep], p[keep]), 1)
-    return counts, classes, int((~keep).sum())
+
+    counts: np.ndarray
+    rows: list[str]
+    columns: list[str]
+    known: int  # how many of ``rows`` are support classes (the unknown row, when there, comes after them)
+
+    @property
+    def known_accuracy(self) -> float | None:
+        """Percent of the rows of support classes predicted as their own class (a rejected one counts as wrong)."""
+        known = self.counts[: self.known]
+        total = known.sum()
+        right = sum(known[i, self.columns.index(c)] for i, c in enumerate(self.rows[: self.known]) if c in self.columns)
+        return None if total == 0 else float(100.0 * right / total)
+
+    @property
+    def known_rows(self) -> int:
+        return int(self.counts[: self.known].sum())
+
+    @property
+    def unknown_rows(self) -> int:
+        return int(self.counts[self.known :].sum())
+
+    def own(self) -> np.ndarray:
+        """Per row, the count in its own column (right predictions; for ``unknown``, the rejected rows)."""
+        return np.array(
+            [self.counts[i, self.columns.index(c)] if c in self.columns else 0.0 for i, c in enumerate(self.rows)]
+        )
 
 
-def draw_predict(payload: object, source: Path, labels: Path | None) -> Drawn:
-    """Confusion matrix and per-class accuracy of a predict output against the query file's labels."""
+def confusion_counts(
+    predicted: Sequence[str], truth_names: Sequence[str], support: Sequence[str] | None, unknown_name: str = "unknown"
+) -> Confusion:
+    """The confusion of a predict output, with rows and columns of no count dropped.
+
+    Known classes: ``support`` (a predict JSON names them; for a CSV, the support file's) or else the classes
+    predicted, in the order they first occur as truth. Predictions named ``unknown_name`` (rejected rows) and
+    truths outside the known classes map to one ``unknown`` row and column.
+    """
+    if support is not None:
+        known = list(support)
+    else:
+        said = set(predicted) - {unknown_name}
+        known = [c for c in dict.fromkeys(truth_names) if c in said]
+        known += [c for c in dict.fromkeys(predicted) if c in said - set(known)]
+    position = {c: i for i, c in enumerate(known)}
+    other = len(known)
+    t = np.array([position.get(name, other) for name in truth_names], dtype=np.int64)
+    p = np.array([position.get(name, other) for name in predicted], dtype=np.int64)
+    counts = np.zeros((other + 1, other + 1))
+    np.add.at(counts, (t, p), 1)
+    names = [*known, UNKNOWN_ROW if UNKNOWN_ROW not in position else f"{UNKNOWN_ROW} (outside the support)"]
+    rows = np.flatnonzero(counts.sum(axis=1) > 0)
+    columns = np.flatnonzero(counts.sum(axis=0) > 0)
+    return Confusion(
+        counts[np.ix_(rows, columns)], [names[i] for i in rows], [names[j] for j in columns], int((rows < other).sum())
+    )
+
+
+def top_confused(confusion: Confusion, limit: int = TOP_ROWS) -> Confusion:
+    """The ``limit`` known classes with the most wrong rows (and the unknown row), with the columns they reach:
+    their own classes first, in the same order, then the others by count."""
+    errors = confusion.counts[: confusion.known].sum(axis=1) - confusion.own()[: confusion.known]
+    keep = sorted(np.argsort(-errors, kind="stable")[:limit].tolist(), key=lambda i: -errors[i])
+    keep += list(range(confusion.known, len(confusion.rows)))
+    counts = confusion.counts[keep]
+    reached = np.flatnonzero(counts.sum(axis=0) > 0)
+    names = [confusion.rows[i] for i in keep]
+    own = [
+        confusion.columns.index(c) for c in names if c in confusion.columns and confusion.columns.index(c) in reached
+    ]
+    rest = sorted(set(reached.tolist()) - set(own), key=lambda j: -counts[:, j].sum())
+    order = own + rest
+    return Confusion(counts[:, order], names, [confusion.columns[j] for j in order], min(limit, confusion.known))
+
+
+def draw_predict(payload: object, source: Path, labels: Path | None, support: Path | None = None) -> Drawn:
+    """Confusion matrix and per-class accuracy of a predict output against the query file's labels.
+
+    Unknown truth and rejected rows share one ``unknown`` row and column; the title gives the accuracy on the
+    rows of support classes (what ``predict`` prints); above :data:`MAX_ROWS` classes the classes with the
+    most errors are drawn.
+    """
     if labels is None:
-        raise DiffshotError(f"{source}: a predict output; give the query file with --labels QUERY so truth is known")
-    from diffshot.features import load_features
+        raise DiffshotError(f"{source}: a predict output; give the query file with labels=QUERY so truth is known")
+    from diffshot.features import load_features, read_features
 
-    rows, predicted, support = _predictions(payload, source)
+    rows, predicted, classes = _predictions(payload, source)
     if rows.size == 0:
         raise DiffshotError(f"{source}: holds no predictions")
     query = load_features(labels)
     if rows.min() < 0 or rows.max() >= query.num_rows:
         raise DiffshotError(f"{source}: row {int(rows.max())} is beyond the {query.num_rows} rows of {labels}")
+    if classes is None and support is not None:
+        classes = list(read_features(support).class_names)
+    unknown_name = _unknown_name(payload)
     truth = [query.class_names[c] for c in query.labels[rows]]
-    counts, classes, left_out = confusion_counts(predicted, truth, support)
-    correct = float(np.trace(counts) / max(counts.sum(), 1) * 100)
-    shown = int(counts.sum())
-    note = f" ({left_out} rows of classes outside the support left out)" if left_out else ""
-    title = f"{source.name} against the labels of {labels.name} · {shown} query rows{note} · accuracy {correct:.2f}%"
-    return figures.confusion_figure(counts, classes, title)
+    confusion = confusion_counts(predicted, truth, classes, unknown_name)
+    accuracy = confusion.known_accuracy
+    parts = [f"{source.name} against the labels of {labels.name}"]
+    if accuracy is not None:
+        parts.append(f"accuracy {accuracy:.2f}% on the {confusion.known_rows} rows of support classes")
+    if confusion.unknown_rows:
+        recall = confusion.own()[confusion.known :].sum() / confusion.unknown_rows * 100
+        parts.append(f"{confusion.unknown_rows} rows of other classes, {recall:.1f}% rejected")
+    shown = confusion
+    if confusion.known > MAX_ROWS:
+        shown = top_confused(confusion)
+        parts.append(f"the {shown.known} of {confusion.known} classes with the most errors")
+    title = " · ".join(parts[:2]) + ("\n" + " · ".join(parts[2:]) if parts[2:] else "")
+    drawn = figures.confusion_figure(shown.counts, shown.rows, title, shown.columns)
+    drawn.data.update(known_accuracy=accuracy, known=shown.known, all_rows=confusion.rows)
+    return drawn
+
+
+def _unknown_name(payload: object) -> str:
+    """The class name predict gave rejected rows (a JSON says it; a CSV's default is ``unknown``)."""
+    if isinstance(payload, dict) and isinstance(payload.get("reject"), dict):
+        return str(payload["reject"].get("unknown_name", "unknown"))
+    return "unknown"
 
 
 # --- separability JSON -------------------------------------------------------------------------------
@@ -308,6 +400,7 @@ def render(
     labels: str | Path | None = None,
     method: str | None = None,
     baseline: str | None = None,
+    support: Path | None = None,
 ) -> tuple[str, Drawn]:
     """The picture kind of ``inputs`` and the figure drawn from them (several inputs only for results JSON)."""
     if not inputs:
@@ -326,7 +419,7 @@ def render(
     if kind == TUNE:
         return kind, draw_tune(payload, str(path))  # type: ignore[arg-type]
     if kind == PREDICT:
-        return kind, draw_predict(payload, path, None if labels is None else Path(labels))
+        return kind, draw_predict(payload, path, None if labels is None else Path(labels), support)
     if kind == SEPARABILITY:
         return kind, draw_separability(payload, str(path))  # type: ignore[arg-type]
     raise DiffshotError(f"{path}: cannot draw {kind}")

@@ -209,26 +209,33 @@ def heatmap_figure(
     return Drawn(fig, {"taus": list(taus), "depths": list(depths), "gain": gain, "chosen": chosen})
 
 
-def confusion_figure(counts: np.ndarray, classes: Sequence[str], title: str) -> Drawn:
-    """Row-normalised confusion matrix (true rows, predicted columns) and per-class accuracy, up to ~80 classes."""
+def confusion_figure(
+    counts: np.ndarray, classes: Sequence[str], title: str, columns: Sequence[str] | None = None
+) -> Drawn:
+    """Row-normalised confusion matrix (true ``classes`` as rows, predicted ``columns``, default the same) and
+    each row's share in its own column (per-class accuracy; for an ``unknown`` row, the rows rejected)."""
     counts = np.asarray(counts, dtype=np.float64)
-    n = len(classes)
+    columns = list(classes) if columns is None else list(columns)
+    n, m = len(classes), len(columns)
     totals = counts.sum(axis=1, keepdims=True)
     matrix = np.divide(counts, totals, out=np.full_like(counts, np.nan), where=totals > 0)
-    per_class = np.diag(matrix) * 100.0
-    side = min(16.0, max(4.5, 0.17 * n + 2.5))
-    font = max(3.5, min(9.0, 330.0 / max(n, 1)))
+    own = [columns.index(c) if c in columns else -1 for c in classes]
+    per_class = np.array([matrix[i, j] * 100.0 if j >= 0 else 0.0 for i, j in enumerate(own)])
+    side = min(16.0, max(4.5, 0.17 * max(n, m) + 2.5))
+    font, row_font = (max(3.5, min(9.0, 330.0 / max(k, 1))) for k in (m, n))
     fig = figure(figsize=(side * 1.35 + 1.0, side), layout="constrained")
     ax, bx = fig.subplots(1, 2, width_ratios=(4, 1.2), sharey=True)
-    image = ax.imshow(np.ma.masked_invalid(matrix), cmap="cividis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    image = ax.imshow(
+        np.ma.masked_invalid(matrix), cmap="cividis", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto"
+    )
     fig.colorbar(image, ax=ax, label="share of the true class's rows", shrink=0.6)
-    ax.set_xticks(range(n), classes, rotation=90, fontsize=font)
-    ax.set_yticks(range(n), classes, fontsize=font)
+    ax.set_xticks(range(m), columns, rotation=90, fontsize=font)
+    ax.set_yticks(range(n), classes, fontsize=row_font)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    if n <= 12:
+    if n <= 12 and m <= 12:
         for i in range(n):
-            for j in range(n):
+            for j in range(m):
                 if np.isfinite(matrix[i, j]) and matrix[i, j] > 0:
                     colour = "black" if matrix[i, j] > 0.55 else "white"
                     ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7, color=colour)
@@ -239,7 +246,8 @@ def confusion_figure(counts: np.ndarray, classes: Sequence[str], title: str) -> 
     bx.tick_params(axis="y", labelleft=False)
     _style_axes(bx)
     fig.suptitle(title, fontsize=TITLE_SIZE)
-    return Drawn(fig, {"classes": list(classes), "counts": counts, "matrix": matrix, "per_class_accuracy": per_class})
+    data = {"classes": list(classes), "columns": columns, "counts": counts, "matrix": matrix}
+    return Drawn(fig, {**data, "per_class_accuracy": per_class})
 
 
 def separability_figure(

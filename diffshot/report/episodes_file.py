@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,11 @@ from diffshot import __version__
 from diffshot.atomic import atomic_path
 from diffshot.calibration import reliability
 from diffshot.errors import DiffshotError
+from diffshot.features.containers import check_npz_sizes
+from diffshot.features.documents import loads
 from diffshot.results import EvaluationRun
+from diffshot.run.replay import EPISODES_FORMAT, episodes_file_of
 
-EPISODES_FORMAT = "diffshot-episodes/1"
 PROTOCOL_KEYS = (
     "features_sha256",
     "seed",
@@ -36,9 +39,12 @@ def save_episode_accuracies(path: Path | str, run: EvaluationRun) -> Path:
     params;
     ``runN_reliability`` [3, 15] holds its reliability diagram (query count, mean confidence, accuracy
     per confidence bin, NaN where empty), named with its temperature and ECE in the run's entry.
+    When the run recorded its episodes, ``episodesN_rows`` [E, ns + nq] holds each episode's rows of the
+    features file (support class-major, then queries) and ``episodesN_query_labels`` [E, nq] each query's
+    way (−1: an unknown class), one pair per shot count, listed in ``episode_sets`` (``--episodes-file``).
     """
     first = run.evaluations[0]
-    runs, arrays = [], {}
+    runs, arrays, sets = [], {}, []
     for evaluation in run.evaluations:
         for result in evaluation.results:
             key = f"run{len(runs)}"
@@ -47,6 +53,18 @@ def save_episode_accuracies(path: Path | str, run: EvaluationRun) -> Path:
             if result.reliability is not None:
                 arrays[key + "_reliability"] = reliability(result.reliability)
                 runs[-1] |= {"reliability": key + "_reliability", "temperature": result.temperature, "ece": result.ece}
+        if evaluation.rows is not None and evaluation.query_labels is not None:
+            key = f"episodes{len(sets)}"
+            sets.append(
+                {
+                    "shots": evaluation.spec.shots,
+                    "unknown_queries": evaluation.spec.unknown_queries,
+                    "rows": key + "_rows",
+                    "query_labels": key + "_query_labels",
+                }
+            )
+            arrays[key + "_rows"] = evaluation.rows.astype(np.int32 if evaluation.rows.max() < 2**31 else np.int64)
+            arrays[key + "_query_labels"] = evaluation.query_labels.astype(np.int16)
     meta = {
         "format": EPISODES_FORMAT,
         "diffshot_version": __version__,
@@ -61,6 +79,7 @@ def save_episode_accuracies(path: Path | str, run: EvaluationRun) -> Path:
         "episodes": first.episodes,
         "split": first.split,
         "runs": runs,
+        **({"episode_sets": sets} if sets else {}),
     }
     with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, meta=np.array(json.dumps(meta)), **arrays)
@@ -84,10 +103,11 @@ def load_episode_accuracies(path: Path | str) -> tuple[dict[str, object], list[E
     if not path.is_file():
         raise DiffshotError(f"{path}: no such file")
     if path.suffix.lower() == ".json":
-        path = _episodes_file_of(path)
+        path = episodes_file_of(path)
     try:
+        check_npz_sizes(path)
         with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
+            meta = loads(str(data["meta"]), path)
             records = [
                 EpisodeRecord(
                     r["method"],
@@ -98,7 +118,7 @@ def load_episode_accuracies(path: Path | str) -> tuple[dict[str, object], list[E
                 )
                 for r in meta["runs"]
             ]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
         raise DiffshotError(f"{path}: not a diffshot --save-episodes file ({type(exc).__name__})") from None
     if meta.get("format") != EPISODES_FORMAT:
         raise DiffshotError(f"{path}: not a diffshot --save-episodes file")
@@ -106,25 +126,9 @@ def load_episode_accuracies(path: Path | str) -> tuple[dict[str, object], list[E
         values = record.accuracies
         if values.ndim != 1 or values.dtype.kind not in "fiu" or values.size != meta.get("episodes"):
             raise DiffshotError(f"{path}: run {record.method} does not hold one number per episode")
+        if not np.isfinite(values).all() or values.min(initial=0) < 0 or values.max(initial=0) > 100:
+            raise DiffshotError(f"{path}: run {record.method} holds accuracies outside 0-100 (or NaN/Inf)")
     return meta, records
-
-
-def _episodes_file_of(path: Path) -> Path:
-    """The .npz named by the ``episodes_file`` key of a JSON result (relative to the JSON's folder)."""
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DiffshotError(f"{path}: not a JSON result ({type(exc).__name__})") from None
-    name = document.get("episodes_file") if isinstance(document, dict) else None
-    if not name:
-        raise DiffshotError(f"{path}: holds no per-episode accuracies; rerun evaluate with --save-episodes FILE.npz")
-    if not isinstance(name, str):
-        raise DiffshotError(f"{path}: its episodes_file is not a path")
-    target = Path(name)
-    target = target if target.is_absolute() else path.parent / target
-    if not target.is_file():
-        raise DiffshotError(f"{path}: its episodes file {target} is missing")
-    return target
 
 
 def protocol_mismatch(a: dict[str, object], b: dict[str, object]) -> str | None:

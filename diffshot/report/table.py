@@ -1,12 +1,77 @@
-"""The terminal table of an evaluation run, built from the typed result (never from the JSON text)."""
+"""Terminal tables that fit the terminal, and the table of an evaluation run (built from the typed result).
+
+A table is a list of :class:`Column`; :func:`fit` renders it as one Rich table when its natural width fits,
+else stacks it: the key columns (method, shots) are repeated and the other columns are spread over as many
+tables as needed, one under the other, so that no number or method name is ever cut or wrapped.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import io
+from collections.abc import Sequence
+
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from diffshot.report.document import imbalance_text
 from diffshot.results import EvaluationRun, MethodResult
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One column: its header, its cells (Rich markup, escaped), how they align, whether they may wrap (text)."""
+
+    header: str
+    cells: Sequence[str]
+    justify: str = "right"
+    wrap: bool = False
+
+
+_MEASURE = Console(width=100_000, file=io.StringIO(), color_system=None)
+
+
+def natural_width(table: Table) -> int:
+    """The width a table takes when nothing is squeezed."""
+    return _MEASURE.measure(table).maximum
+
+
+def build(title: str | None, columns: Sequence[Column], *, show_header: bool = True) -> Table:
+    """One Rich table of ``columns`` (rows are the cells' positions)."""
+    table = Table(title=title, title_justify="left", show_header=show_header, min_width=0)
+    for column in columns:
+        table.add_column(column.header, justify=column.justify, no_wrap=not column.wrap)  # type: ignore[arg-type]
+    for row in zip(*(column.cells for column in columns), strict=True):
+        table.add_row(*row)
+    return table
+
+
+def fit(
+    title: str | None, columns: Sequence[Column], width: int, keys: int = 1, **options: bool
+) -> list[RenderableType]:
+    """The title (Rich markup) over ``columns`` as one table when it fits ``width``, else over stacked tables that
+    repeat the first ``keys`` columns; text columns (``wrap``) count with their header only, so they wrap instead.
+
+    Print the result with ``soft_wrap=False`` so that the title wraps at the output's width, not the table's.
+    """
+    heading: list[RenderableType] = [Text.from_markup(title, style="italic")] if title else []
+    whole = build(None, columns, **options)
+    if natural_width(whole) <= width or len(columns) <= keys + 1:
+        return [*heading, whole]
+    key, rest = list(columns[:keys]), list(columns[keys:])
+    parts: list[list[Column]] = [[]]
+    for column in rest:
+        trial = [
+            *key,
+            *parts[-1],
+            column if not column.wrap else dataclasses.replace(column, cells=[""] * len(column.cells)),
+        ]
+        if parts[-1] and natural_width(build(None, trial, **options)) > width:
+            parts.append([])
+        parts[-1].append(column)
+    return heading + [build(None, [*key, *part], **options) for part in parts]
 
 
 def protocol_title(run: EvaluationRun) -> str:
@@ -27,15 +92,15 @@ def protocol_title(run: EvaluationRun) -> str:
 
 
 def resolved_settings(result: MethodResult) -> str:
-    """The values ``auto`` parameters took, e.g. ``n_top 8 (auto)``; empty when none is automatic."""
+    """The values ``auto`` parameters took, e.g. ``n_top 8, sigma 4``; empty when none is automatic."""
     return ", ".join(
-        f"{key} {value} (auto)"
+        f"{key} {value}"
         for key, value in result.resolved.items()
         if result.params.get(key) == "auto" and value != "auto"
     )
 
 
-OPEN_SET_COLUMNS = {"auroc": "AUROC", "known_accuracy": "known acc. (%)", "unknown_recall": "unknown recall (%)"}
+OPEN_SET_COLUMNS = {"auroc": "AUROC", "known_accuracy": "known acc.\n(%)", "unknown_recall": "unknown\nrecall (%)"}
 
 
 def open_set_cells(result: MethodResult) -> list[str]:
@@ -49,37 +114,36 @@ def open_set_cells(result: MethodResult) -> list[str]:
     return cells
 
 
-def results_table(run: EvaluationRun) -> Table:
-    """Method, shots, accuracy ± 95% interval, ECE, paired difference to the baseline, resolved settings, episodes/s."""
-    table = Table(title=escape(protocol_title(run)), title_justify="left")
-    table.add_column("method", no_wrap=True, min_width=max(len(r.method) for e in run.evaluations for r in e.results))
-    table.add_column("shots", justify="right")
-    closed = " on known queries" if run.evaluations[0].spec.unknown_queries is not None else ""
-    table.add_column(f"accuracy{closed} (%)", justify="right", no_wrap=True)
-    table.add_column("ECE (%)", justify="right", no_wrap=True)
-    if run.baseline is not None:
-        table.add_column(f"Δ vs {escape(run.baseline)}", justify="right", no_wrap=True)
+def results_columns(run: EvaluationRun) -> list[Column]:
+    """Method, shots, accuracy ± 95% interval, ECE, paired difference to the baseline, open-set metrics,
+    episodes/s and resolved auto settings: the columns of the evaluate table."""
+    rows = [(evaluation, result) for evaluation in run.evaluations for result in evaluation.results]
     open_set = run.evaluations[0].spec.unknown_queries is not None
+    closed = ",\nknown queries" if open_set else ""
+    columns = [
+        Column("method", [escape(r.method) for _, r in rows], justify="left"),
+        Column("shots", [str(e.spec.shots) for e, _ in rows]),
+        Column(f"accuracy (%){closed}", [f"{r.summary.mean:.2f} ± {r.summary.ci95:.2f}" for _, r in rows]),
+        Column("ECE (%)", [f"{r.ece:.2f}" for _, r in rows]),
+    ]
+    if run.baseline is not None:
+        cells = []
+        for evaluation, result in rows:
+            diff = run.paired(evaluation, result)
+            own = result.method == run.baseline
+            cells.append("—" if own or diff is None else f"{diff.mean:+.2f} ± {diff.ci95:.2f}")
+        columns.append(Column(f"Δ vs\n{escape(run.baseline)}", cells))
     if open_set:
-        for column in OPEN_SET_COLUMNS.values():
-            table.add_column(column, justify="right", no_wrap=True)
-    settings = any(resolved_settings(r) for e in run.evaluations for r in e.results)
-    if settings:
-        table.add_column("auto settings")
-    table.add_column("episodes/s", justify="right")
-    for evaluation in run.evaluations:
-        for result in evaluation.results:
-            summary = result.summary
-            cells = [escape(result.method), str(evaluation.spec.shots), f"{summary.mean:.2f} ± {summary.ci95:.2f}"]
-            cells.append(f"{result.ece:.2f}")
-            if run.baseline is not None:
-                diff = run.paired(evaluation, result)
-                own = result.method == run.baseline
-                cells.append("—" if own or diff is None else f"{diff.mean:+.2f} ± {diff.ci95:.2f}")
-            if open_set:
-                cells.extend(open_set_cells(result))
-            if settings:
-                cells.append(resolved_settings(result))
-            cells.append(f"{result.episodes_per_second:,.0f}")
-            table.add_row(*cells)
-    return table
+        cells_by_key = list(zip(*(open_set_cells(r) for _, r in rows), strict=True))
+        columns += [
+            Column(header, list(cells)) for header, cells in zip(OPEN_SET_COLUMNS.values(), cells_by_key, strict=True)
+        ]
+    columns.append(Column("episodes/s", [f"{r.episodes_per_second:,.0f}" for _, r in rows]))
+    if any(resolved_settings(r) for _, r in rows):
+        columns.append(Column("auto settings", [resolved_settings(r) for _, r in rows], justify="left", wrap=True))
+    return columns
+
+
+def results_tables(run: EvaluationRun, width: int) -> list[RenderableType]:
+    """The evaluate table, stacked (method and shots repeated) when it is wider than ``width``."""
+    return fit(escape(protocol_title(run)), results_columns(run), width, keys=2)

@@ -1,6 +1,6 @@
 """Scripted evaluation for CI: a TOML suite of evaluations, run entry by entry (``report.batch`` writes the files).
 
-Suite format (paths — ``features``, ``config`` — resolve relative to the suite file)::
+Suite format (paths — ``features``, ``labels``, ``config`` — resolve relative to the suite file)::
 
     [defaults]                      # optional; any entry key except name
     features = "../data/set.h5"
@@ -12,6 +12,7 @@ Suite format (paths — ``features``, ``config`` — resolve relative to the sui
     query_classes = 3               # optional: queries from 3 of the ways classes (evaluate --query-classes)
     methods = ["simpleshot", "diffusion"]
     config = "tuned.toml"           # optional tuned parameters
+    labels = "labels.txt"           # optional: labels of a features file stored without them (evaluate --labels)
     params.diffusion = { layers = 6 }
     fail_under = { diffusion = 70.0 }   # minimum mean accuracy (percent)
 
@@ -48,6 +49,7 @@ ENTRY_TYPES: dict[str, tuple[type, ...]] = {
     "methods": (list,),
     "params": (dict,),
     "config": (str,),
+    "labels": (str,),
     "fail_under": (dict,),
 }
 ENTRY_DEFAULTS: dict[str, object] = {"ways": 5, "shots": 1, "queries": 15, "episodes": 1000, "seed": 0}
@@ -85,7 +87,7 @@ def parse_suite(path: str | Path, config: Path | None = None) -> list[Entry]:
     try:
         base = read_config(config) if config is not None else {}
     except DiffshotError as exc:
-        raise SuiteError(f"--config: {exc}") from None
+        raise SuiteError(f"config: {exc}") from None
     parsed = [_parse_entry(suite, i, defaults, raw, base) for i, raw in enumerate(entries)]
     names = [e.name for e in parsed]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -133,6 +135,7 @@ def _parse_entry(
         seed=int(merged["seed"]),
         split=split,
         config=config,
+        labels=None if merged.get("labels") is None else suite.parent / str(merged["labels"]),
     )
     try:
         prepare_runs(request)
@@ -195,7 +198,7 @@ def run_suite(
     for entry in entries:
         if not entry.features.is_file() and not skip_missing:
             raise SuiteError(f"entry {entry.name!r}: key 'features': {entry.features}: no such file")
-    cache: dict[Path, FeatureSet] = {}
+    cache: dict[tuple[Path, Path | None], FeatureSet] = {}
     outcomes = []
     for entry in entries:
         if on_entry is not None:
@@ -203,8 +206,9 @@ def run_suite(
         if not entry.features.is_file():
             outcomes.append(Outcome(entry, None, f"features file {entry.features} not found"))
             continue
-        if entry.features not in cache:
-            cache[entry.features] = load_features(entry.features, allow_external=allow_external)
+        key = (entry.features, entry.request.labels)
+        if key not in cache:
+            cache[key] = load_features(entry.features, allow_external=allow_external, labels_path=key[1])
         request = dataclasses.replace(entry.request, device=device)
-        outcomes.append(Outcome(entry, run_evaluation(request, features=cache[entry.features])))
+        outcomes.append(Outcome(entry, run_evaluation(request, features=cache[key])))
     return outcomes

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from diffshot.atomic import write_text_atomic
 from diffshot.errors import DiffshotError, UsageError
-from diffshot.methods import REGISTRY, get_method
+from diffshot.methods import get_method
 from diffshot.methods.base import Method
 
 MAX_TOML_BYTES = 1 << 20
@@ -157,12 +157,11 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, object]:
 
 def validate_method_params(name: str, params: object, where: str) -> dict[str, object]:
     """Check one method table (known method, known keys, TOML types, constraints); ``where`` prefixes errors."""
-    if name not in REGISTRY:
-        raise DiffshotError(f"{where}: unknown method {name!r} (known: {', '.join(REGISTRY)})")
-    if not isinstance(params, Mapping):
-        raise DiffshotError(f"{where}: {name!r} must be a table of parameters")
     try:
-        get_method(name).parse(params, from_text=False)
+        method = get_method(name)
+        if not isinstance(params, Mapping):
+            raise DiffshotError(f"{name!r} must be a table of parameters")
+        method.parse(params, from_text=False)
     except DiffshotError as exc:
         raise DiffshotError(f"{where}: {exc}") from None
     return dict(params)
@@ -186,18 +185,14 @@ def calibration_table(data: Mapping[str, object], where: str) -> dict[str, float
         raise DiffshotError(f"{where}: [{CALIBRATION_TABLE}] must be a table of method = temperature")
     out: dict[str, float] = {}
     for label, value in table.items():
-        get_method_or_error(parse_label(str(label))[0], where)
+        try:
+            get_method(parse_label(str(label))[0])
+        except DiffshotError as exc:
+            raise DiffshotError(f"{where}: {exc}") from None
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
             raise DiffshotError(f"{where}: {CALIBRATION_TABLE}.{label} must be a positive temperature, got {value!r}")
         out[str(label)] = float(value)
     return out
-
-
-def get_method_or_error(name: str, where: str) -> Method:
-    """The registered method ``name``, or one line naming the config file."""
-    if name not in REGISTRY:
-        raise DiffshotError(f"{where}: unknown method {name!r} (known: {', '.join(REGISTRY)})")
-    return REGISTRY[name]
 
 
 def read_calibration(path: str | os.PathLike[str]) -> dict[str, float]:

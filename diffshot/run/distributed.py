@@ -62,7 +62,7 @@ def require_distributed() -> Any:
         import distributed
     except ImportError:
         raise DiffshotError(
-            f"--workers and --scheduler need dask.distributed, which is not installed: {EXTRA}"
+            f"a Dask cluster (workers or scheduler) needs dask.distributed, which is not installed: {EXTRA}"
         ) from None
     return distributed
 
@@ -143,7 +143,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, thread
         try:
             client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as exc:
-            raise DiffshotError(f"--scheduler {scheduler}: cannot connect to a Dask scheduler ({exc})") from None
+            raise DiffshotError(f"scheduler={scheduler}: cannot connect to a Dask scheduler ({exc})") from None
         with client:
             yield client
         return

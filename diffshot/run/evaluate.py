@@ -12,6 +12,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from diffshot.methods import REGISTRY
 from diffshot.results import Evaluation, EvaluationRequest, EvaluationRun, FeaturesSource, MethodResult
 from diffshot.run.config import MethodRun, method_runs
 from diffshot.stats import episode_accuracy, open_set_metrics
+
+if TYPE_CHECKING:
+    from diffshot.run.replay import FixedEpisodes
 
 CHUNK_BYTES = 64 * 2**20
 MAX_CHUNK = 2000
@@ -66,6 +70,7 @@ class EpisodeSource:
     centring: str
     split: str
     classes: tuple[str, ...]
+    rows_in_source: np.ndarray | None = None  # the features file's row of each row of ``features`` (None: the same)
 
     def batch(
         self, seed: int, start: int, count: int, out: torch.Tensor | None = None
@@ -118,7 +123,7 @@ def episode_source(
     if centring != "base_mean":
         warnings.warn(
             f"{fs.source}: no base mean stored; features are centred by the {centring} "
-            "(give the backbone's base-class mean with --base-mean FILE)",
+            "(give the backbone's base-class mean with base_mean=FILE)",
             stacklevel=stacklevel + 1,
         )
     device = torch.device(device)
@@ -130,6 +135,7 @@ def episode_source(
         centring,
         split,
         tuple(pool_fs.class_names[c] for c in pool.labels),
+        np.flatnonzero(np.isin(fs.labels, fs.classes_in_split(split))),
     )
 
 
@@ -153,6 +159,9 @@ def evaluate(
     chunk_size: int | None = None,
     on_chunk: Progress | None = None,
     temperatures: Mapping[str, float] | None = None,
+    *,
+    record_rows: bool = False,
+    fixed: FixedEpisodes | None = None,
 ) -> Evaluation:
     """Evaluate ``methods`` on the same ``episodes`` seeded tasks drawn from the classes of ``split``.
 
@@ -162,13 +171,15 @@ def evaluate(
     is called with the number of episodes finished and the label of the method about to run. Each
     method's confidence is softmax(scores / T) with T from ``temperatures`` (by label, then method
     name; default 0.1), and its reliability bins (ECE, over the known queries) are accumulated chunk
-    by chunk.
+    by chunk. ``record_rows`` keeps each episode's file rows and query ways in the result (``--save-episodes``);
+    ``fixed`` replays stored episodes (``--episodes-file``) instead of sampling (``spec``, ``episodes`` and ``split``
+    must be the fixed episodes' own).
     """
     episodes, seed = check_episodes(episodes), check_seed(seed)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0):
         raise UsageError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     runs = method_runs(methods)
-    source = episode_source(fs, spec, split, device, stacklevel=3)
+    source = episode_source(fs, spec, split, device, stacklevel=3) if fixed is None else fixed.source(fs, device)
     chunk = chunk_size or chunk_size_for(spec, fs.dim)
     accuracies = [np.empty(episodes) for _ in runs]
     opens = [np.empty((3, episodes)) for _ in runs] if spec.unknown_queries is not None else None
@@ -178,6 +189,9 @@ def evaluate(
     bins = [np.zeros((3, ECE_BINS)) for _ in runs]
     sampling = 0.0
     rows = spec.num_support + spec.num_query + spec.num_unknown
+    queries = rows - spec.num_support
+    kept = (np.empty((episodes, rows), np.int64), np.empty((episodes, queries), np.int64)) if record_rows else None
+    kept = kept or (None, None)
     features = source.features
     buffer = torch.empty((min(chunk, episodes), rows, fs.dim), dtype=features.dtype, device=features.device)
     for start in range(0, episodes, chunk):
@@ -186,6 +200,9 @@ def evaluate(
         tick = time.perf_counter()
         batch, indices = source.batch(seed, start, count, buffer)
         query_labels = torch.from_numpy(indices.query_labels).to(source.features.device)
+        if kept[0] is not None and kept[1] is not None:
+            in_file = indices.rows if source.rows_in_source is None else source.rows_in_source[indices.rows]
+            kept[0][start : start + count], kept[1][start : start + count] = in_file, indices.query_labels
         sampling += time.perf_counter() - tick
         for i, run in enumerate(runs):
             if on_chunk is not None:
@@ -218,7 +235,7 @@ def evaluate(
         )
         for i, run in enumerate(runs)
     )
-    return Evaluation(spec, seed, episodes, source.split, source.classes, source.centring, results, sampling)
+    return Evaluation(spec, seed, episodes, source.split, source.classes, source.centring, results, sampling, *kept)
 
 
 def _open_set_chunk(
@@ -236,7 +253,7 @@ def check_open_set(runs: Sequence[MethodRun]) -> None:
         if run.method.open_set is None:
             able = ", ".join(sorted(m.name for m in REGISTRY.values() if m.open_set is not None))
             raise UsageError(
-                f"method {run.method.name} has no unknown score, so it cannot run under --open-set "
+                f"method {run.method.name} has no unknown score, so it cannot run on open-set episodes "
                 f"(methods with one: {able})"
             )
 
@@ -298,8 +315,11 @@ def run_evaluation(
         drop_nonfinite=request.drop_nonfinite,
         drop_zero=request.drop_zero,
         allow_external=request.allow_external,
+        labels_path=request.labels,
     )
     device = torch.device(request.device)
+    if request.episodes_file is not None:
+        return _replay(request, runs, fs, device, on_progress)
     evaluations: list[Evaluation] = []
     for spec in specs:
         done = len(evaluations) * request.episodes
@@ -321,8 +341,16 @@ def run_evaluation(
                     )
                 ),
                 request.temperatures,
+                record_rows=request.record_rows,
             )
         )
+    return _run(request, fs, device, evaluations)
+
+
+def _run(
+    request: EvaluationRequest, fs: FeatureSet, device: torch.device, evaluations: list[Evaluation]
+) -> EvaluationRun:
+    """The run's typed result, with the features block (the file's hash read here)."""
     first = evaluations[0]
     source = FeaturesSource(
         Path(request.features),
@@ -334,3 +362,48 @@ def run_evaluation(
         str(device),
     )
     return EvaluationRun(request, source, tuple(evaluations), request.baseline)
+
+
+def _replay(
+    request: EvaluationRequest,
+    runs: list[MethodRun],
+    fs: FeatureSet,
+    device: torch.device,
+    on_progress: Progress | None,
+) -> EvaluationRun:
+    """``request`` run on the episodes its ``episodes_file`` stores, checked against the features first."""
+    from diffshot.run.replay import fixed_episodes, load_stored_episodes
+
+    assert request.episodes_file is not None
+    sha = file_sha256(request.features)
+    settings = [fixed_episodes(s, fs, sha) for s in load_stored_episodes(request.episodes_file)]
+    if any(fixed.spec.unknown_queries is not None for fixed in settings):
+        check_open_set(runs)
+    evaluations: list[Evaluation] = []
+    done = 0
+    for fixed in settings:
+        spec = fixed.spec
+        evaluations.append(
+            evaluate(
+                fs,
+                runs,
+                spec,
+                fixed.num_episodes,
+                fixed.seed,
+                fixed.split,
+                device,
+                request.chunk_size,
+                None
+                if on_progress is None
+                else (
+                    lambda finished, method, done=done, spec=spec: on_progress(
+                        done + finished, f"{spec.ways}-way {spec.shots}-shot · {method}"
+                    )
+                ),
+                request.temperatures,
+                record_rows=request.record_rows,
+                fixed=fixed,
+            )
+        )
+        done += fixed.num_episodes
+    return _run(request, fs, device, evaluations)

@@ -1,6 +1,8 @@
 """Label a real unlabelled set: one large task (support + queries) for any method that can label one.
 
-``predict`` *is* a method's ``label`` function run on one task: for ``diffusion`` the same recipe
+``predict`` *is* a method's ``large_task`` hook run on one task (:mod:`diffshot.task`), its query
+rows in memory or read from the file in blocks (streamed; the kNN search optionally on Dask workers),
+the one pipeline around it assembling labels, confidences and rejection: for ``diffusion`` the same recipe
 as evaluation (CL2N with the support file's centring mean, cross-domain shift, the same ``auto``
 graph rule) on a sparse FAISS kNN graph (exact below a size threshold, HNSW or IVF above it),
 T sparse steps, nearest prototype. Confidence is softmax(score / temperature) over the classes,
@@ -12,39 +14,32 @@ labels from the support's leave-one-out scores (see :mod:`diffshot.ops.reject`).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
-import io
-import json
 import math
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 
-from diffshot.atomic import atomic_path
 from diffshot.calibration import DEFAULT_TEMPERATURE
-from diffshot.episodes import Task
 from diffshot.errors import DiffshotError, UsageError
 from diffshot.features import FeatureSet, clean_features, read_features
 from diffshot.lazy import torch
 from diffshot.methods import REGISTRY
 from diffshot.methods.base import TaskScores
 from diffshot.ops.classify import confidence
-from diffshot.ops.knn import EXACT_LIMIT, INDEX_CHOICES, choose_index, faiss_has_gpu, knn_graph
+from diffshot.ops.knn import EXACT_LIMIT, INDEX_CHOICES, choose_index, faiss_has_gpu
 from diffshot.ops.reject import otsu_threshold, support_threshold
-from diffshot.report.document import spreadsheet_safe
+from diffshot.results import UNKNOWN_NAME, Prediction
 from diffshot.run.config import MethodRun, method_runs
+from diffshot.run.stream import QueryRows
+from diffshot.task import CHUNK_ROWS, GRAPH_BUDGET, Prepared, Task, block_search, memory_search, memory_task
 
 DEFAULT_METHOD = "diffusion"
-CHUNK_ROWS = 65_536
-OUTPUT_FORMATS = ("csv", "json")
-METADATA_COLUMNS = ("path", "text")
 ROW_KEY = "__file_row__"
-UNKNOWN_NAME = "unknown"
+NO_INDEX = "none"  # Prediction.index of a method that searched no neighbours (built no graph)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,12 +65,10 @@ def parse_reject(text: str) -> Rejection:
         value = float("nan")
     if head == "auto" and sep:
         if not 0.0 < value < 1.0:
-            raise UsageError(f"--reject {text!r}: auto:Q needs a quantile Q between 0 and 1, e.g. auto:0.9")
+            raise UsageError(f"reject={text!r}: auto:Q needs a quantile Q between 0 and 1, e.g. auto:0.9")
         return Rejection("auto", quantile=value)
     if not math.isfinite(value):
-        raise UsageError(
-            f"--reject {text!r}: expected auto, none or a finite threshold on the unknown score (e.g. -0.5)"
-        )
+        raise UsageError(f"reject={text!r}: expected auto, none or a finite threshold on the unknown score (e.g. -0.5)")
     return Rejection("threshold", threshold=value)
 
 
@@ -110,43 +103,7 @@ class PredictOptions:
         if isinstance(self.exact_limit, bool) or not isinstance(self.exact_limit, int) or self.exact_limit < 1:
             raise UsageError(f"exact_limit must be a positive integer, got {self.exact_limit!r}")
         if not isinstance(self.unknown_name, str) or not self.unknown_name.strip():
-            raise UsageError(f"--unknown-name must be a non-empty class name, got {self.unknown_name!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-    """Predicted class (index into ``class_names``) and confidence of every query row, and how they were made."""
-
-    labels: np.ndarray
-    confidence: np.ndarray
-    class_names: tuple[str, ...]
-    method: str
-    params: dict[str, object]
-    index: str
-    details: dict[str, object]
-    temperature: float
-    timings: dict[str, float]
-    calibration: str | None = None
-    unknown: np.ndarray | None = None  # the method's unknown score of every row (higher = less like any class)
-    rejected: np.ndarray | None = None  # rows labelled unknown (when rejecting)
-    threshold: float | None = None
-    threshold_rule: str | None = None
-    unknown_name: str = UNKNOWN_NAME
-
-    def counts(self) -> dict[str, int]:
-        """Query rows per predicted class, in class order (then the unknown class, when rejecting)."""
-        kept = self.labels if self.rejected is None else self.labels[~self.rejected]
-        per = np.bincount(kept, minlength=len(self.class_names))
-        counts = {name: int(c) for name, c in zip(self.class_names, per, strict=True)}
-        if self.rejected is not None:
-            counts[self.unknown_name] = int(self.rejected.sum())
-        return counts
-
-    def class_of(self, i: int) -> str:
-        """The output class of query row ``i`` (the unknown name when it is rejected)."""
-        if self.rejected is not None and self.rejected[i]:
-            return self.unknown_name
-        return self.class_names[int(self.labels[i])]
+            raise UsageError(f"unknown_name must be a non-empty class name, got {self.unknown_name!r}")
 
 
 def select_rows(fs: FeatureSet, split: str | None) -> tuple[FeatureSet, np.ndarray]:
@@ -167,17 +124,18 @@ def load_rows(
     drop_zero: bool = False,
     require_labels: bool = True,
     allow_external: bool = False,
+    labels_path: str | os.PathLike[str] | None = None,
 ) -> tuple[FeatureSet, np.ndarray]:
-    """Read, clean and split-select a features file; also the file row number of every kept row."""
-    fs = read_features(path, require_labels=require_labels, allow_external=allow_external)
+    """Read, clean and split-select a features file (labelled from ``labels_path`` when given); its file row numbers."""
+    fs = read_features(path, require_labels=require_labels, allow_external=allow_external, labels_path=labels_path)
     fs = dataclasses.replace(fs, metadata={**fs.metadata, ROW_KEY: np.arange(fs.num_rows)})
     fs, _ = select_rows(clean_features(fs, drop_nonfinite=drop_nonfinite, drop_zero=drop_zero), split)
     rows = fs.metadata[ROW_KEY]
     return dataclasses.replace(fs, metadata={k: v for k, v in fs.metadata.items() if k != ROW_KEY}), rows
 
 
-def check_inputs(support: FeatureSet, query: FeatureSet) -> None:
-    """One-line errors for inputs predict cannot use (dimensions, empty sets, empty classes, NaN/Inf)."""
+def check_inputs(support: FeatureSet, query: FeatureSet | QueryRows) -> None:
+    """One-line errors for inputs predict cannot use (dimensions, empty sets, empty classes, NaN/Inf), on every path."""
     if support.dim != query.dim:
         raise DiffshotError(
             f"dimension mismatch: support {support.source} has {support.dim}-d rows, query {query.source} {query.dim}-d"
@@ -190,7 +148,7 @@ def check_inputs(support: FeatureSet, query: FeatureSet) -> None:
     if support.num_classes < 2:
         raise DiffshotError(f"{support.source}: the support needs at least 2 classes, it has {support.num_classes}")
     for fs, role in ((support, "support"), (query, "query")):
-        bad = int(fs.nonfinite_rows().sum())
+        bad = int(fs.nonfinite_rows().sum()) if isinstance(fs, FeatureSet) else 0  # streamed rows: open_query checks
         if bad:
             raise DiffshotError(f"{fs.source}: {bad} {role} rows contain NaN or Inf")
 
@@ -204,26 +162,38 @@ def predict_run(method: str | tuple[str, dict[str, object]] | MethodRun) -> Meth
     return run
 
 
-def make_task(support: FeatureSet, query: FeatureSet, kind: str, use_gpu: bool, device: torch.device) -> Task:
-    """Support then query rows as one Task on ``device``, centred with the support file's mean."""
-    ns = support.num_rows
-    points = torch.empty((ns + query.num_rows, support.dim), dtype=torch.float32)
-    points[:ns] = torch.from_numpy(support.features)
-    for start in range(0, query.num_rows, CHUNK_ROWS):
-        stop = min(start + CHUNK_ROWS, query.num_rows)
-        points[ns + start : ns + stop] = torch.from_numpy(query.features[start:stop])
-    return Task(
-        points=points.to(device),
-        support_labels=torch.from_numpy(support.labels).to(device),
-        ways=support.num_classes,
-        centre=torch.from_numpy(support.centring_mean()[0]).to(device),
-        search=functools.partial(_search, kind=kind, use_gpu=use_gpu),
-    )
+def large_task(
+    support: FeatureSet,
+    query: FeatureSet | QueryRows,
+    options: PredictOptions,
+    device: torch.device,
+    scheduler: str | None = None,
+    graph_budget: int = GRAPH_BUDGET,
+) -> tuple[Task, str]:
+    """The task a method labels, and the FAISS index its search uses: the rows in memory, or streamed in blocks.
+
+    Streamed rows are searched block by block here, or on the Dask cluster at ``scheduler``.
+    """
+    n = support.num_rows + query.num_rows
+    kind = choose_index(options.index, n, options.exact_limit)
+    labels, centre = support.labels, support.centring_mean()[0]
+    if isinstance(query, FeatureSet):
+        search = memory_search(kind, device.type == "cuda" and kind != "hnsw" and faiss_has_gpu())
+        return memory_task(support.features, labels, support.num_classes, centre, query.features, search, device), kind
+    remote = None
+    if scheduler is not None:
+        from diffshot.run.stream_dask import search_on_dask
+
+        remote = functools.partial(search_on_dask, scheduler)
+    search = block_search(kind, remote, graph_budget)
+    points = torch.from_numpy(np.asarray(support.features, dtype=np.float32))
+    task = Task(points, torch.from_numpy(labels), support.num_classes, torch.from_numpy(centre), query, search)
+    return task, kind
 
 
-def _search(points: np.ndarray, k: int, kind: str, use_gpu: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The k nearest points of every row with the chosen FAISS index."""
-    return knn_graph(points, k, kind, use_gpu)
+def search_falls_back_to_cpu(device: torch.device | str) -> bool:
+    """Whether a run on a GPU ``device`` searches neighbours on the CPU (this faiss has no GPU support)."""
+    return torch.device(device).type == "cuda" and not faiss_has_gpu()
 
 
 def check_unknown_name(support: FeatureSet, options: PredictOptions) -> None:
@@ -237,41 +207,55 @@ def check_unknown_name(support: FeatureSet, options: PredictOptions) -> None:
 
 def predict(
     support: FeatureSet,
-    query: FeatureSet,
+    query: FeatureSet | QueryRows,
     method: str | tuple[str, dict[str, object]] | MethodRun = DEFAULT_METHOD,
     options: PredictOptions = PredictOptions(),
     device: torch.device | str = "cpu",
+    scheduler: str | None = None,
+    graph_budget: int = GRAPH_BUDGET,
 ) -> Prediction:
-    """Predict a support class for every query row, running ``method`` on support + queries as one task."""
+    """Predict a support class for every query row, running ``method``'s large-task hook on support + queries.
+
+    ``query`` is a loaded features file (rows in memory, on ``device``) or a :class:`QueryRows` read in
+    blocks (streamed, on the CPU; its kNN search on the Dask cluster at ``scheduler`` when given).
+    """
     run = predict_run(method)
     check_inputs(support, query)
     check_unknown_name(support, options)
-    device = torch.device(device)
     timings: dict[str, float] = {}
     tick = time.perf_counter()
-    kind = choose_index(options.index, support.num_rows + query.num_rows, options.exact_limit)
-    task = make_task(support, query, kind, device.type == "cuda" and kind != "hnsw" and faiss_has_gpu(), device)
-    scores = run.method.label(task, run.params)  # type: ignore[misc]
+    task, kind = large_task(support, query, options, torch.device(device), scheduler, graph_budget)
+    searched: list[int] = []
+
+    def search(prepared: Prepared, k: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        searched.append(k)
+        return task.search(prepared, k)
+
+    scores = run.method.large_task(dataclasses.replace(task, search=search), run.params)  # type: ignore[misc]
     timings["method"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    labels = np.empty(query.num_rows, dtype=np.int64)
-    confidences = np.empty(query.num_rows, dtype=np.float32)
-    for start in range(0, query.num_rows, CHUNK_ROWS):
-        stop = min(start + CHUNK_ROWS, query.num_rows)
+    rows = query.num_rows
+    labels = np.empty(rows, dtype=np.int64)
+    confidences = np.empty(rows, dtype=np.float32)
+    for start in range(0, rows, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, rows)
         which, best = confidence(scores.block(start, stop), options.temperature)
         labels[start:stop], confidences[start:stop] = which.cpu().numpy(), best.cpu().numpy()
     timings["classify"] = time.perf_counter() - tick
     rejection: dict[str, object] = {}
     if options.scores_unknown:
-        rejection = reject_rows(scores, query.num_rows, options, run.label, task.support_labels, task.ways)
+        tick = time.perf_counter()
+        rejection = reject_rows(scores, rows, options, run.label, task.support_labels, task.ways)
+        timings["unknown"] = time.perf_counter() - tick
+    streamed = {} if task.queries.in_memory else {"block_rows": query.block_rows}  # type: ignore[union-attr]
     return Prediction(
         labels,
         confidences,
         support.class_names,
         run.label,
         run.as_dict(),
-        kind,
-        scores.details,
+        kind if searched else NO_INDEX,
+        {**scores.details, **streamed},
         options.temperature,
         timings,
         options.calibration,
@@ -281,12 +265,12 @@ def predict(
 
 
 def reject_rows(
-    scores: TaskScores, rows: int, options: PredictOptions, label: str, labels: torch.Tensor, ways: int
+    scores: TaskScores, rows: int, options: PredictOptions, name: str, labels: torch.Tensor, ways: int
 ) -> dict[str, object]:
     """The unknown score of every query row and, when rejecting, the threshold, its rule and the rejected rows."""
     if scores.unknown is None:
-        able = ", ".join(name for name, m in REGISTRY.items() if m.labels_large_tasks and m.name != label)
-        raise UsageError(f"method {label} gives no unknown score, so it cannot --reject; use one of: {able}")
+        able = ", ".join(m.name for m in REGISTRY.values() if m.labels_large_tasks and m.name != name)
+        raise UsageError(f"method {name} gives no unknown score, so it cannot --reject; use one of: {able}")
     unknown = np.empty(rows, dtype=np.float32)
     for start in range(0, rows, CHUNK_ROWS):
         stop = min(start + CHUNK_ROWS, rows)
@@ -304,17 +288,17 @@ def reject_rows(
             threshold, why = found[0], "auto: " + found[1]
         else:
             threshold = otsu_threshold(torch.from_numpy(unknown))
-            why = "auto: Otsu's split of the query rows' unknown scores (no support class has 2 rows)"
+            why = "auto: Otsu's split of the query rows' unknown scores (no support reference)"
     return out | {"rejected": unknown > threshold, "threshold": threshold, "threshold_rule": why}
 
 
-def _truth(prediction: Prediction, query: FeatureSet) -> np.ndarray:
+def _truth(prediction: Prediction, query: FeatureSet | QueryRows) -> np.ndarray:
     """The support class of every query row from its own class name (−1 when it is no support class)."""
     position = {name: i for i, name in enumerate(prediction.class_names)}
     return np.array([position.get(name, -1) for name in query.class_names], dtype=np.int64)[query.labels]
 
 
-def accuracy(prediction: Prediction, query: FeatureSet) -> tuple[float, int] | None:
+def accuracy(prediction: Prediction, query: FeatureSet | QueryRows) -> tuple[float, int] | None:
     """Accuracy (percent) over query rows whose own class name is a support class, and how many; None if none.
 
     When rows are rejected, a rejected known-class row counts as wrong.
@@ -329,7 +313,7 @@ def accuracy(prediction: Prediction, query: FeatureSet) -> tuple[float, int] | N
     return float(100.0 * np.mean(right)), int(known.sum())
 
 
-def rejection_quality(prediction: Prediction, query: FeatureSet) -> tuple[float, float, int] | None:
+def rejection_quality(prediction: Prediction, query: FeatureSet | QueryRows) -> tuple[float, float, int] | None:
     """Unknown recall and precision (percent) of the rejection, and how many query rows are of no support class.
 
     Judged by the query file's own class names; None when not rejecting or when no row is unknown.
@@ -344,93 +328,29 @@ def rejection_quality(prediction: Prediction, query: FeatureSet) -> tuple[float,
     return float(100.0 * rejected[unknown].mean()), precision, int(unknown.sum())
 
 
-def metadata_columns(query: FeatureSet) -> dict[str, np.ndarray]:
-    """The per-row ``paths``/``texts`` values to copy into the output, by column name."""
-    return {col: query.metadata[col + "s"] for col in METADATA_COLUMNS if col + "s" in query.metadata}
-
-
-def _cell(value: object) -> object:
-    """A CSV/JSON-ready value from a numpy scalar or bytes."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _records(prediction: Prediction, query: FeatureSet, rows: np.ndarray, start: int, stop: int) -> Iterator[dict]:
-    """Output records of query rows start..stop."""
-    extra = metadata_columns(query)
-    for i in range(start, stop):
-        record: dict[str, object] = {"row": int(rows[i])}
-        record.update({col: _cell(values[i]) for col, values in extra.items()})
-        record["class"] = prediction.class_of(i)
-        record["confidence"] = round(float(prediction.confidence[i]), 6)
-        if prediction.unknown is not None:
-            record["unknown_score"] = round(float(prediction.unknown[i]), 6)
-        yield record
-
-
-def write_predictions(
-    path: str | os.PathLike[str],
-    prediction: Prediction,
+def task_scores(
+    support: FeatureSet,
     query: FeatureSet,
-    rows: np.ndarray | None = None,
-    fmt: str = "csv",
-    chunk_rows: int = CHUNK_ROWS,
-) -> Path:
-    """Write one record per query row (row, path/text, class, confidence) as CSV or JSON, atomically, in chunks."""
-    if fmt not in OUTPUT_FORMATS:
-        raise DiffshotError(f"--format {fmt!r}: choose csv or json")
-    rows = np.arange(query.num_rows) if rows is None else rows
-    total = query.num_rows
-    fields = ["row", *metadata_columns(query), "class", "confidence"]
-    fields += ["unknown_score"] if prediction.unknown is not None else []
-    with atomic_path(path, stream=True) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
-        if fmt == "csv":
-            writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\r\n")
-            writer.writeheader()
-            for start in range(0, total, chunk_rows):
-                records = _records(prediction, query, rows, start, min(total, start + chunk_rows))
-                writer.writerows({key: spreadsheet_safe(value) for key, value in r.items()} for r in records)
-        else:
-            head = {
-                "confidence": confidence_note(prediction),
-                "temperature": prediction.temperature,
-                **({"calibration": prediction.calibration} if prediction.calibration else {}),
-                **reject_head(prediction),
-                "method": prediction.method,
-                "params": prediction.params,
-                "index": prediction.index,
-                **prediction.details,
-                "classes": list(prediction.class_names),
-            }
-            handle.write(json.dumps(head, ensure_ascii=False)[:-1] + ', "predictions": [\n')
-            for start in range(0, total, chunk_rows):
-                buffer = io.StringIO()
-                for i, record in enumerate(_records(prediction, query, rows, start, min(total, start + chunk_rows))):
-                    buffer.write(("" if start + i == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
-                handle.write(buffer.getvalue())
-            handle.write("\n]}\n")
-    return Path(path)
+    method: str | tuple[str, dict[str, object]] | MethodRun = DEFAULT_METHOD,
+    options: PredictOptions = PredictOptions(),
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, dict[str, object]]:
+    """Scores [query rows, support classes] (higher = more likely) of support + queries run as one task, and how.
 
+    A method with a large-task hook runs it as ``predict`` does; any other runs the task as one dense episode
+    (its ``score``; small tasks only). What the scikit-learn estimators (:mod:`diffshot.sklearn`) call.
+    """
+    from diffshot.episodes import Episodes
 
-def confidence_note(prediction: Prediction) -> str:
-    """How the confidence column was made, naming the config it was calibrated on."""
-    note = f"softmax(score / temperature), temperature {prediction.temperature:g}"
-    if prediction.calibration:
-        note += f", calibrated on {prediction.calibration} (minimum NLL on its tuning episodes)"
-    return note
-
-
-def reject_head(prediction: Prediction) -> dict[str, object]:
-    """The JSON head's account of the unknown score and the rejection (empty when neither was asked)."""
-    if prediction.unknown is None:
-        return {}
-    head: dict[str, object] = {"unknown_score": "-max cosine to the class means, on the method's features"}
-    if prediction.rejected is not None:
-        head["reject"] = {
-            "threshold": round(float(prediction.threshold), 6),  # type: ignore[arg-type]
-            "rule": prediction.threshold_rule,
-            "unknown_name": prediction.unknown_name,
-            "rejected": int(prediction.rejected.sum()),
-        }
-    return head
+    run = method_runs([method])[0]
+    check_inputs(support, query)
+    task, _ = large_task(support, query, options, torch.device(device))
+    if run.method.large_task is None:
+        episode = Episodes(task.points[None], task.support_labels[None], task.ways, task.centre)  # type: ignore[index]
+        return run.method.score(episode, run.params)[0].cpu().numpy(), {}
+    scored = run.method.large_task(task, run.params)
+    out = np.empty((query.num_rows, support.num_classes), dtype=np.float32)
+    for start in range(0, query.num_rows, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, query.num_rows)
+        out[start:stop] = scored.block(start, stop).cpu().numpy()
+    return out, scored.details

@@ -1,9 +1,10 @@
 """The paper's separability, measured layer by layer on the user's features (Diff-ResNet, TPAMI 2024, §4).
 
-Episodes are sampled exactly as ``evaluate`` samples them, preprocessed as the ``diffusion`` method
-preprocesses them (CL2N with the file's centring mean, cross-domain shift), and diffused one step
-x ← x − τ·L·x at a time on the same kNN graph (``diffshot.graph.episode_laplacian``, built once from
-the undiffused points, as the method does). After every layer t each episode gets:
+Episodes are sampled exactly as ``evaluate`` samples them and handed to a method's ``layerwise`` hook,
+which yields the points it decides on after layer 0, 1, 2, … — for ``diffusion`` (the default) its own
+preprocessing (CL2N with the file's centring mean, cross-domain shift) and one checked step
+x ← x − τ·L·x at a time on its kNN graph, built once from the undiffused points, so layer t's accuracy
+is ``evaluate``'s with ``layers = t``. After every layer t each episode gets:
 
 - the minimum distance between two points of different classes (``min_inter``);
 - the maximum distance between two points of one class, over classes (``max_diameter``);
@@ -21,58 +22,22 @@ Everything is batched over the episodes of a chunk; the only Python loop is over
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from diffshot import __version__
 from diffshot.episodes import Episodes, EpisodeSpec
-from diffshot.errors import DiffshotError
-from diffshot.features import FeatureSet, file_sha256
+from diffshot.errors import DiffshotError, UsageError
+from diffshot.features import FeatureSet
 from diffshot.lazy import torch
-from diffshot.methods import get_method
-from diffshot.methods._graph import episode_graph_size
+from diffshot.methods import REGISTRY, get_method
 from diffshot.methods.base import ParamValue
 from diffshot.ops.classify import prototypes, squared_distances
-from diffshot.ops.diffusion import diffuse
-from diffshot.ops.graph import episode_laplacian, graph_size
 from diffshot.ops.knn import gram, squared_distances_from_gram
-from diffshot.ops.preprocess import transductive_points
+from diffshot.results import QUANTITIES, Separability
+from diffshot.run.config import MethodRun
 from diffshot.run.evaluate import EpisodeSource, check_episodes, chunk_size_for, episode_source
-from diffshot.stats import Summary, episode_accuracy, summarise
-
-QUANTITIES = ("min_inter", "max_diameter", "mean_intra", "ratio", "accuracy")
-GRAPH_PARAMS = ("step_size", "n_top", "sigma", "shift", "knn")
-POINTS_NOTE = "support + queries of each episode, with their true labels (an analysis tool: it reads query labels)"
-
-
-@dataclasses.dataclass(frozen=True)
-class Separability:
-    """Per-episode quantities [E, len(layers)] after each requested layer, and how they were made."""
-
-    spec: EpisodeSpec
-    seed: int
-    episodes: int
-    split: str
-    centring: str
-    layers: tuple[int, ...]
-    params: dict[str, ParamValue]
-    values: dict[str, np.ndarray]
-
-    def summary(self, quantity: str) -> list[Summary]:
-        """Mean ± 95% interval over episodes of ``quantity`` at every requested layer."""
-        return [summarise(_finite(self.values[quantity][:, i])) for i in range(len(self.layers))]
-
-    def peak(self, quantity: str) -> int:
-        """The layer where the mean of ``quantity`` over episodes is largest (the first, on ties)."""
-        means = [s.mean for s in self.summary(quantity)]
-        return self.layers[int(np.nanargmax(means))]
-
-
-def _finite(values: np.ndarray) -> np.ndarray:
-    """The finite entries (a ratio is NaN in an episode whose classes all collapsed to single points)."""
-    return values[np.isfinite(values)]
+from diffshot.stats import episode_accuracy
 
 
 def parse_layers(text: str) -> tuple[int, ...]:
@@ -90,18 +55,30 @@ def parse_layers(text: str) -> tuple[int, ...]:
     except ValueError:
         out = set()
     if not out or min(out) < 0:
-        raise DiffshotError(f"--layers {text!r}: expected layers ≥ 0 as 0..20, 0,2,6 or 6")
+        raise DiffshotError(f"layers={text!r}: expected layers ≥ 0 as 0..20, 0,2,6 or 6")
     return tuple(sorted(out))
 
 
-def resolve_params(overrides: dict[str, object] | None = None) -> dict[str, ParamValue]:
-    """The diffusion method's graph and step parameters (its defaults, checked overrides)."""
-    unknown = set(overrides or {}) - set(GRAPH_PARAMS)
+def separability_run(method: str = "diffusion", overrides: dict[str, object] | None = None) -> MethodRun:
+    """The checked run of a method that shows its points layer by layer; only its ``layer_params`` may be given."""
+    found = get_method(method)
+    if found.layerwise is None:
+        able = ", ".join(m.name for m in REGISTRY.values() if m.layerwise is not None)
+        raise UsageError(f"method {found.name} has no layer-by-layer view; separability runs {able}")
+    unknown = set(overrides or {}) - set(found.layer_params)
     if unknown:
-        raise DiffshotError(f"separability takes only {', '.join(GRAPH_PARAMS)}; got {', '.join(sorted(unknown))}")
-    method = get_method("diffusion")
-    params = method.as_dict(method.parse(dict(overrides or {})))
-    return {k: params[k] for k in GRAPH_PARAMS}
+        raise UsageError(
+            f"separability takes only {', '.join(found.layer_params) or 'no parameters'} of {found.name}; "
+            f"got {', '.join(sorted(unknown))}"
+        )
+    return MethodRun(found.name, found, found.parse(dict(overrides or {})))
+
+
+def shown_params(run: MethodRun, batch: Episodes) -> dict[str, ParamValue]:
+    """The layer parameters of ``run`` as the document records them, ``auto`` resolved on these episodes."""
+    values = run.as_dict()
+    resolved = run.resolved(batch)
+    return {k: resolved.get(k, values[k]) for k in run.method.layer_params}  # type: ignore[misc]
 
 
 def episode_quantities(points: torch.Tensor, labels: torch.Tensor, num_support: int, ways: int) -> torch.Tensor:
@@ -125,13 +102,6 @@ def episode_quantities(points: torch.Tensor, labels: torch.Tensor, num_support: 
     return torch.stack([min_inter, max_diameter, mean_intra, ratio, accuracy], dim=-1)
 
 
-def prepare(episodes: Episodes, params: dict[str, ParamValue]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The undiffused points (CL2N, shifted as the diffusion method does) and the episode Laplacian."""
-    points = transductive_points(episodes.points, episodes.centre, episodes.num_support, bool(params["shift"]))
-    n_top, sigma = episode_graph_size(episodes, params["n_top"], params["sigma"])
-    return points, episode_laplacian(points, n_top, sigma, str(params["knn"]), gram(points))
-
-
 def labelled_batch(source: EpisodeSource, seed: int, start: int, count: int) -> tuple[Episodes, torch.Tensor]:
     """Episodes start..start+count-1 exactly as evaluate draws them, and their true labels [E, n]."""
     batch, indices = source.batch(seed, start, count)
@@ -149,32 +119,35 @@ def measure(
     params: dict[str, object] | None = None,
     device: str | torch.device = "cpu",
     chunk_size: int | None = None,
+    method: str = "diffusion",
+    on_chunk: Callable[[int], None] | None = None,
 ) -> Separability:
-    """The separability quantities of ``episodes`` seeded episodes after each layer in ``layers``."""
+    """The separability quantities of ``episodes`` seeded episodes after each layer in ``layers`` of ``method``.
+
+    ``on_chunk`` is called with the number of episodes done after each chunk.
+    """
     check_episodes(episodes)
     if spec.skewed:
         raise DiffshotError("separability runs balanced episodes only")
     wanted = tuple(sorted(set(int(t) for t in layers)))
     if not wanted or wanted[0] < 0:
         raise DiffshotError("layers must be non-negative integers")
-    resolved = resolve_params(params)
+    run = separability_run(method, params)
     source = episode_source(fs, spec, split, device, stacklevel=2)
     chunk = chunk_size or chunk_size_for(spec, fs.dim)
     values = np.empty((episodes, len(wanted), len(QUANTITIES)))
-    step = float(resolved["step_size"])  # type: ignore[arg-type]
+    shown: dict[str, ParamValue] = {}
     for start in range(0, episodes, chunk):
         count = min(chunk, episodes - start)
         batch, labels = labelled_batch(source, seed, start, count)
-        x, lap = prepare(batch, resolved)
+        shown = shown or shown_params(run, batch)
         column = 0
-        for t in range(wanted[-1] + 1):
-            if t:
-                x = diffuse(x, lap, step, 1)
+        for t, x in zip(range(wanted[-1] + 1), run.method.layerwise(batch, run.params), strict=False):  # type: ignore[misc]
             if t == wanted[column]:
                 values[start : start + count, column] = episode_quantities(x, labels, spec.num_support, spec.ways).cpu()
                 column += 1
-    n_top, sigma = _graph_size_for(spec, resolved)
-    shown = {**resolved, "n_top": n_top, "sigma": sigma}
+        if on_chunk is not None:
+            on_chunk(start + count)
     return Separability(
         spec,
         seed,
@@ -185,11 +158,6 @@ def measure(
         shown,
         {q: values[..., i] for i, q in enumerate(QUANTITIES)},
     )
-
-
-def _graph_size_for(spec: EpisodeSpec, params: dict[str, ParamValue]) -> tuple[int, int]:
-    """The n_top and sigma the episodes of ``spec`` use (``auto`` resolved as the diffusion method does)."""
-    return graph_size(spec.shots, spec.shots + spec.queries, params["n_top"], params["sigma"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,16 +180,20 @@ def episode_view(
     seed: int = 0,
     split: str | None = None,
     params: dict[str, object] | None = None,
+    method: str = "diffusion",
 ) -> EpisodeView:
-    """Episode ``index`` of the seed (the same episode evaluate would draw) before and after ``layer`` steps."""
+    """Episode ``index`` of the seed (the same episode evaluate would draw) before and after ``layer`` layers."""
     if index < 0:
-        raise DiffshotError(f"--show-episode must be a non-negative episode index, got {index}")
-    resolved = resolve_params(params)
+        raise DiffshotError(f"show_episode must be a non-negative episode index, got {index}")
+    run = separability_run(method, params)
     batch, labels = labelled_batch(episode_source(fs, spec, split, "cpu", stacklevel=2), seed, index, 1)
-    x, lap = prepare(batch, resolved)
-    after = diffuse(x, lap, float(resolved["step_size"]), layer)
-    support = np.arange(x.shape[1]) < spec.num_support
-    return EpisodeView(x[0].numpy(), after[0].numpy(), labels[0].numpy(), support, layer, index)
+    views = run.method.layerwise(batch, run.params)  # type: ignore[misc]
+    before = next(views)
+    after = before
+    for _ in range(layer):
+        after = next(views)
+    support = np.arange(before.shape[1]) < spec.num_support
+    return EpisodeView(before[0].numpy(), after[0].numpy(), labels[0].numpy(), support, layer, index)
 
 
 def pca_2d(points: np.ndarray) -> np.ndarray:
@@ -232,44 +204,3 @@ def pca_2d(points: np.ndarray) -> np.ndarray:
     signs = np.sign(coords[np.abs(coords).argmax(axis=0), np.arange(coords.shape[1])])
     coords = coords * np.where(signs == 0, 1.0, signs)
     return np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
-
-
-def _num(value: float) -> float | None:
-    """A JSON-safe rounded float (NaN and infinities become null)."""
-    return round(value, 6) if np.isfinite(value) else None
-
-
-def _summary(s: Summary) -> dict[str, object]:
-    """mean, ci95 and the number of episodes with a finite value, for the JSON."""
-    return {"mean": _num(s.mean), "ci95": _num(s.ci95), "n": s.n}
-
-
-def to_document(result: Separability, features: str | Path, fs: FeatureSet) -> dict[str, object]:
-    """The separability JSON: features, protocol, parameters, the points used, and per layer mean ± 95% CI."""
-    summaries = {q: result.summary(q) for q in QUANTITIES}
-    return {
-        "kind": "diffshot-separability",
-        "separability_schema_version": 1,
-        "diffshot_version": __version__,
-        "features": {
-            "path": str(features),
-            "sha256": file_sha256(features),
-            "dim": fs.dim,
-            "split": result.split,
-            "centring": result.centring,
-        },
-        "protocol": {
-            "ways": result.spec.ways,
-            "shots": result.spec.shots,
-            "queries": result.spec.queries,
-            "episodes": result.episodes,
-            "seed": result.seed,
-            "split": result.split,
-        },
-        "params": dict(result.params),
-        "points": POINTS_NOTE,
-        "peaks": {"ratio": result.peak("ratio"), "accuracy": result.peak("accuracy")},
-        "layers": [
-            {"layer": t, **{q: _summary(s[i]) for q, s in summaries.items()}} for i, t in enumerate(result.layers)
-        ],
-    }

@@ -31,7 +31,8 @@ from diffshot.lazy import torch
 from diffshot.ops.knn import own_first, search_blocks
 from diffshot.ops.preprocess import cl2n
 from diffshot.run.distributed import dask_client, failure_text, require_distributed
-from diffshot.run.stream import QueryRows, _read_window
+from diffshot.run.stream import QueryRows, read_window
+from diffshot.task import Prepared
 
 _INDEXES: dict[str, Any] = {}
 _LOCK = threading.Lock()
@@ -86,7 +87,7 @@ def _read_rows(task: BlockTask) -> np.ndarray:
     except OSError as exc:
         raise DiffshotError(
             f"{task.path}: cannot read the query file on {where} ({exc.strerror or type(exc).__name__}); "
-            "--scheduler needs it at the same path on every worker (a shared filesystem)"
+            "a Dask scheduler needs it at the same path on every worker (a shared filesystem)"
         ) from None
     try:
         handle = open_hdf5(task.path, task.allow_external)
@@ -98,9 +99,9 @@ def _read_rows(task: BlockTask) -> np.ndarray:
         if shape != task.shape:
             raise DiffshotError(
                 f"{task.path}: the query file on {where} has features of shape {shape}, not the {task.shape} "
-                "that the client read; --scheduler needs the same file at the same path on every worker"
+                "that the client read; a Dask scheduler needs the same file at the same path on every worker"
             )
-        return _read_window(ds, task.start, task.stop)[task.rows - task.start]
+        return read_window(ds, task.start, task.stop)[task.rows - task.start]
 
 
 def search_block(
@@ -130,19 +131,17 @@ def block_tasks(query: QueryRows, offset: int, k: int, token: str) -> list[Block
     ]
 
 
-def search_on_dask(
-    scheduler: str,
-    index: Any,
-    query: QueryRows,
-    support_points: np.ndarray,
-    mean: np.ndarray,
-    shift: np.ndarray,
-    k: int,
-    dist: np.ndarray,
-    ids: np.ndarray,
-) -> None:
-    """Fill ``dist``/``ids`` [n, k]: the support rows (graph rows 0..ns) here, every query block on a worker."""
+def search_on_dask(scheduler: str, index: Any, prepared: Prepared, k: int, dist: np.ndarray, ids: np.ndarray) -> None:
+    """Fill ``dist``/``ids`` [n, k]: the support rows (graph rows 0..ns) here, every query block on a worker.
+
+    The query rows must be a :class:`~diffshot.run.stream.QueryRows` (a file every worker can read).
+    """
     import faiss
+
+    query = prepared.queries
+    if not isinstance(query, QueryRows) or prepared.shift is None:
+        raise DiffshotError("the Dask search needs the query rows streamed from an HDF5 file")
+    support_points, mean, shift = prepared.support.numpy(), prepared.mean.numpy(), prepared.shift.numpy()
 
     distributed = require_distributed()
     token = uuid.uuid4().hex

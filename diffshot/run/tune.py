@@ -13,7 +13,7 @@ import numpy as np
 
 from diffshot.calibration import fit_temperature
 from diffshot.episodes import EpisodeSpec
-from diffshot.errors import DiffshotError
+from diffshot.errors import DiffshotError, UsageError
 from diffshot.features import FeatureSet
 from diffshot.lazy import torch
 from diffshot.methods import get_method
@@ -22,42 +22,42 @@ from diffshot.run.config import MethodRun
 from diffshot.run.evaluate import chunk_size_for, episode_source, evaluate
 
 METHOD = "diffusion"
-GRID_KEYS = ("step_size", "layers", "n_top", "sigma", "rectify", "shift")
-DEFAULT_GRID: dict[str, tuple[object, ...]] = {
-    "step_size": (0.1, 0.25, 0.5, 0.75, 1.0),
-    "layers": (1, 2, 4, 6, 8, 12),
-    "n_top": ("auto",),
-    "sigma": ("auto",),
-    "rectify": (False,),
-    "shift": (True,),
-}
 
 
 def check_split(fs: FeatureSet, split: str, allow_novel: bool) -> None:
     """Refuse tuning on test (novel) classes unless ``allow_novel``: it inflates the reported results."""
     touches_novel = split == "novel" or (split == "all" and fs.classes_in_split("novel").size > 0)
     if touches_novel and not allow_novel:
-        raise DiffshotError(
+        raise UsageError(
             f"refusing to tune on split {split!r}: it holds the novel (test) classes, and choosing "
             "hyper-parameters on test classes inflates the results; use --split val, or --allow-novel"
         )
 
 
-def make_grid(overrides: Mapping[str, Sequence[object]] | None = None) -> dict[str, tuple[object, ...]]:
-    """The default grid with some axes replaced; each value is checked by the diffusion method."""
-    grid = dict(DEFAULT_GRID)
-    method = get_method(METHOD)
+def make_grid(
+    overrides: Mapping[str, Sequence[object]] | None = None, method: str = METHOD
+) -> dict[str, tuple[object, ...]]:
+    """The method's default grid (``Method.grid``) with some axes replaced; each value is checked by the method.
+
+    The axes are those of the method's grid, or every parameter of a method that declares none.
+    """
+    found = get_method(method)
+    grid: dict[str, tuple[object, ...]] = dict(found.grid)
+    axes = tuple(grid) or tuple(p.name for p in found.declared)
     for key, values in (overrides or {}).items():
-        if key not in GRID_KEYS:
-            raise DiffshotError(f"unknown grid axis {key!r}; choose from {', '.join(GRID_KEYS)}")
+        if key not in axes:
+            raise DiffshotError(f"unknown grid axis {key!r}; choose from {', '.join(axes) or 'none'}")
         if not values:
             raise DiffshotError(f"grid axis {key} has no values")
-        grid[key] = tuple(getattr(method.parse({key: v}), key) for v in values)
+        grid[key] = tuple(getattr(found.parse({key: v}), key) for v in values)
     return grid
 
 
 def variant_label(name: str, params: Mapping[str, object]) -> str:
-    """The label of one grid point, ``diffusion:step_size=0.5,layers=6,…`` (unique within a grid)."""
+    """The label of one grid point, ``diffusion:step_size=0.5,layers=6,…`` (unique within a grid; the name alone
+    for a grid of no axes)."""
+    if not params:
+        return name
     return name + ":" + ",".join(f"{key}={value}" for key, value in params.items())
 
 
@@ -89,16 +89,17 @@ def tune(
     device: str = "cpu",
     on_chunk: Callable[[int, str], None] | None = None,
     calibrate: bool = True,
+    method: str = METHOD,
 ) -> TuneResult:
-    """Evaluate every grid point on the same episodes of ``split`` and rank them by mean accuracy.
+    """Evaluate every grid point of ``method`` on the same episodes of ``split`` and rank them by mean accuracy.
 
     With ``calibrate``, the best's confidence temperature is fitted on the same episodes (minimum NLL).
     """
     check_split(fs, split, allow_novel)
-    full = make_grid(grid)
+    full = make_grid(grid, method)
     points = grid_points(full)
-    method = get_method(METHOD)
-    runs = [MethodRun(variant_label(METHOD, p), method, method.parse(p)) for p in points]
+    found = get_method(method)
+    runs = [MethodRun(variant_label(found.name, p), found, found.parse(p)) for p in points]
     evaluation = evaluate(
         fs,
         runs,

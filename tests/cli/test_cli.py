@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import h5py
@@ -17,6 +19,9 @@ from typer.testing import CliRunner
 from diffshot.cli import app
 from diffshot.features import FeatureSet, write_canonical
 from tests.conftest import OpenFile
+from tests.hostile.probe import NOBODY, can_drop_to, run_cli
+
+SHIPPED_DEMO = Path(__file__).resolve().parents[2] / "features" / "synthetic-demo.h5"  # readable by anyone
 
 runner = CliRunner()
 
@@ -146,7 +151,7 @@ def test_bad_files_give_one_line_errors(tmp_path: Path) -> None:
     assert_one_line_error(invoke("evaluate", garbage), "garbage.bin")
     with h5py.File(tmp_path / "nolabels.h5", "w") as handle:
         handle.create_dataset("features", data=np.ones((5, 3)))
-    assert_one_line_error(invoke("info", tmp_path / "nolabels.h5"), "missing dataset 'labels'")
+    assert_one_line_error(invoke("evaluate", tmp_path / "nolabels.h5"), "missing dataset 'labels'")
 
 
 def test_nonfinite_rows_error_or_drop(tmp_path: Path, synthetic: FeatureSet) -> None:
@@ -173,16 +178,33 @@ def test_small_classes_warned_and_left_out(tmp_path: Path, synthetic: FeatureSet
 
 
 def test_output_in_missing_or_read_only_folder_writes_nothing(demo: Path, tmp_path: Path) -> None:
-    assert_one_line_error(invoke("evaluate", demo, "--output", tmp_path / "no" / "r.json"), "does not exist")
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
+    """An output folder that is a file, or is not writable: one line naming the output, nothing written (a
+    missing folder is created: tests/cli/test_rules.py).
+
+    Root writes into a folder whatever its mode, so under root (as CI runs) the read-only case runs the real CLI as
+    nobody, who cannot.
+    """
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    assert_one_line_error(invoke("evaluate", demo, "--output", plain / "r.json"), str(plain / "r.json"))
+    assert plain.read_text() == "x"
+    locked = Path(tempfile.mkdtemp(prefix="diffshot-read-only-"))  # under /tmp: nobody may enter it
+    target = locked / "r.json"
     try:
-        target = locked / "r.json" if not os.access(locked, os.W_OK) else Path("/proc/diffshot-r.json")
-        assert_one_line_error(invoke("evaluate", demo, "--output", target), str(target))
+        locked.chmod(0o555)
+        if os.geteuid() != 0:
+            assert_one_line_error(invoke("evaluate", demo, "--output", target, "-q"), str(target))
+        elif can_drop_to(NOBODY):
+            done = run_cli("evaluate", SHIPPED_DEMO, "--episodes", 5, "--output", target, cwd=locked, user=NOBODY)
+            lines = done.stderr.splitlines()
+            assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+            assert str(target) in lines[0] and "Traceback" not in done.stderr
+        else:
+            pytest.skip("running as root, which ignores folder modes, and cannot run the CLI as nobody here")
         assert list(locked.iterdir()) == []
     finally:
         locked.chmod(0o700)
+        shutil.rmtree(locked)
 
 
 def test_existing_output_survives_a_failed_run(demo: Path, tmp_path: Path) -> None:

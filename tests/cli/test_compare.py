@@ -13,6 +13,7 @@ from diffshot.cli import app
 from diffshot.cli.evaluate import parse_imbalance
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet, write_canonical
+from diffshot.methods import REGISTRY
 
 runner = CliRunner()
 
@@ -156,8 +157,50 @@ def test_baseline_must_be_run(demo: Path) -> None:
     assert_one_line_error(invoke("evaluate", demo, "--episodes", 5, "--baseline", "ptmap"), "baseline ptmap")
 
 
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of a Rich box table, each cell's wrapped lines joined by one space."""
+    rows: list[list[str]] = []
+    current: list[list[str]] | None = None
+    for line in text.splitlines():
+        if line.startswith("│"):
+            cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
+            current = current or [[] for _ in cells]
+            for column, cell in zip(current, cells, strict=True):
+                column.append(cell)
+        elif current is not None:  # a rule or the bottom border ends the row
+            rows.append([" ".join(part for part in column if part) for column in current])
+            current = None
+    return rows
+
+
 def test_methods_lists_every_method_with_defaults() -> None:
+    """Every registered method is a row, and each of its parameters is shown with its default."""
     result = invoke("methods")
     assert result.exit_code == 0
-    for name in ("bdcspn", "laplacianshot", "ptmap", "tim", "labelprop", "diffresnet", "assign"):
-        assert name in result.stdout
+    rows = {row[0]: row for row in table_rows(result.stdout)}
+    assert set(rows) == set(REGISTRY)
+    for name, method in REGISTRY.items():
+        shown = rows[name][2]
+        expected = [f"{p.name} = {p.default!r}" for p in method.declared] or ["none"]
+        missing = [text for text in expected if text not in shown]
+        assert not missing, f"{name}: {missing} not in {shown!r}"
+
+
+def test_compare_pairs_the_methods_of_one_file(demo: Path, tmp_path: Path) -> None:
+    out = run(demo, tmp_path, "one", "-m", "simpleshot,diffusion,bdcspn", "--baseline", "simpleshot")
+    result = invoke("compare", out)
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    rows = [[c.strip() for c in line.strip("│").split("│")] for line in result.stdout.splitlines() if line[:1] == "│"]
+    for record in document["results"][1:]:
+        paired = record["paired"]
+        assert [record["method"], f"{paired['difference']:+.2f} ± {paired['ci95']:.2f}"] in [
+            [row[3], row[5]] for row in rows
+        ], result.stdout
+    assert len(rows) == 2 and "each − simpleshot" in result.stdout
+    flipped = invoke("compare", tmp_path / "one.npz", "--baseline", "diffusion")
+    assert flipped.exit_code == 0 and "each − diffusion" in flipped.stdout
+    assert sum(line[:1] == "│" for line in flipped.stdout.splitlines()) == 2
+    assert_one_line_error(invoke("compare", out, "--baseline", "ptmap"), "not among the methods", "simpleshot")
+    single = run(demo, tmp_path, "single", "-m", "simpleshot")
+    assert_one_line_error(invoke("compare", single), "holds one method")

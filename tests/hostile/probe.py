@@ -1,8 +1,9 @@
 """Run the real diffshot CLI on a hostile input in a subprocess and check it failed the way the contract promises.
 
 A probe asserts: the exit code; stderr is exactly one ``error: ...`` line (warnings allowed only when asked);
-no Python traceback; every input file's bytes are unchanged; and no canary file appeared (a payload that runs
-code creates one). Shared by every hostile test module; one runner, ``run_cli``, for all of them.
+no Python traceback, and no "internal error" line from the last-resort handler (a probe never leans on it);
+every input file's bytes are unchanged; and no canary file appeared (a payload that runs code creates one).
+Shared by every hostile test module; one runner, ``run_cli``, for all of them.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def probe(
     detail += f"\nstdout:\n{result.stdout[-2000:]}"
     assert result.returncode == code, detail
     assert "Traceback" not in result.stderr + result.stdout, detail
+    assert "internal error in" not in result.stderr, f"a bug reached the last-resort handler\n{detail}"
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     if allow_warnings:
         lines = [line for line in lines if not line.startswith("warning: ")]
@@ -144,6 +146,7 @@ def assert_refused(
 ) -> str:
     """Exit ``code``, stderr exactly one ``error:`` line holding every needle, inputs intact, no canary; the line."""
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    assert "internal error in" not in result.stderr, result.stderr
     assert result.returncode == code, (result.returncode, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

@@ -144,8 +144,12 @@ def test_non_finite_or_non_positive_normalisation_is_an_error(
 @pytest.mark.parametrize(
     ("args", "says", "real"),
     [
-        (("--image-size", "100000"), "from 1 to 4096, got 100000", True),
-        (("--resize", "5000", "--center-crop", "16"), "--resize must be a number of pixels from 1 to 4096", False),
+        (("--image-size", "100000"), "--image-size 100000: must be a number of pixels from 1 to 4096", True),
+        (
+            ("--resize", "5000", "--center-crop", "16"),
+            "--resize 5000: must be a number of pixels from 1 to 4096",
+            False,
+        ),
         (("--image-size", "1"), "--image-size 1: --arch conv4 needs images of at least 16x16 pixels", True),
         (("--resize", "1"), "--resize 1: --arch conv4 needs images of at least 16x16 pixels", False),
     ],

@@ -69,7 +69,7 @@ def official_head_logits(
         return classifier(diffuse(fc2(torch.relu(fc1(x))) + x, lap, 0.5, 6))
 
     ns = labels.shape[0]
-    distance = torch.cdist(points[ns:], dr.rectified_prototypes(points[None], labels[None], ways)[0])
+    distance = torch.cdist(points[ns:], dr.official_rectified_prototypes(points[None], labels[None], ways)[0])
     for _ in range(epochs):
         out = forward(points)
         loss = F.cross_entropy(out[:ns], labels) + alpha * (out[ns:].softmax(-1) * distance).sum()
@@ -119,7 +119,12 @@ def test_balanced_assignment_is_a_diffusion_choice(synthetic: FeatureSet) -> Non
     [("labelprop", {"alpha": 1.0}, "alpha"), ("ptmap", {"power": "maybe"}, "power"), ("tim", {"steps": -1}, "steps")],
 )
 def test_bad_parameters_are_one_line_errors(synthetic: FeatureSet, name: str, overrides: dict, needle: str) -> None:
+    """A bad value is refused when parsed, before any scoring, in one line that names the parameter."""
     method = get_method(name)
-    with pytest.raises(DiffshotError, match=needle):
-        batch, _ = episodes_of(synthetic, EpisodeSpec(5, 1, 3), 2)
+    batch, _ = episodes_of(synthetic, EpisodeSpec(5, 1, 3), 2)
+    with pytest.raises(DiffshotError) as refused:
         method.score(batch, method.parse(overrides))
+    message = str(refused.value)
+    assert needle in message and "\n" not in message and message.strip() == message, message
+    with pytest.raises(DiffshotError):
+        method.parse(overrides)  # the parse refuses it: scoring never sees it

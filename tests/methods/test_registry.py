@@ -110,17 +110,6 @@ def test_renaming_the_classes_renames_the_scores(synthetic: FeatureSet, name: st
     assert torch.allclose(moved[..., permutation], original, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_cpu_and_gpu_agree(synthetic: FeatureSet, name: str) -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("no GPU on this machine")
-    batch, _ = episodes_of(synthetic, EpisodeSpec(5, 1, 5), 8)
-    method = get_method(name)
-    params = method.parse(FAST.get(name, {}))
-    on_gpu = Episodes(batch.points.cuda(), batch.support_labels.cuda(), batch.ways, batch.centre.cuda())
-    assert torch.equal(method.score(batch, params).argmax(-1), method.score(on_gpu, params).argmax(-1).cpu())
-
-
 def test_the_library_checks_every_argument_before_drawing_an_episode(synthetic: FeatureSet, monkeypatch) -> None:
     """From Python, not only the CLI: invalid values are one-line errors naming the parameter, before any work."""
     import diffshot.run.evaluate as run_evaluate

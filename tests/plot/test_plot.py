@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from diffshot.errors import DiffshotError
 from diffshot.features import load_features, write_canonical
 from diffshot.plot import draw, draw_batch, draw_for_results, render
 from diffshot.plot.backend import MISSING, figure, save_figure
+from diffshot.plot.draw import TOP_ROWS
 from diffshot.plot.palette import METHOD_STYLES, method_style
 from diffshot.report.episodes_file import load_episode_accuracies
 
@@ -173,7 +175,7 @@ def test_confusion_matrix_from_predict_csv_and_json(tmp_path: Path) -> None:
         assert np.trace(drawn.data["counts"]) / drawn.data["counts"].sum() == pytest.approx(correct)
         assert np.allclose(drawn.data["per_class_accuracy"], 100 * np.diag(matrix))
         assert drawn.data["classes"] == list(truth.class_names)
-    with pytest.raises(DiffshotError, match="--labels"):
+    with pytest.raises(DiffshotError, match="labels=QUERY"):
         render([tmp_path / "p.csv"])
 
 
@@ -189,16 +191,45 @@ def test_confusion_matrix_readable_with_77_classes(banking77_path: Path, tmp_pat
     query = write_canonical(fs.take_rows(keep), tmp_path / "q.h5")
     cli("predict", "--support", support, "--query", query, "--output", tmp_path / "p.json")
     _, drawn = render([tmp_path / "p.json"], labels=query)
-    matrix = drawn.data["matrix"]
-    assert matrix.shape == (77, 77)
-    rows = np.isfinite(matrix).all(axis=1)
-    assert rows.sum() >= 70 and np.allclose(matrix[rows].sum(axis=1), 1.0)
+    matrix, counts = drawn.data["matrix"], drawn.data["counts"]
+    assert matrix.shape[0] == TOP_ROWS and np.allclose(matrix.sum(axis=1), 1.0)
+    assert (counts.sum(axis=0) > 0).all(), "an empty column is drawn"
+    errors = counts.sum(axis=1) - counts[np.arange(TOP_ROWS), np.arange(TOP_ROWS)]
+    assert list(errors) == sorted(errors, reverse=True)  # the most confused classes, own column first
+    assert drawn.data["columns"][:TOP_ROWS] == drawn.data["classes"]
     ax = drawn.figure.axes[0]
-    labels = [t.get_text() for t in ax.get_yticklabels()]
-    assert labels == drawn.data["classes"] and min(t.get_fontsize() for t in ax.get_xticklabels()) >= 3.5
-    height = drawn.figure.get_size_inches()[1]
-    assert height / 77 * 72 >= 10  # at least 10 pt of height per class row
+    assert [t.get_text() for t in ax.get_yticklabels()] == drawn.data["classes"]
+    assert min(t.get_fontsize() for t in ax.get_yticklabels()) >= 9
+    assert min(t.get_fontsize() for t in ax.get_xticklabels()) >= 3.5
+    assert f"the {TOP_ROWS} of 77 classes with the most errors" in drawn.figure.texts[0].get_text()
     assert is_png(save_figure(drawn.figure, tmp_path / "c77.png"))
+
+
+def test_confusion_with_rejected_rows_maps_unknowns_to_one_row_and_column(banking77_path: Path, tmp_path: Path) -> None:
+    fs = load_features(banking77_path)
+    novel = np.isin(fs.labels, fs.classes_in_split("novel"))
+    unknown = np.isin(fs.labels, fs.classes_in_split("val"))
+    rank = np.zeros(fs.num_rows, int)
+    for c in range(fs.num_classes):
+        rows = np.flatnonzero(fs.labels == c)
+        rank[rows] = np.arange(rows.size)
+    shots = novel & (rank < 5)
+    support = write_canonical(fs.take_rows(shots).select_split("novel"), tmp_path / "s.h5")
+    query = write_canonical(fs.take_rows((novel & ~shots & (rank < 60)) | (unknown & (rank < 40))), tmp_path / "q.h5")
+    printed = cli("predict", "--support", support, "--query", query, "--reject", "auto", "-o", tmp_path / "p.csv")
+    said = re.search(r"accuracy (\d+\.\d\d)% on the (\d+) query rows", printed.stdout)
+    assert said, printed.stdout
+    cli("plot", tmp_path / "p.csv", "--labels", query, "-o", tmp_path / "c.png")
+    for source, extra in (("p.csv", {}), ("p.csv", {"support": support})):
+        _, drawn = render([tmp_path / source], labels=query, **extra)
+        rows, columns, counts = drawn.data["classes"], drawn.data["columns"], drawn.data["counts"]
+        assert rows[-1] == "unknown" and "unknown" in columns and rows.count("unknown") == 1
+        assert counts[-1].sum() == 10 * 40  # every row of the 10 val classes is truth 'unknown'
+        assert (counts.sum(axis=0) > 0).all() and len(rows) == 31
+        assert f"{drawn.data['known_accuracy']:.2f}" == said.group(1)
+        title = drawn.figure.texts[0].get_text()
+        assert f"accuracy {said.group(1)}% on the {said.group(2)} rows of support classes" in title
+    assert is_png(tmp_path / "c.png")
 
 
 def test_missing_matplotlib_is_one_line(monkeypatch: pytest.MonkeyPatch, runs: Path, tmp_path: Path) -> None:
@@ -223,12 +254,13 @@ def test_bad_inputs_get_one_line(runs: Path, tmp_path: Path) -> None:
         (["plot", tmp_path / "broken.json", "-o", tmp_path / "a.png"], "not readable as JSON"),
         (["plot", runs / "tuned.toml", "-o", tmp_path / "a.png"], "--grid-json"),
         (["plot", runs / "res.json", "-o", tmp_path / "a.jpg"], "use .png, .svg or .pdf"),
-        (["plot", runs / "res.json", "-o", tmp_path / "missing" / "a.png"], "does not exist"),
+        (["plot", runs / "res.json", "-o", tmp_path / "other.json" / "a.png"], "Not a directory"),
         (["plot", runs / "res.json", runs / "run.npz", "-o", tmp_path / "a.png"], "drawn together"),
     ]
     for args, message in cases:
         done = cli(*args, check=False)
-        assert done.exit_code == 1 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+        code = 2 if message.startswith("use .") else 1  # a wrong extension is a usage error
+        assert done.exit_code == code and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.glob("*.png"))
 
 

@@ -101,7 +101,7 @@ def test_batch_config_applies_to_methods(synthetic_file: Path, tmp_path: Path) -
     entry = parse_suite(suite, config)[0]
     assert entry.methods == ("diffusion",) and entry.request.config == {"diffusion": {"layers": 2}}
     config.write_text("[diffusion]\nlayers = true\n")
-    with pytest.raises(SuiteError, match=r"--config: .*diffusion\.layers"):
+    with pytest.raises(SuiteError, match=r"^config: .*diffusion\.layers"):
         parse_suite(suite, config)
 
 

@@ -166,7 +166,9 @@ def test_a_lost_worker_is_an_error_of_that_case_and_the_rest_completes(cluster: 
     result = invoke("batch", write_suite(tmp_path, body), "--output-dir", out, "--scheduler", cluster.scheduler_address)
     assert result.exit_code == 1, result.output
     assert "error: entry 'e' method testkiller: did not run: worker lost" in result.stderr
-    assert "e simpleshot: " in result.stdout and "e testkiller: error (worker lost" in result.stdout
+    rows = [line.split("│")[1:4] for line in result.stdout.splitlines() if line.startswith("│ e ")]
+    cells = {method.strip(): outcome.strip() for _, method, outcome in rows}
+    assert "±" in cells["simpleshot"] and cells["testkiller"].startswith("error (worker lost"), result.stdout
     junit = ET.parse(out / "junit.xml").getroot()
     assert (junit.get("tests"), junit.get("errors")) == ("2", "1")
     assert junit.find("testcase[@name='testkiller']/error") is not None

@@ -93,7 +93,7 @@ def test_cli_refuses_too_few_classes_end_to_end(demo: Path) -> None:
 def test_a_method_without_an_unknown_score_is_refused_before_any_work(tmp_path: Path) -> None:
     assert get_method("testguess").open_set is None
     request = EvaluationRequest(tmp_path / "missing.h5", methods=("simpleshot", "testguess"), unknown_queries=15)
-    with pytest.raises(UsageError, match=r"^method testguess has no unknown score.*--open-set.*simpleshot"):
+    with pytest.raises(UsageError, match=r"^method testguess has no unknown score.*open-set episodes.*simpleshot"):
         prepare_runs(request)
     result = runner.invoke(app, ["evaluate", str(tmp_path / "missing.h5"), "-m", "testguess", "--open-set"])
     assert result.exit_code == 2 and "testguess" in result.stderr and result.stderr.count("\n") == 1

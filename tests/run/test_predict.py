@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 from diffshot.cli import app
 from diffshot.features import FeatureSet, write_canonical
-from diffshot.ops.graph import episode_laplacian, sparse_laplacian
-from diffshot.ops.knn import choose_index, knn_graph, neighbour_recall
+from diffshot.ops.graph import episode_laplacian
+from diffshot.ops.knn import choose_index, knn_graph
 from diffshot.run.predict import PredictOptions, accuracy, predict, select_rows
+from tests.reference import neighbour_recall, sparse_laplacian
 
 runner = CliRunner()
 
@@ -139,8 +140,8 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(synthetic: FeatureSet,
     bad[3, 0] = np.nan
     nonfinite = _write(dataclasses.replace(synthetic, features=bad), tmp_path / "nan.h5")
     assert_one_line_error(invoke("predict", "--support", good, "--query", nonfinite, "--output", out), "NaN")
-    result = invoke("predict", "--support", good, "--query", good, "--output", tmp_path / "missing" / "o.csv")
-    assert_one_line_error(result, "does not exist")
+    result = invoke("predict", "--support", good, "--query", good, "--output", good / "o.csv")
+    assert_one_line_error(result, "Not a directory")
     empty = tmp_path / "empty.h5"
     with h5py.File(empty, "w") as handle:
         handle["features"] = np.zeros((0, synthetic.dim), np.float32)
@@ -281,3 +282,54 @@ def test_estimated_shares_label_one_large_task_with_absent_classes(novel_task) -
     simple = predict(support, pool, "simpleshot")
     right = [float(np.mean(p.labels == pool.labels)) for p in (prediction, nearest, simple)]
     assert right[0] > right[2] > right[1], right  # the nearest decision loses absent classes' prototypes to the pool
+
+
+def split_task(fs: FeatureSet, per_class: int = 3) -> tuple[FeatureSet, FeatureSet]:
+    """``per_class`` support rows of every novel class of ``fs``; the other novel rows are the queries."""
+    novel, _ = select_rows(fs, "novel")
+    rng = np.random.default_rng(1)
+    chosen = np.zeros(novel.num_rows, dtype=bool)
+    for c in range(novel.num_classes):
+        chosen[rng.choice(np.flatnonzero(novel.labels == c), per_class, replace=False)] = True
+    return novel.take_rows(chosen), novel.take_rows(~chosen)
+
+
+def test_a_method_with_the_large_task_hook_predicts_in_memory_and_streamed(synthetic: FeatureSet, tmp_path) -> None:
+    """The suite's own ``testguess`` declares ``large_task`` and nothing else: predict runs it on both paths."""
+    import contextlib
+
+    from diffshot.ops.classify import prototypes
+    from diffshot.run.stream import open_query
+
+    support, query = split_task(synthetic)
+    protos = prototypes(torch.from_numpy(support.features), torch.from_numpy(support.labels), support.num_classes)
+    expected = torch.sin(2e3 * torch.from_numpy(query.features) @ protos.T).argmax(-1).numpy()
+    in_memory = predict(support, query, ("testguess", {"scale": 2e3}))
+    path = write_canonical(query, tmp_path / "query.h5")
+    with contextlib.ExitStack() as stack:
+        streamed = predict(support, open_query(stack, path, block_rows=7), ("testguess", {"scale": 2e3}))
+    assert np.array_equal(in_memory.labels, expected) and np.array_equal(streamed.labels, expected)
+    assert streamed.details == {"scale": 2e3, "block_rows": 7} and in_memory.details == {"scale": 2e3}
+    support_path = write_canonical(support, tmp_path / "support.h5")
+    outputs = []
+    for extra in ([], ["--block-rows", "7"]):
+        out = tmp_path / f"p{len(outputs)}.csv"
+        result = invoke("predict", "--support", support_path, "--query", path, "-o", out, "-m", "testguess", *extra)
+        assert result.exit_code == 0, result.output
+        outputs.append([row["class"] for row in csv.DictReader(out.open(encoding="utf-8"))])
+    assert outputs[0] == outputs[1] and len(outputs[0]) == query.num_rows
+
+
+@pytest.mark.parametrize("extra", [[], ["--block-rows", "1000"]])
+@pytest.mark.parametrize("assign", ["balanced"])
+def test_an_episode_only_parameter_is_a_usage_error_on_every_path(synthetic, tmp_path, assign, extra) -> None:
+    """``--set diffusion.assign=balanced``: exit 2 naming the parameter, in memory and streamed alike
+    (``estimated``, the default, labels one large task: test_estimated_shares_label_one_large_task_...)."""
+    support, query = split_task(synthetic)
+    support_path, query_path = write_canonical(support, tmp_path / "s.h5"), write_canonical(query, tmp_path / "q.h5")
+    out = tmp_path / "p.csv"
+    setting = f"diffusion.assign={assign}"
+    result = invoke("predict", "--support", support_path, "--query", query_path, "-o", out, "--set", setting, *extra)
+    assert result.exit_code == 2
+    assert_one_line_error(result, f"parameter diffusion.assign: {assign} is for episodes")
+    assert not out.exists()

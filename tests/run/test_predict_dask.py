@@ -18,8 +18,8 @@ from diffshot.cli import app
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet, write_canonical
 from diffshot.run.config import method_runs
-from diffshot.run.predict import PredictOptions
-from diffshot.run.stream import open_query, predict_stream
+from diffshot.run.predict import PredictOptions, predict
+from diffshot.run.stream import open_query
 
 distributed = pytest.importorskip("distributed")
 
@@ -73,7 +73,7 @@ def streamed(support: FeatureSet, path: Path, index: str, scheduler: str | None 
         rows = open_query(stack, path, "novel", block_rows=BLOCK)
         run = method_runs(["diffusion"])[0]
         options = PredictOptions(index=index, exact_limit=10**9)
-        return predict_stream(support, rows, run, options, scheduler=scheduler), rows.num_rows
+        return predict(support, rows, run, options, scheduler=scheduler), rows.num_rows
 
 
 @pytest.mark.parametrize("index", ["flat", "ivfpq"])
@@ -119,7 +119,7 @@ def test_query_file_the_workers_cannot_read_is_one_line_naming_file_and_worker(t
         rows = open_query(stack, gone, "novel", block_rows=BLOCK)
         Path(gone).unlink()  # the client keeps its open handle; the workers look the path up and find nothing
         with pytest.raises(DiffshotError) as caught:
-            predict_stream(
+            predict(
                 support,
                 rows,
                 method_runs(["diffusion"])[0],

@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import diffshot.methods.diffusion as diffusion
 import diffshot.run.stream as stream
 from diffshot.features import FeatureSet, make_featureset, write_canonical
-from diffshot.ops.knn import choose_index, ivfpq_shape, knn_graph, neighbour_recall
+from diffshot.ops.knn import choose_index, ivfpq_shape, knn_graph
 from diffshot.run.config import method_runs
 from diffshot.run.predict import PredictOptions, Rejection, predict, select_rows
-from diffshot.run.stream import open_query, predict_stream
+from diffshot.run.stream import open_query
+from tests.reference import neighbour_recall
 
 ROWS = 20_000
 BLOCK = 4_096
@@ -52,13 +54,13 @@ def noisy_task(banking77: FeatureSet, tmp_path_factory: pytest.TempPathFactory) 
 def test_streamed_exact_path_equals_in_memory(noisy_task, monkeypatch: pytest.MonkeyPatch) -> None:
     support, query, path = noisy_task
     shapes: list[tuple[int, ...]] = []
-    read = stream._read_window
-    monkeypatch.setattr(stream, "_read_window", lambda ds, a, b: shapes.append((b - a,)) or read(ds, a, b))
+    read = stream.read_window
+    monkeypatch.setattr(stream, "read_window", lambda ds, a, b: shapes.append((b - a,)) or read(ds, a, b))
     options = PredictOptions(index="flat", exact_limit=10**9)
     expected = predict(support, query, "diffusion:assign=nearest", options)
     with contextlib.ExitStack() as stack:
         rows = open_query(stack, path, block_rows=BLOCK)
-        got = predict_stream(support, rows, method_runs(["diffusion"])[0], options)
+        got = predict(support, rows, method_runs(["diffusion"])[0], options)
     assert got.index == expected.index == "flat"
     assert (
         got.details["n_top"] == expected.details["n_top"] and got.details["step_size"] == expected.details["step_size"]
@@ -90,8 +92,8 @@ def test_ivfpq_shape_rules_and_auto_choice() -> None:
 
 def test_streamed_path_refuses_rectify(noisy_task) -> None:
     support, _, path = noisy_task
-    with contextlib.ExitStack() as stack, pytest.raises(Exception, match="without --rectify"):
-        predict_stream(support, open_query(stack, path), method_runs([("diffusion", {"rectify": True})])[0])
+    with contextlib.ExitStack() as stack, pytest.raises(Exception, match="needs every query row in memory"):
+        predict(support, open_query(stack, path), method_runs([("diffusion", {"rectify": True})])[0])
 
 
 def predict_both_ways(
@@ -128,7 +130,7 @@ def test_cli_streamed_errors_are_one_line(noisy_task, tmp_path: Path) -> None:
     npz = tmp_path / "query.npz"
     np.savez(npz, features=query.features[:100])
     for query_path, extra, needle in (
-        (path, ["--block-rows", "1000", "--rectify"], "without --rectify"),
+        (path, ["--block-rows", "1000", "--rectify"], "needs every query row in memory"),
         (npz, ["--block-rows", "1000"], "needs an HDF5 query file"),
         (path, ["--block-rows", "-3"], "--block-rows"),
     ):
@@ -159,9 +161,9 @@ def test_streamed_unknown_scores_and_rejection_equal_in_memory(open_task, monkey
     options = PredictOptions(index="flat", exact_limit=10**9, reject=Rejection("auto"))
     expected = predict(support, query, "diffusion:assign=nearest", options)
     n = support.num_rows + query.num_rows
-    monkeypatch.setattr(stream, "SLAB_BUDGET", 8 * n * 100)  # 4 slabs of at most 100 of the 384 columns
+    monkeypatch.setattr(diffusion, "SLAB_BUDGET", 8 * n * 100)  # 4 slabs of at most 100 of the 384 columns
     with contextlib.ExitStack() as stack:
-        got = predict_stream(support, open_query(stack, path, block_rows=1000), method_runs(["diffusion"])[0], options)
+        got = predict(support, open_query(stack, path, block_rows=1000), method_runs(["diffusion"])[0], options)
     assert np.array_equal(got.labels, expected.labels)
     gap = np.abs(got.unknown - expected.unknown)
     # FAISS's exact search over 1,000-row blocks rounds distances in the last bits unlike one search of all

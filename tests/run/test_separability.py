@@ -11,11 +11,12 @@ from typer.testing import CliRunner
 
 from diffshot.cli import app
 from diffshot.episodes import EpisodeSpec, build_pool, sample_episodes
-from diffshot.errors import DiffshotError
+from diffshot.errors import DiffshotError, UsageError
 from diffshot.features import FeatureSet, load_features
 from diffshot.plot import render
+from diffshot.results import QUANTITIES
 from diffshot.run.evaluate import evaluate
-from diffshot.run.separability import QUANTITIES, episode_view, measure, parse_layers, pca_2d
+from diffshot.run.separability import episode_view, measure, parse_layers, pca_2d
 
 DEMO = Path(__file__).resolve().parents[2] / "features" / "synthetic-demo.h5"
 runner = CliRunner()
@@ -105,7 +106,7 @@ def test_parse_layers() -> None:
     assert parse_layers("6,0,2,2") == (0, 2, 6)
     assert parse_layers("0..2,8") == (0, 1, 2, 8)
     for bad in ("", "a", "3..1", "-1", "1..x"):
-        with pytest.raises(DiffshotError, match="--layers"):
+        with pytest.raises(DiffshotError, match=r"^layers="):
             parse_layers(bad)
 
 
@@ -151,3 +152,28 @@ def test_banking77_layer_six_matches_evaluate(banking77: FeatureSet) -> None:
     assert result.summary("accuracy")[1].mean == pytest.approx(ev.results[0].summary.mean, abs=0.05)
     ratio = result.summary("ratio")
     assert ratio[0].mean > ratio[1].mean  # measured: the paper's min/max ratio falls on BANKING77 (README)
+
+
+def test_layer_t_accuracy_is_evaluate_at_layers_t_even_where_the_step_is_reduced(synthetic: FeatureSet) -> None:
+    """separability steps with evaluate's checked τ: where τ·λ_max > 1.9 it is reduced in both, with one notice."""
+    spec = EpisodeSpec(5, 1, 5)
+    with pytest.warns(UserWarning, match="was reduced in some episodes"):
+        result = measure(synthetic, spec, [0, 3], episodes=40, params={"step_size": 2.0})
+    with pytest.warns(UserWarning, match="was reduced in some episodes"):
+        layer3 = evaluate(synthetic, [("diffusion", {"step_size": 2.0, "layers": 3})], spec, episodes=40)
+    accuracy = result.values["accuracy"]
+    assert np.allclose(accuracy[:, 1], layer3.results[0].accuracies)
+
+
+def test_a_method_with_the_layerwise_hook_runs_separability(synthetic: FeatureSet) -> None:
+    """The suite's ``testguess`` declares ``layerwise`` (CL2N, then contractions towards the mean): its layers keep
+    every nearest-prototype decision, so each layer's accuracy is SimpleShot's; a method without it is refused."""
+    spec = EpisodeSpec(5, 1, 5)
+    result = measure(synthetic, spec, [0, 1, 4], episodes=30, method="testguess")
+    simpleshot = evaluate(synthetic, ["simpleshot"], spec, episodes=30).results[0].accuracies
+    for column in range(3):
+        assert np.allclose(result.values["accuracy"][:, column], simpleshot)
+    assert np.allclose(result.values["ratio"][:, 0], result.values["ratio"][:, 2], rtol=1e-4)
+    assert result.params == {}
+    with pytest.raises(UsageError, match="method simpleshot has no layer-by-layer view; separability runs diffusion"):
+        measure(synthetic, spec, [0], episodes=2, method="simpleshot")

@@ -88,5 +88,17 @@ def test_tune_cli_writes_config_and_warns_at_edge(banking77_path: Path, tmp_path
     refused = runner.invoke(
         app, ["tune", str(banking77_path), "--split", "novel", "--output", str(tmp_path / "n.toml")]
     )
-    assert refused.exit_code == 1 and "--allow-novel" in refused.stderr
+    assert refused.exit_code == 2 and "--allow-novel" in refused.stderr
     assert not (tmp_path / "n.toml").exists()
+
+
+def test_tune_runs_any_method_over_its_declared_grid(synthetic: FeatureSet) -> None:
+    """The suite's ``testguess`` declares a grid (scale 1000, 2000): tune ranks it on paired episodes."""
+    result = tune(synthetic, EpisodeSpec(5, 1, 5), episodes=30, split="val", method="testguess", calibrate=True)
+    assert [r.params["scale"] for r in result.ranked] in ([1e3, 2e3], [2e3, 1e3])
+    assert {r.result.method for r in result.ranked} == {"testguess:scale=1000.0", "testguess:scale=2000.0"}
+    again = evaluate(synthetic, [("testguess", result.best.params)], EpisodeSpec(5, 1, 5), episodes=30, split="val")
+    assert np.array_equal(again.results[0].accuracies, result.best.result.accuracies)
+    assert result.temperature is not None and result.temperature > 0
+    with pytest.raises(DiffshotError, match="unknown grid axis 'layers'; choose from scale"):
+        tune(synthetic, EpisodeSpec(5, 1, 5), {"layers": [1]}, episodes=5, split="val", method="testguess")

@@ -1,0 +1,56 @@
+"""Library messages name parameters; the CLI shows them as the running command's flags."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from diffshot.cli import app
+from diffshot.cli.common import as_flags, command_flags
+from diffshot.cli.evaluate import evaluate
+from diffshot.cli.extract import extract
+from diffshot.errors import DiffshotError
+from diffshot.extract.pipeline import ExtractionRequest, check_extraction
+from diffshot.features import FeatureSet, make_featureset
+from diffshot.features.load import clean_features
+
+
+def test_declared_and_default_flags_are_read_from_the_command() -> None:
+    """Declared flags (``--grayscale/--rgb``) and typer's defaults (``--batch-size``) both come back."""
+    flags = command_flags(extract)
+    assert flags["grayscale"] == ("--grayscale", "--rgb")
+    assert flags["batch_size"][0] == "--batch-size"
+    assert flags["trust_checkpoint"] == ("--trust-checkpoint", None)
+    assert "checkpoint" not in flags  # an argument, not an option
+
+
+@pytest.mark.parametrize(
+    ("library", "cli"),
+    [
+        ("drop them with drop_nonfinite=True", "drop them with --drop-nonfinite"),
+        ("give it with base_mean=FILE", "give it with --base-mean FILE"),
+        ("shift=False skips it", "--no-shift skips it"),
+        ("the mean of the base rows", "the mean of the base rows"),  # a word that is a parameter stays a word
+    ],
+)
+def test_parameter_names_become_flags(library: str, cli: str) -> None:
+    """Each form the library writes becomes the flag a CLI user types."""
+    assert as_flags(library, evaluate) == cli
+
+
+def test_library_messages_name_parameters_and_the_cli_names_flags(synthetic: FeatureSet, tmp_path) -> None:
+    """The same problem: a parameter in the library's message, the flag in the command's."""
+    request = ExtractionRequest(tmp_path / "c.pth", (tmp_path,), "conv4", tmp_path / "f.h5", batch_size=0)
+    with pytest.raises(DiffshotError, match=r"^batch_size must be positive, got 0$"):
+        check_extraction(request)
+    features = synthetic.features[:10].copy()  # the fixture is shared: never write into it
+    features[0, 0] = float("nan")
+    bad = make_featureset(features, synthetic.labels[:10])
+    with pytest.raises(DiffshotError, match=r"drop them with drop_nonfinite=True$"):
+        clean_features(bad)
+    result = CliRunner().invoke(
+        app,
+        ["extract", str(tmp_path), str(tmp_path), "--arch", "conv4", "-o", str(tmp_path / "f.h5"), "--batch-size", "0"],
+    )
+    assert result.exit_code == 1
+    assert result.output == "error: --batch-size must be positive, got 0\n"
