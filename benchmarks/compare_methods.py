@@ -220,7 +220,10 @@ def preamble(args: argparse.Namespace) -> list[str]:
         f"--many-episodes {args.many_episodes} --threads {args.threads}`.",
         "",
         f"Seed {SEED}; {args.episodes} episodes per 5-way cell and {args.many_episodes} per many-way cell (every novel "
-        "class of BANKING77: 30-way; 50-way on Omniglot), the same episodes for all methods of a cell; 95% intervals "
+        "class of BANKING77: 30-way; 50-way on Omniglot), the same episodes for all methods of a cell (the grid runs "
+        "the peers that do not assume balance — LaplacianShot, α-TIM, PADDLE, BMS — PT-MAP and the diffusion "
+        "decisions; TIM, Diff-ResNet, BD-CSPN and label propagation are left out: the machine was shared by several "
+        "jobs and its time short); 95% intervals "
         "1.96·std/√n over episodes. Δ vs SimpleShot and Δ vs best peer are paired differences on the same episodes, "
         "each with its own interval; the best peer is the cell's most accurate method other than diffshot's "
         "`diffusion` variants and the row itself. Protocols: balanced; dirichlet:2 = per-class query counts from "
@@ -229,7 +232,7 @@ def preamble(args: argparse.Namespace) -> list[str]:
         "Dirichlet(2) draw; zipf:1.1 = shares ∝ 1/rank^1.1 over a seeded class order (`--imbalance zipf:1.1`). "
         "Every drawn count is capped by the rows a class has: Omniglot classes have 20 drawings, so its imbalanced "
         "cells use 5 queries per class on average and its few-classes cells 9 (5-way) or 3 (50-way), and a "
-        "`(capped)` cell is flatter than its protocol. `diffusion` is the default (`--assign auto`, "
+        "`(capped)` cell is flatter than its protocol. `diffusion` is the default (`--assign estimated`, "
         "docs/methods.md); `diffusion:assign=nearest` is the previous default. episodes/s are this run's, on the "
         "machine below (docs/methods.md has the speed benchmark).",
         "",
