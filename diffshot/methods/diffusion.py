@@ -270,6 +270,8 @@ def large_task(task: Task, params: DiffusionParams) -> TaskScores:
     rows in memory; streamed rows are decided by the nearest prototype, with a notice).
     """
     decision: dict[str, object] = {}
+    if params.rectify:
+        task.require_in_memory("diffusion with rectify")
     if params.assign == "balanced":
         raise UsageError(
             "parameter diffusion.assign: balanced is for episodes; one large task uses nearest or estimated"
@@ -286,8 +288,6 @@ def large_task(task: Task, params: DiffusionParams) -> TaskScores:
             if scored is not None:
                 return scored
         decision = {"decision": "nearest (no class looks scarce)"}
-    if params.rectify:
-        task.require_in_memory("diffusion with rectify")
     prepared = task.prepared(params.shift)
     graph, n_top, sigma = task_graph(task, prepared, params.n_top, params.sigma)
     device = prepared.support.device
@@ -322,7 +322,9 @@ def estimated_large_task(task: Task, params: DiffusionParams) -> TaskScores | No
 
     The share EM of episodes runs in feature space on the CL2N rows; when a share is below scarce / ways the
     support is kept in place after diffusion, and the EM's log-posteriors / λ (one shot per class) or the nearest
-    prototype after the share-weighted shift (more shots) decide, as in episodes.
+    prototype after the share-weighted shift (more shots) decide, as in episodes. The unknown score (``--reject``)
+    stays that of the nearest decision's diffusion (computed on first use): measured on BANKING77 novel with a
+    third of the pool unknown, the anchored points' score kept 21% unknown recall against 66% for it.
     """
     ns, ways, labels = task.num_support, task.ways, task.support_labels
     raw = cl2n(task.points, task.centre)
@@ -351,11 +353,15 @@ def estimated_large_task(task: Task, params: DiffusionParams) -> TaskScores | No
             return -squared_distances(x[ns + start : ns + stop], protos)
         return share_scores(x[ns + start : ns + stop], protos, log_share, params.em_lam) / scale
 
+    @functools.cache
+    def plain() -> TaskScores:
+        return large_task(task, dataclasses.replace(params, assign="nearest"))
+
     details = {"n_top": n_top, "sigma": sigma, "step_size": step, "lambda_max_bound": round(bound, 4)}
     return TaskScores(
         block=block,
-        unknown=lambda start, stop: max_cosine_unknown(x[ns + start : ns + stop], protos),
-        support=lambda: x[:ns],
+        unknown=lambda start, stop: plain().unknown(start, stop),  # type: ignore[misc]
+        support=lambda: plain().support(),  # type: ignore[misc]
         details=details | {"layers": params.layers, "decision": "estimated shares (a class looks scarce or absent)"},
     )
 
