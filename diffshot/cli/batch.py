@@ -66,8 +66,9 @@ def batch(
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be a positive integer, got {workers}")
     if workers is not None or scheduler is not None:
-        from diffshot.run.distributed import require_distributed
+        from diffshot.run.distributed import check_workers, require_distributed
 
+        check_workers(workers)
         require_distributed()
     try:
         entries = parse_suite(suite, config)

@@ -101,15 +101,28 @@ def command_flags(command: Callable[..., object]) -> dict[str, tuple[str, str | 
     return flags
 
 
+@functools.cache
+def every_command_flags() -> dict[str, tuple[str, str | None]]:
+    """The options of every command of the app, for a message that points to another command's option."""
+    from diffshot.cli import app
+
+    flags: dict[str, tuple[str, str | None]] = {}
+    for info in app.registered_commands:
+        with contextlib.suppress(NameError, TypeError):
+            flags |= command_flags(info.callback) if info.callback is not None else {}
+    return flags
+
+
 def as_flags(message: str, command: Callable[..., object]) -> str:
     """A library message in the command's words: its parameters, as the library names them, become its flags.
 
     The library names a parameter as Python does: ``drop_nonfinite=True`` becomes ``--drop-nonfinite``,
     ``shift=False`` ``--no-shift``, ``base_mean=FILE`` ``--base-mean FILE``, and a bare name with an underscore
-    (``batch_size``) its flag; a one-word name without a value (``arch``) stays a word.
+    (``batch_size``) its flag; a one-word name without a value (``arch``) stays a word. The running command's
+    options come first; a name only another command has (``save_episodes=FILE.npz``) becomes that one's flag.
     """
     try:
-        flags = command_flags(command)
+        flags = {**every_command_flags(), **command_flags(command)}
     except (NameError, TypeError):  # annotations that do not resolve: the message as the library wrote it
         return message
     before = r"(?<![\w.-])"  # not inside a longer name, nor METHOD.param

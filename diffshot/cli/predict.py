@@ -217,8 +217,9 @@ def _check_dask(workers: int | None, scheduler: str | None) -> bool:
         raise UsageError(f"--workers must be a positive integer, got {workers}")
     if workers is None and scheduler is None:
         return False
-    from diffshot.run.distributed import require_distributed
+    from diffshot.run.distributed import check_workers, require_distributed
 
+    check_workers(workers)
     require_distributed()
     return True
 

@@ -126,10 +126,7 @@ def tune(
     calibration = None
     if result.temperature is not None:
         calibration = {METHOD: result.temperature}
-        comments.append(
-            f"confidence temperature {result.temperature:.6g} of the best: minimum NLL {result.nll:.4f} "
-            "of the true class over the queries of the same episodes"
-        )
+        comments.append(f"confidence temperature {result.temperature:.6g} of the best: {result.temperature_note}")
     write_config(output, {METHOD: best.result.params}, comments, calibration)
     if grid_json is not None:
         write_tune_json(grid_json, result, features, fs)
@@ -137,7 +134,7 @@ def tune(
     show(_view_table(result))
     if result.temperature is not None:
         stdout.print(
-            f"confidence temperature {result.temperature:.4g} (minimum NLL {result.nll:.4f} on {split}); "
+            f"confidence temperature {result.temperature:.4g} on {split}: {result.temperature_note}; "
             f"ECE at the default 0.1: {best.result.ece:.2f}"
         )
     stdout.print(

@@ -111,6 +111,22 @@ class FeatureSet:
         return self.features.mean(axis=0, dtype=np.float64).astype(np.float32), "mean of all rows"
 
 
+def check_float32(values: np.ndarray | None, source: str, what: str) -> None:
+    """Refuse finite values beyond float32's range: as float32 (what diffshot computes in and the canonical file
+    stores) they would become ±inf, so every reader, convert included, refuses rather than keeping float64."""
+    if values is None or values.dtype.kind != "f" or values.dtype.itemsize <= 4 or values.size == 0:
+        return
+    finite = np.abs(values[np.isfinite(values)])
+    limit = float(np.finfo(np.float32).max)
+    if finite.size and float(finite.max()) > limit:
+        count = int((finite > limit).sum())
+        raise DiffshotError(
+            f"{source}: {count} {what} values are beyond float32's range (largest magnitude {float(finite.max()):.3g}, "
+            f"float32 holds up to {limit:.3g}); diffshot works in float32, so they would become infinite; "
+            f"rescale the features first"
+        )
+
+
 def make_featureset(
     features: np.ndarray,
     labels: Sequence[object] | np.ndarray,
@@ -137,6 +153,7 @@ def make_featureset(
         raise DiffshotError(f"{source}: features has dimension 0")
     if not np.issubdtype(feats.dtype, np.floating) and not np.issubdtype(feats.dtype, np.integer):
         raise DiffshotError(f"{source}: features must be numeric, got dtype {feats.dtype}")
+    check_float32(feats, source, "feature")
     feats = np.ascontiguousarray(feats, dtype=np.float32)
     raw_labels = np.asarray(labels)
     if raw_labels.ndim != 1:
@@ -175,6 +192,7 @@ def make_featureset(
         mean = np.asarray(base_mean)
         if mean.dtype.kind not in "fiu":
             raise DiffshotError(f"{source}: base_mean must be a numeric vector, got dtype {mean.dtype}")
+        check_float32(mean, source, "base-mean")
         mean = mean.astype(np.float32).reshape(-1)
         if mean.shape[0] != feats.shape[1]:
             raise DiffshotError(f"{source}: base_mean has dimension {mean.shape[0]}, features have {feats.shape[1]}")

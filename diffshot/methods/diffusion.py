@@ -4,7 +4,8 @@ Per episode (the official code's recipe): CL2N, cross-domain shift, Gaussian kNN
 Laplacian L, T steps x ← x − τ·L·x, then each query takes the nearest (optionally rectified) prototype.
 Everything after the Gram matrix runs on n×n matrices: the diffused points are P·x with
 P = (I − τL)^T, so their distances come from P G Pᵀ without touching the d-dimensional features again.
-One large task (``predict``) runs the same recipe on a sparse FAISS graph, stepping the features.
+One large task (``predict``) runs the same recipe on a sparse FAISS graph, stepping the features (in memory)
+or class-sized state (streamed); ``separability`` steps the episode points one layer at a time (``layerwise``).
 """
 
 from __future__ import annotations

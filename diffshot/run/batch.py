@@ -22,6 +22,7 @@ Every entry is a :class:`~diffshot.results.EvaluationRequest`, run by the same
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 from collections.abc import Callable, Mapping
@@ -33,6 +34,8 @@ from diffshot.features import SPLITS, FeatureSet, load_features
 from diffshot.results import Entry, EvaluationRequest, Outcome
 from diffshot.run.config import load_toml, read_config, validate_method_params
 from diffshot.run.evaluate import prepare_runs, run_evaluation
+
+MAX_SUITE_ENTRIES = 1_000  # entries of one suite (docs/security.md); more is a generated file to split
 
 DEFAULT_METHODS = ("simpleshot", "diffusion")
 ENTRY_TYPES: dict[str, tuple[type, ...]] = {
@@ -88,9 +91,13 @@ def parse_suite(path: str | Path, config: Path | None = None) -> list[Entry]:
         base = read_config(config) if config is not None else {}
     except DiffshotError as exc:
         raise SuiteError(f"config: {exc}") from None
+    if isinstance(entries, list) and len(entries) > MAX_SUITE_ENTRIES:
+        raise SuiteError(
+            f"{suite}: {len(entries):,} [[entry]] tables; a suite holds at most {MAX_SUITE_ENTRIES:,} (split it)"
+        )
     parsed = [_parse_entry(suite, i, defaults, raw, base) for i, raw in enumerate(entries)]
-    names = [e.name for e in parsed]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    counts = collections.Counter(e.name for e in parsed)
+    dupes = sorted(n for n, k in counts.items() if k > 1)
     if dupes:
         raise SuiteError(f"{suite}: entry {dupes[0]!r}: key 'name' is used by more than one entry")
     return parsed

@@ -18,12 +18,14 @@ import contextlib
 import dataclasses
 import functools
 import os
+import socket
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from diffshot.errors import DiffshotError
+from diffshot.errors import DiffshotError, UsageError
 from diffshot.features import FeatureSet, load_features
 from diffshot.results import Entry, Evaluation, EvaluationRun, Outcome
 from diffshot.run.batch import SuiteError
@@ -31,6 +33,8 @@ from diffshot.run.evaluate import prepare_runs, run_evaluation
 
 EXTRA = "pip install 'diffshot[dask]'"
 CONNECT_TIMEOUT = "20s"  # how long a Client waits for the scheduler at --scheduler ADDRESS
+HANDSHAKE_TIMEOUT_S = 10.0  # how long the pre-flight check waits for a scheduler's first message
+MAX_HANDSHAKE_BYTES = 1 << 16  # a scheduler's first message is about 60 bytes
 SettingDone = Callable[[int, int, str], None]  # (settings done, settings in all, label of the one just finished)
 
 
@@ -135,11 +139,71 @@ def assemble(entry: Entry, runs: list[EvaluationRun], device: str) -> Evaluation
     return EvaluationRun(request, source, tuple(evaluations), entry.request.baseline)
 
 
+def check_workers(workers: int | None) -> None:
+    """``--workers`` is a number of local processes: from 1 to this machine's cores (as ``--threads`` is)."""
+    cores = os.cpu_count() or 1
+    if workers is not None and (isinstance(workers, bool) or not 1 <= workers <= cores):
+        raise UsageError(f"--workers must be an integer from 1 to the {cores} CPU cores of this machine, got {workers}")
+
+
+def _received(sock: socket.socket, count: int, deadline: float, address: str) -> bytes:
+    """Exactly ``count`` bytes from ``sock`` before ``deadline``; one line when the peer stops or goes quiet."""
+    data = bytearray()
+    while len(data) < count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        sock.settimeout(left)
+        chunk = sock.recv(min(count - len(data), 1 << 16))
+        if not chunk:
+            raise DiffshotError(f"--scheduler {address}: the peer closed the connection without a Dask handshake")
+        data += chunk
+    return bytes(data)
+
+
+def check_scheduler(address: str, timeout: float = HANDSHAKE_TIMEOUT_S) -> None:
+    """Refuse, in one line, a ``tcp://`` address where something other than a Dask scheduler answers.
+
+    A scheduler speaks first: one small message (an 8-byte length, then its handshake, which names
+    ``compression`` and ``pickle-protocol``). That length is checked before anything is read into
+    memory, so a peer that declares exabytes, sends garbage or stays silent is refused within ``timeout``
+    (Dask's own client would trust the length). Other schemes (tls://, ucx://) are left to Dask.
+    """
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "tcp"):
+        return
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"--scheduler {address}: expected tcp://HOST:PORT")
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+            size = int.from_bytes(_received(sock, 8, deadline, address), "little")
+            if not 0 < size <= MAX_HANDSHAKE_BYTES:
+                raise DiffshotError(
+                    f"--scheduler {address}: not a Dask scheduler (its first message declares {size:,} bytes; "
+                    f"a scheduler's handshake is under {MAX_HANDSHAKE_BYTES:,})"
+                )
+            body = _received(sock, size, deadline, address)
+    except TimeoutError:
+        raise DiffshotError(
+            f"--scheduler {address}: no Dask handshake within {timeout:g} s; not a Dask scheduler"
+        ) from None
+    except OSError as exc:
+        raise DiffshotError(
+            f"--scheduler {address}: cannot connect to a Dask scheduler ({exc.strerror or type(exc).__name__})"
+        ) from None
+    if b"compression" not in body or b"pickle-protocol" not in body:
+        raise DiffshotError(f"--scheduler {address}: not a Dask scheduler (it answered with something else)")
+
+
 @contextlib.contextmanager
 def dask_client(workers: int | None = None, scheduler: str | None = None, threads: int | None = None) -> Iterator[Any]:
     """A Client on the cluster at ``scheduler``, or on a LocalCluster of ``workers`` processes, ``threads`` each."""
     distributed = require_distributed()
+    check_workers(workers)
     if scheduler is not None:
+        check_scheduler(scheduler)
         try:
             client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as exc:

@@ -6,11 +6,16 @@ nothing written where the run was refused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -275,3 +280,71 @@ def test_an_unexpected_exception_is_one_internal_error_line_and_exit_70(tmp_path
         assert done.stderr.strip() == (
             "error: internal error in info: ZeroDivisionError: a bug; rerun with DIFFSHOT_DEBUG=1 for the traceback"
         )
+
+
+# --- bounded: workers, and a Dask peer that is not a scheduler ------------------------------------------------
+
+
+@contextlib.contextmanager
+def _garbage_server(answer: bytes, linger: float = 0.0) -> Iterator[int]:
+    """A TCP server on 127.0.0.1 only that answers every connection with ``answer`` (then waits ``linger`` s and
+    closes it); yields its port. It stops when the test leaves the block."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(answer)
+                stop.wait(linger)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+
+
+SCHEDULER_ANSWERS = [
+    (b"\xff" * 8 + b"garbage", 0.0, "its first message declares 18,446,744,073,709,551,615 bytes"),
+    (b"\x00\x00\x00\x00\x00\x00\x00\x03" + b"x" * 64, 0.0, "declares 216,172,782,113,783,808 bytes"),
+    (b"HTTP/1.1 400 Bad Request\r\n\r\n", 0.0, "not a Dask scheduler"),
+    (b"\x10\x00\x00\x00\x00\x00\x00\x00" + b"0123456789abcdef", 0.0, "it answered with something else"),
+    (b"", 0.0, "closed the connection without a Dask handshake"),
+    (b"", 15.0, "no Dask handshake within 10 s"),
+]
+
+
+@pytest.mark.parametrize(("answer", "linger", "says"), SCHEDULER_ANSWERS, ids=[s for _, _, s in SCHEDULER_ANSWERS])
+def test_batch_scheduler_that_is_not_a_dask_scheduler_is_one_line(
+    tmp_path: Path, answer: bytes, linger: float, says: str
+) -> None:
+    _canonical(tmp_path / "in.h5", rows=120)
+    suite = tmp_path / "s.toml"
+    suite.write_text('[defaults]\nfeatures = "in.h5"\nepisodes = 5\n[[entry]]\nname = "a"\n')
+    with _garbage_server(answer, linger) as port:
+        started = time.monotonic()
+        address = f"tcp://127.0.0.1:{port}"
+        args = ["batch", "s.toml", "--output-dir", "out", "--quiet", "--scheduler", address]
+        probe(args, cwd=tmp_path, inputs=[suite], contains=[f"--scheduler {address}: ", says])
+        assert time.monotonic() - started < 60
+    assert not (tmp_path / "out" / "results.csv").exists()
+
+
+@pytest.mark.parametrize("command", ["batch", "predict"])
+def test_workers_beyond_the_cores_are_refused_like_threads(tmp_path: Path, command: str) -> None:
+    _canonical(tmp_path / "in.h5", rows=120)
+    (tmp_path / "s.toml").write_text('[defaults]\nfeatures = "in.h5"\nepisodes = 5\n[[entry]]\nname = "a"\n')
+    args = {
+        "batch": ["batch", "s.toml", "--output-dir", "out", "--workers", "1000000"],
+        "predict": ["predict", "--support", "in.h5", "--query", "in.h5", "-o", "p.csv", "--workers", "1000000"],
+    }[command]
+    probe(args, cwd=tmp_path, code=2, contains=["--workers must be an integer from 1 to the", "got 1000000"])
