@@ -1,6 +1,10 @@
-"""Episodes/s of every method on 2 CPU threads, 5-way 1-shot and 5-shot, on BANKING77.
+"""Episodes/s of every method on 2 CPU threads, 5-way 1-shot and 5-shot and 30-way 1-shot, on BANKING77.
 
 Usage: python benchmarks/bench_methods.py [--episodes N] [--heavy-episodes M] [--official-episodes K]
+       [--methods NAME,...] [--no-loops]
+
+The 30-way cell (every novel class, 1 shot, 15 queries: 480 points) is the real-task size of issue 22;
+``--methods`` restricts the run to some methods (e.g. the default: ``--methods diffusion``).
 
 Also times, in the same process and on K episodes, a per-episode loop written like each peer's
 official code (see ``LOOPS``): Diff-ResNet's fewshot/train.py, yhu01/BMS's test_standard_bms.py,
@@ -33,6 +37,7 @@ from diffshot.run.evaluate import evaluate
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "banking77" / "banking77-minilm.h5"
 CHEAP = ["simpleshot", "diffusion", ("diffusion", {"assign": "balanced"}), "bdcspn", "laplacianshot", "labelprop"]
 HEAVY = ["ptmap", "tim", "diffresnet", "bms", "paddle", "alpha_tim"]
+CELLS = ((5, 1), (5, 5), (30, 1))  # (ways, shots), 15 queries per class
 
 
 def official_loop_seconds(fs, shots: int, count: int) -> float:
@@ -197,33 +202,52 @@ def reference_alpha_tim_seconds(fs, shots: int, count: int) -> float:
     return (time.perf_counter() - tick) / count
 
 
+def label(method: object) -> str:
+    """A method entry's name as --methods matches it (``diffusion:assign=balanced`` for the variant)."""
+    if isinstance(method, tuple):
+        return method[0] + ":" + ",".join(f"{k}={v}" for k, v in method[1].items())
+    return str(method)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--heavy-episodes", type=int, default=100)
     parser.add_argument("--official-episodes", type=int, default=5)
+    parser.add_argument("--methods", default=None, help="comma-separated subset (names as in CHEAP/HEAVY)")
+    parser.add_argument("--no-loops", action="store_true", help="skip the official-style per-episode loops")
     args = parser.parse_args()
     torch.set_num_threads(2)
     fs = load_features(DATA)
+    chosen = None if args.methods is None else set(args.methods.split(","))
+    groups = [
+        ([m for m in methods if chosen is None or label(m) in chosen], count)
+        for methods, count in ((CHEAP, args.episodes), (HEAVY, args.heavy_episodes))
+    ]
     print(f"load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| method | 1-shot episodes/s | 1-shot ms/episode | 5-shot episodes/s | 5-shot ms/episode |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    heads = [f"{ways}-way {shots}-shot" for ways, shots in CELLS]
+    print("| method | " + " | ".join(f"{h} episodes/s | {h} ms/episode" for h in heads) + " |")
+    print("| --- |" + " ---: | ---: |" * len(CELLS))
     rows: dict[str, list[float]] = {}
-    for methods, count in ((CHEAP, args.episodes), (HEAVY, args.heavy_episodes)):
-        for shots in (1, 5):
-            evaluation = evaluate(fs, methods, EpisodeSpec(5, shots, 15), episodes=count, seed=0)
+    for methods, count in groups:
+        for ways, shots in CELLS:
+            if not methods:
+                continue
+            evaluation = evaluate(fs, methods, EpisodeSpec(ways, shots, 15), episodes=count, seed=0)
             for r in evaluation.results:
                 name = r.method + (" --assign balanced" if r.params.get("assign") == "balanced" else "")
                 rows.setdefault(name, []).append(r.episodes_per_second)
-    for method, loop in LOOPS.items():
+    loops = {} if args.no_loops else {m: loop for m, loop in LOOPS.items() if chosen is None or m in chosen}
+    for method, loop in loops.items():
         for shots in (1, 5):
             rows.setdefault(f"official-style {method} loop", []).append(1.0 / loop(fs, shots, args.official_episodes))
-    for name, (one, five) in rows.items():
-        print(f"| {name} | {one:,.1f} | {1000 / one:.2f} | {five:,.1f} | {1000 / five:.2f} |")
-    for method in LOOPS:
+    for name, values in rows.items():
+        cells = [f"{v:,.1f} | {1000 / v:.2f}" for v in values] + ["— | —"] * (len(CELLS) - len(values))
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    for method in loops:
         official, ours = rows[f"official-style {method} loop"], rows[method]
         print(
-            f"{method} speed-up over the official-style loop: {ours[0] / official[0]:.1f}× (1-shot), "
+            f"{method} speed-up over the official-style loop (5-way): {ours[0] / official[0]:.1f}× (1-shot), "
             f"{ours[1] / official[1]:.1f}× (5-shot)"
         )
     print(f"load average now {os.getloadavg()[0]:.1f}")

@@ -171,8 +171,9 @@ class TuneResult:
     evaluation: Evaluation
     grid: dict[str, tuple[object, ...]]
     edges: tuple[str, ...]
-    temperature: float | None = None  # the best's confidence temperature (minimum NLL on the same episodes)
+    temperature: float | None = None  # the best's confidence temperature (see run/tune.calibrate_temperature)
     nll: float | None = None
+    temperature_note: str | None = None  # whether it was fitted or the default kept, and the held-out check
 
     @property
     def best(self) -> Ranked:

@@ -13,8 +13,10 @@ from typer.testing import CliRunner
 
 from diffshot.calibration import (
     ECE_BINS,
+    HELD_OUT_MARGIN,
     bin_index,
     bin_sums,
+    choose_temperature,
     ece,
     fit_temperature,
     mean_nll,
@@ -95,6 +97,24 @@ def test_fit_temperature_recovers_the_temperature_that_made_the_labels() -> None
     assert nll == pytest.approx(mean_nll(scores, labels, temperature))
     assert nll <= min(mean_nll(scores, labels, t) for t in (temperature * 0.9, temperature * 1.1, 0.1, 10.0))
     assert fit_temperature(scores, labels) == (temperature, nll)
+
+
+@pytest.mark.parametrize(("true", "fitted"), [(0.4, True), (0.1, False)])
+def test_choose_temperature_keeps_the_default_unless_the_fit_helps_a_held_out_half(true: float, fitted: bool) -> None:
+    """Labels drawn at T = 0.4: the fit replaces the default 0.1; drawn at 0.1: the default is kept."""
+    gen = torch.Generator().manual_seed(2)
+    scores = 0.3 * torch.randn(400, 30, 5, generator=gen, dtype=torch.float64)
+    labels = torch.multinomial(torch.softmax(scores / true, dim=-1).reshape(-1, 5), 1, generator=gen).reshape(400, 30)
+    choice = choose_temperature(scores, labels)
+    assert choice.fitted is fitted
+    if fitted:
+        assert choice.temperature == pytest.approx(true, rel=0.1)
+        assert choice.default_ece - choice.held_out_ece >= HELD_OUT_MARGIN
+        assert (choice.temperature, choice.nll) == fit_temperature(scores, labels)
+        assert "fitted" in choice.describe()
+    else:
+        assert choice.temperature == 0.1 and "default kept" in choice.describe()
+        assert choice.nll == pytest.approx(mean_nll(scores.reshape(-1, 5), labels.reshape(-1), 0.1))
 
 
 def test_config_calibration_table_round_trips_and_bad_values_are_one_line(tmp_path: Path) -> None:

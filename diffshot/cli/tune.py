@@ -93,10 +93,10 @@ def tune(
             f"--shots {', '.join(map(str, counts))}: tune ranks one shot count at a time; run it once per count"
         )
     shots = counts[0]
-    check_extension("--output", output, (".toml",))
-    check_extension("--grid-json", grid_json, (".json",))
     replacing = output.exists() and str(output) != "-"
-    claim_outputs([output, grid_json], [features, labels], force=force)
+    checks = [lambda: check_extension("--output", output, (".toml",))]
+    checks.append(lambda: check_extension("--grid-json", grid_json, (".json",)))
+    claim_outputs([output, grid_json], [features, labels], force=force, checks=checks)
     axes = {"step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
     axes |= {"rectify": rectify, "shift": shift}
     grid = {k: v for k, v in ((k, _axis(t)) for k, t in axes.items()) if v is not None}
@@ -126,10 +126,7 @@ def tune(
     calibration = None
     if result.temperature is not None:
         calibration = {METHOD: result.temperature}
-        comments.append(
-            f"confidence temperature {result.temperature:.6g} of the best: minimum NLL {result.nll:.4f} "
-            "of the true class over the queries of the same episodes"
-        )
+        comments.append(f"confidence temperature {result.temperature:.6g} of the best: {result.temperature_note}")
     write_config(output, {METHOD: best.result.params}, comments, calibration)
     if grid_json is not None:
         write_tune_json(grid_json, result, features, fs)
@@ -137,7 +134,7 @@ def tune(
     show(_view_table(result))
     if result.temperature is not None:
         stdout.print(
-            f"confidence temperature {result.temperature:.4g} (minimum NLL {result.nll:.4f} on {split}); "
+            f"confidence temperature {result.temperature:.4g} on {split}: {result.temperature_note}; "
             f"ECE at the default 0.1: {best.result.ece:.2f}"
         )
     stdout.print(

@@ -102,7 +102,7 @@ def has_labels(fs: FeatureSet) -> bool:
 def with_labels(fs: FeatureSet, labels_path: str | os.PathLike[str]) -> FeatureSet:
     """``fs`` (read without labels) labelled from ``labels_path``; a one-line error for a labelled file or bad count."""
     if has_labels(fs):
-        raise DiffshotError(f"{fs.source}: already holds labels; --labels FILE is for features stored without them")
+        raise DiffshotError(f"{fs.source}: already holds labels; labels=FILE is for features stored without them")
     labels = read_labels(labels_path)
     if labels.shape[0] != fs.num_rows:
         raise DiffshotError(f"{labels_path}: {labels.shape[0]} labels for the {fs.num_rows} rows of {fs.source}")

@@ -103,7 +103,7 @@ def detect(path: str | Path) -> tuple[str, object]:
         return EPISODES, path
     if suffix == ".toml":
         raise DiffshotError(
-            f"{path}: a tune config holds only the best setting; run tune with --grid-json FILE.json and plot that"
+            f"{path}: a tune config holds only the best setting; run tune with grid_json=FILE.json and plot that"
         )
     if suffix == ".csv":
         try:
@@ -128,6 +128,6 @@ def detect(path: str | Path) -> tuple[str, object]:
             check_results(document, path)
             return RESULTS, document
     raise DiffshotError(
-        f"{path}: not a diffshot output this command draws (evaluate/batch JSON, --save-episodes .npz, "
-        "tune --grid-json JSON, predict CSV/JSON, separability JSON)"
+        f"{path}: not a diffshot output this command draws (evaluate/batch JSON, an episodes .npz, "
+        "tune's grid JSON, predict CSV/JSON, separability JSON)"
     )

@@ -119,9 +119,9 @@ def load_episode_accuracies(path: Path | str) -> tuple[dict[str, object], list[E
                 for r in meta["runs"]
             ]
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
-        raise DiffshotError(f"{path}: not a diffshot --save-episodes file ({type(exc).__name__})") from None
+        raise DiffshotError(f"{path}: not a diffshot episodes file ({type(exc).__name__})") from None
     if meta.get("format") != EPISODES_FORMAT:
-        raise DiffshotError(f"{path}: not a diffshot --save-episodes file")
+        raise DiffshotError(f"{path}: not a diffshot episodes file")
     for record in records:
         values = record.accuracies
         if values.ndim != 1 or values.dtype.kind not in "fiu" or values.size != meta.get("episodes"):

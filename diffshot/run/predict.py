@@ -201,7 +201,7 @@ def check_unknown_name(support: FeatureSet, options: PredictOptions) -> None:
     if options.scores_unknown and options.unknown_name in support.class_names:
         raise DiffshotError(
             f"{support.source}: the unknown class name {options.unknown_name!r} is a support class; "
-            "choose another with --unknown-name"
+            "choose another with unknown_name"
         )
 
 
@@ -270,7 +270,7 @@ def reject_rows(
     """The unknown score of every query row and, when rejecting, the threshold, its rule and the rejected rows."""
     if scores.unknown is None:
         able = ", ".join(m.name for m in REGISTRY.values() if m.labels_large_tasks and m.name != name)
-        raise UsageError(f"method {name} gives no unknown score, so it cannot --reject; use one of: {able}")
+        raise UsageError(f"method {name} gives no unknown score, so it cannot reject unknown rows; use one of: {able}")
     unknown = np.empty(rows, dtype=np.float32)
     for start in range(0, rows, CHUNK_ROWS):
         stop = min(start + CHUNK_ROWS, rows)

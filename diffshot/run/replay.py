@@ -124,7 +124,7 @@ def load_stored_episodes(path: Path | str) -> list[StoredEpisodes]:
     if "meta" not in arrays:
         if "support" not in arrays or "query" not in arrays:
             raise DiffshotError(
-                f"{path}: not an episodes file: expected a diffshot --save-episodes .npz, or an .npz with "
+                f"{path}: not an episodes file: expected an episodes .npz that evaluate saved, or an .npz with "
                 f"'support' and 'query' arrays of row indices [episodes, rows] (found {', '.join(arrays) or 'nothing'})"
             )
         support, query = _index_array(arrays, "support", path), _index_array(arrays, "query", path)
@@ -132,12 +132,12 @@ def load_stored_episodes(path: Path | str) -> list[StoredEpisodes]:
         return [StoredEpisodes(str(path), support, query)]
     meta = loads(str(arrays["meta"]), path)
     if not isinstance(meta, dict) or meta.get("format") != EPISODES_FORMAT:
-        raise DiffshotError(f"{path}: not a diffshot --save-episodes file")
+        raise DiffshotError(f"{path}: not a diffshot episodes file")
     sets = meta.get("episode_sets")
     if not isinstance(sets, list) or not sets:
         raise DiffshotError(
             f"{path}: holds per-episode accuracies but not the episodes' rows (saved by an older diffshot); "
-            "rerun evaluate with --save-episodes to store them"
+            "rerun evaluate with save_episodes=FILE.npz to store them"
         )
     found = []
     for entry in sets:
@@ -196,7 +196,7 @@ def episodes_file_of(path: Path) -> Path:
     document = read_json(path)
     name = document.get("episodes_file") if isinstance(document, dict) else None
     if not name:
-        raise DiffshotError(f"{path}: holds no per-episode accuracies; rerun evaluate with --save-episodes FILE.npz")
+        raise DiffshotError(f"{path}: holds no per-episode accuracies; rerun evaluate with save_episodes=FILE.npz")
     if not isinstance(name, str):
         raise DiffshotError(f"{path}: its episodes_file is not a path")
     target = Path(name)
@@ -293,7 +293,7 @@ def _spec(stored: StoredEpisodes, ways: int, shots: int, queries: int, where: st
         if queries % ways:
             raise DiffshotError(
                 f"{where}: {queries} queries per episode do not split evenly over {ways} classes; "
-                "imbalanced episodes replay from diffshot's own --save-episodes files only"
+                "imbalanced episodes replay from diffshot's own episodes files only"
             )
         return EpisodeSpec(ways, shots, queries // ways)
     p = stored.protocol

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from diffshot.calibration import fit_temperature
+from diffshot.calibration import TemperatureChoice, choose_temperature
 from diffshot.episodes import EpisodeSpec
 from diffshot.errors import DiffshotError, UsageError
 from diffshot.features import FeatureSet
@@ -33,7 +33,7 @@ def check_split(fs: FeatureSet, split: str, allow_novel: bool) -> None:
     if touches_novel and not allow_novel:
         raise UsageError(
             f"refusing to tune on split {split!r}: it holds the novel (test) classes, and choosing "
-            "hyper-parameters on test classes inflates the results; use --split val, or --allow-novel"
+            "hyper-parameters on test classes inflates the results; use split=val, or allow_novel=True"
         )
 
 
@@ -121,10 +121,16 @@ def tune(
     order = sorted(range(len(points)), key=lambda i: (-means[i], i))
     best = evaluation.results[order[0]]
     ranked = tuple(Ranked(points[i], evaluation.results[i], evaluation.results[i].paired(best)) for i in order)
-    temperature, nll = (None, None)
-    if calibrate:
-        temperature, nll = calibrate_temperature(fs, runs[order[0]], spec, episodes, seed, split, device)
-    return TuneResult(ranked, evaluation, full, edge_axes(full, points[order[0]]), temperature, nll)
+    choice = calibrate_temperature(fs, runs[order[0]], spec, episodes, seed, split, device) if calibrate else None
+    return TuneResult(
+        ranked,
+        evaluation,
+        full,
+        edge_axes(full, points[order[0]]),
+        None if choice is None else choice.temperature,
+        None if choice is None else choice.nll,
+        None if choice is None else choice.describe(),
+    )
 
 
 def calibrate_temperature(
@@ -135,19 +141,19 @@ def calibrate_temperature(
     seed: int = 0,
     split: str = "val",
     device: str | torch.device = "cpu",
-) -> tuple[float, float]:
-    """The confidence temperature of ``run`` of least mean NLL over the queries of ``split``'s seeded episodes.
-
-    Returns the temperature and that NLL; the scores are kept on the host ([episodes·nq, ways] float32).
+) -> TemperatureChoice:
+    """The confidence temperature of ``run`` on ``split``'s seeded episodes: the least mean NLL over their queries
+    when that fit, made on the first half, lowers the second half's ECE enough; else the default (see
+    :func:`diffshot.calibration.choose_temperature`). The scores are kept on the host ([episodes, nq, ways] float32).
     """
     source = episode_source(fs, spec, split, device, stacklevel=3)
     chunk = chunk_size_for(spec, fs.dim)
     scores, labels = [], []
     for start in range(0, episodes, chunk):
         batch, indices = source.batch(seed, start, min(chunk, episodes - start))
-        scores.append(run.method.score(batch, run.params).reshape(-1, spec.ways).float().cpu())
-        labels.append(torch.from_numpy(indices.query_labels).reshape(-1))
-    return fit_temperature(torch.cat(scores), torch.cat(labels))
+        scores.append(run.method.score(batch, run.params).float().cpu())
+        labels.append(torch.from_numpy(indices.query_labels))
+    return choose_temperature(torch.cat(scores), torch.cat(labels))
 
 
 def step_layer_view(result: TuneResult) -> tuple[list[object], list[object], np.ndarray]:

@@ -86,7 +86,7 @@ def test_compare_refuses_unpaired_runs(demo: Path, tmp_path: Path) -> None:
     assert_one_line_error(invoke("compare", first, tmp_path / "missing.npz"), "no such file")
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip")
-    assert_one_line_error(invoke("compare", first, junk), "not a diffshot --save-episodes file")
+    assert_one_line_error(invoke("compare", first, junk), "not a diffshot episodes file")
 
 
 def test_imbalance_runs_and_is_recorded(demo: Path, tmp_path: Path) -> None:

@@ -122,7 +122,7 @@ def test_new_output_options_refuse_bad_paths_before_running(demo: Path, tmp_path
     assert_refused(result, "is a file; give a folder", code=2, unchanged=snapshot(blocker))
     assert not (tmp_path / "out" / "a.json").exists()
     figure = tmp_path / "fig.gif"
-    assert_refused(run_cli("evaluate", demo, "--episodes", "5", "--plot", figure), "fig.gif")
+    assert_refused(run_cli("evaluate", demo, "--episodes", "5", "--plot", figure), "fig.gif", code=2)
     assert not figure.exists()
 
 
