@@ -186,15 +186,21 @@ def claim_outputs(
     *,
     binary: Iterable[PathArg | None] = (),
     force: bool = False,
+    checks: Iterable[Callable[[], object]] = (),
 ) -> None:
     """Check the outputs before any work (:func:`diffshot.atomic.claim_outputs`), creating the folders they go in
     when missing (every command's rule; removed again when an output is refused); messages go to stderr when one
-    output is standard output, so that what is written there stays parseable."""
+    output is standard output, so that what is written there stays parseable.
+
+    ``checks`` (an output's extension, its format) run after those, so that an output onto an input is refused
+    as that, whatever its name."""
     outputs, binary = list(outputs), list(binary)
     created = make_parents([*outputs, *binary])
     try:
         if atomic.claim_outputs(outputs, inputs, binary=binary, force=force):
             stdout.stderr = True
+        for check in checks:
+            check()
     except BaseException:
         for folder in reversed(created):
             with contextlib.suppress(OSError):
