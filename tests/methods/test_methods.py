@@ -105,7 +105,7 @@ def test_sinkhorn_balances_rows_and_columns() -> None:
 
 def test_balanced_assignment_is_a_diffusion_choice(synthetic: FeatureSet) -> None:
     method = get_method("diffusion")
-    assert method.parse({}).assign == "nearest"
+    assert method.parse({}).assign == "estimated"  # the default; balanced is chosen explicitly
     with pytest.raises(DiffshotError, match="assign"):
         method.parse({"assign": "greedy"})
     batch, labels = episodes_of(synthetic, EpisodeSpec(5, 1, 10), 20)
