@@ -41,17 +41,32 @@ def _cell(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _columns(prediction: Prediction, query: QueryRecords, rows: np.ndarray, start: int, stop: int) -> dict[str, list]:
+    """The output columns of query rows start..stop as Python lists (one pass per column, not per cell)."""
+    columns: dict[str, list] = {"row": [int(r) for r in np.asarray(rows[start:stop]).tolist()]}
+    columns.update(
+        {col: [_cell(values[i]) for i in range(start, stop)] for col, values in metadata_columns(query).items()}
+    )
+    names = list(prediction.class_names)
+    classes = [names[int(c)] for c in np.asarray(prediction.labels[start:stop]).tolist()]
+    if prediction.rejected is not None:
+        classes = [
+            prediction.unknown_name if r else c
+            for c, r in zip(classes, np.asarray(prediction.rejected[start:stop]).tolist(), strict=True)
+        ]
+    columns["class"] = classes
+    columns["confidence"] = [round(c, 6) for c in np.asarray(prediction.confidence[start:stop]).tolist()]
+    if prediction.unknown is not None:
+        columns["unknown_score"] = [round(u, 6) for u in np.asarray(prediction.unknown[start:stop]).tolist()]
+    return columns
+
+
 def _records(prediction: Prediction, query: QueryRecords, rows: np.ndarray, start: int, stop: int) -> Iterator[dict]:
     """Output records of query rows start..stop."""
-    extra = metadata_columns(query)
-    for i in range(start, stop):
-        record: dict[str, object] = {"row": int(rows[i])}
-        record.update({col: _cell(values[i]) for col, values in extra.items()})
-        record["class"] = prediction.class_of(i)
-        record["confidence"] = round(float(prediction.confidence[i]), 6)
-        if prediction.unknown is not None:
-            record["unknown_score"] = round(float(prediction.unknown[i]), 6)
-        yield record
+    columns = _columns(prediction, query, rows, start, stop)
+    keys = list(columns)
+    for values in zip(*columns.values(), strict=True):
+        yield dict(zip(keys, values, strict=True))
 
 
 def write_predictions(
@@ -71,11 +86,13 @@ def write_predictions(
     fields += ["unknown_score"] if prediction.unknown is not None else []
     with atomic_path(path, stream=True) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
         if fmt == "csv":
-            writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\r\n")
-            writer.writeheader()
+            writer = csv.writer(handle, lineterminator="\r\n")
+            writer.writerow(fields)
             for start in range(0, total, chunk_rows):
-                records = _records(prediction, query, rows, start, min(total, start + chunk_rows))
-                writer.writerows({key: spreadsheet_safe(value) for key, value in r.items()} for r in records)
+                columns = _columns(prediction, query, rows, start, min(total, start + chunk_rows))
+                for col in ("class", *metadata_columns(query)):
+                    columns[col] = [spreadsheet_safe(value) for value in columns[col]]
+                writer.writerows(zip(*(columns[col] for col in fields), strict=True))
         else:
             head = {
                 "confidence": confidence_note(prediction),
