@@ -119,12 +119,24 @@ def as_flags(message: str, command: Callable[..., object]) -> str:
     The library names a parameter as Python does: ``drop_nonfinite=True`` becomes ``--drop-nonfinite``,
     ``shift=False`` ``--no-shift``, ``base_mean=FILE`` ``--base-mean FILE``, and a bare name with an underscore
     (``batch_size``) its flag; a one-word name without a value (``arch``) stays a word. The running command's
-    options come first; a name only another command has (``save_episodes=FILE.npz``) becomes that one's flag.
+    options come first; another command's option (``save_episodes=FILE.npz``) is translated in its ``name=value``
+    form only, so a JSON key such as ``episodes_file`` stays as written.
     """
     try:
-        flags = {**every_command_flags(), **command_flags(command)}
+        own = command_flags(command)
+        others = {name: flag for name, flag in every_command_flags().items() if name not in own}
     except (NameError, TypeError):  # annotations that do not resolve: the message as the library wrote it
         return message
+    before = r"(?<![\w.-])"  # not inside a longer name, nor METHOD.param
+    for flags, bare in ((own, True), (others, False)):  # another command's option only in its name=value form
+        for name, (on, off) in flags.items():
+            message = re.sub(rf"{before}{name}=True\b", on, message)
+            if off is not None:
+                message = re.sub(rf"{before}{name}=False\b", off, message)
+            message = re.sub(rf"{before}{name}=(?=[^\s=])", f"{on} ", message)
+            if bare and "_" in name:
+                message = re.sub(rf"{before}{name}\b", on, message)
+    return message
     before = r"(?<![\w.-])"  # not inside a longer name, nor METHOD.param
     for name, (on, off) in flags.items():
         message = re.sub(rf"{before}{name}=True\b", on, message)
@@ -174,15 +186,21 @@ def claim_outputs(
     *,
     binary: Iterable[PathArg | None] = (),
     force: bool = False,
+    checks: Iterable[Callable[[], object]] = (),
 ) -> None:
     """Check the outputs before any work (:func:`diffshot.atomic.claim_outputs`), creating the folders they go in
     when missing (every command's rule; removed again when an output is refused); messages go to stderr when one
-    output is standard output, so that what is written there stays parseable."""
+    output is standard output, so that what is written there stays parseable.
+
+    ``checks`` (an output's extension, its format) run after those, so that an output onto an input is refused
+    as that, whatever its name."""
     outputs, binary = list(outputs), list(binary)
     created = make_parents([*outputs, *binary])
     try:
         if atomic.claim_outputs(outputs, inputs, binary=binary, force=force):
             stdout.stderr = True
+        for check in checks:
+            check()
     except BaseException:
         for folder in reversed(created):
             with contextlib.suppress(OSError):

@@ -45,10 +45,15 @@ def convert(
     quiet: Quiet = False,
 ) -> None:
     """Convert a field format (PT-MAP/S2M2/Diff-ResNet pickles, TIM, CloserLook, EASY, .npz) to canonical HDF5."""
-    check_extension("DST", dst, HDF5_SUFFIXES)
     if class_split is not None and ":" in class_split and not Path(class_split).is_file():
         parse_fractions(class_split)  # a malformed draw is a usage error before any file is read
-    claim_outputs([], [src, base_mean, labels], binary=[dst], force=force)
+    claim_outputs(
+        [],
+        [src, base_mean, labels],
+        binary=[dst],
+        force=force,
+        checks=[lambda: check_extension("DST", dst, HDF5_SUFFIXES)],
+    )
     fs = read_features(src, base_mean, allow_external=allow_external_data, labels_path=labels)
     if class_split is not None:
         if fs.class_split is not None:

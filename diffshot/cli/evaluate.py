@@ -231,7 +231,8 @@ def evaluate(
 ) -> None:
     """Evaluate few-shot methods on seeded episodes: accuracy ± 95% interval (1.96·std/√n), in percent."""
     set_threads(threads)
-    fmt = output_format(fmt, output)
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r}: choose table, json or csv")
     path = features if features is not None else default_features()
     if episodes_file is not None:
         given = {
@@ -245,7 +246,10 @@ def evaluate(
         clash = [flag for flag, there in given.items() if there]
         if clash:
             raise UsageError(f"--episodes-file sets the episodes; drop {', '.join(clash)}")
-    claim_outputs([output], [path, base_mean, labels, config, episodes_file], binary=[save_episodes, plot], force=force)
+    inputs = [path, base_mean, labels, config, episodes_file]
+    checks = [lambda: output_format(fmt, output)]
+    claim_outputs([output], inputs, binary=[save_episodes, plot], force=force, checks=checks)
+    fmt = output_format(fmt, output)
     if plot is not None:
         from diffshot.plot.backend import figure_format
 

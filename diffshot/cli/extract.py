@@ -176,9 +176,9 @@ def extract(
         trust_checkpoint=trust_checkpoint,
         skip_bad_images=skip_bad_images,
     )
-    check_extension("--output", output, HDF5_SUFFIXES)
     check_extraction(request)
-    claim_outputs([], request.inputs, binary=request.outputs, force=force)
+    checks = [lambda: check_extension("--output", output, HDF5_SUFFIXES)]
+    claim_outputs([], request.inputs, binary=request.outputs, force=force, checks=checks)
     try:
         with progress_hook(quiet, progress_mode) as hook:
             result = run_extraction(request, on_batch=hook)

@@ -36,8 +36,7 @@ def plot(
     force: Force = False,
 ) -> None:
     """Draw accuracy vs shots, paired differences, a τ × T heat map or a confusion matrix, chosen by the input."""
-    figure_format(output)
-    claim_outputs([], [*inputs, labels, support], binary=[output], force=force)
+    claim_outputs([], [*inputs, labels, support], binary=[output], force=force, checks=[lambda: figure_format(output)])
     kind, drawn = render(inputs, labels, method, baseline, support)
     save_figure(drawn.figure, output)
     if not quiet:

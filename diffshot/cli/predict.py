@@ -142,8 +142,9 @@ def predict(
 ) -> None:
     """Label a query set by running a method on support + queries as one task (diffusion: a sparse FAISS graph)."""
     start = time.perf_counter()
+    inputs = [support, query, config, support_labels, query_labels]
+    claim_outputs([output], inputs, force=force, checks=[lambda: _format(fmt, output)])
     out_format = _format(fmt, output)
-    claim_outputs([output], [support, query, config, support_labels, query_labels], force=force)
     rejection = parse_reject(reject)
     set_threads(threads)
     on_dask = _check_dask(workers, scheduler)

@@ -116,12 +116,12 @@ def separability(
     set_threads(threads)
     if fmt not in ("table", "json"):
         raise UsageError(f"--format {fmt!r}: choose table or json")
-    check_extension("--output", output, (".json",))
     wanted = parse_layers(layers)
     if show_episode is not None and plot is None:
         raise UsageError("--show-episode needs --plot FIG (the episode view is written beside it)")
     view = None if show_episode is None or plot is None else episode_plot_path(plot, show_episode)
-    claim_outputs([output], [features, labels], binary=[plot, view], force=force)
+    checks = [lambda: check_extension("--output", output, (".json",))]
+    claim_outputs([output], [features, labels], binary=[plot, view], force=force, checks=checks)
     if plot is not None:
         from diffshot.plot.backend import figure, figure_format
 

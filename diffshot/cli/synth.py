@@ -22,8 +22,8 @@ def synth(
     quiet: Quiet = False,
 ) -> None:
     """Generate SYNTHETIC features: classes made of clusters on low-dimensional pieces of the space."""
-    check_extension("OUTPUT", output, HDF5_SUFFIXES)
-    claim_outputs([], [], binary=[output], force=force)
+    checks = [lambda: check_extension("OUTPUT", output, HDF5_SUFFIXES)]
+    claim_outputs([], [], binary=[output], force=force, checks=checks)
     fs = synthesise(SynthSpec(seed=seed, dim=dim, rows_per_class=rows_per_class))
     write_canonical(fs, output)
     if not quiet:

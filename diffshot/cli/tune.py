@@ -143,10 +143,10 @@ def tune(
             f"--shots {', '.join(map(str, counts))}: tune ranks one shot count at a time; run it once per count"
         )
     shots = counts[0]
-    check_extension("--output", output, (".toml",))
-    check_extension("--grid-json", grid_json, (".json",))
     replacing = output.exists() and str(output) != "-"
-    claim_outputs([output, grid_json], [features, labels], force=force)
+    checks = [lambda: check_extension("--output", output, (".toml",))]
+    checks.append(lambda: check_extension("--grid-json", grid_json, (".json",)))
+    claim_outputs([output, grid_json], [features, labels], force=force, checks=checks)
     named = {"step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
     grid = grid_axes(found, named | {"rectify": rectify, "shift": shift}, grid_items or [])
     spec = EpisodeSpec(ways, shots, queries)

@@ -24,16 +24,17 @@ PAPER_SIGMA = 4
 def auto_n_top(shots: float, points_per_class: float, balanced: bool = False) -> int:
     """n_top adapted to the task: a point keeps about as many neighbours as there are queries per shot.
 
-    With m = points per class and q = m − shots queries per class: n_top = 8 (the paper's) when
-    m ≥ 16, the regime the paper tuned for (16 or 20 points per class); n_top = 2 when several shots
-    face no more queries than shots — the graph keeps only the point itself, so only the shift acts
+    With m = points per class and q = m − shots queries per class: n_top = 2 when several shots face
+    no more queries than shots — the graph keeps only the point itself, so only the shift acts
     (diffusion among many labelled and few unlabelled points mixes neighbouring classes' prototypes);
-    else 2 + ⌈q / shots⌉, capped at 8 (one shot and one query gives 3, measured best). Under the
-    ``balanced`` assignment n_top = 2 already from q ≤ shots: the Sinkhorn does the transductive work,
-    and a graph over one shot and one query per class only blurs it (measured on BANKING77's val split).
+    else 2 + ⌈q / shots⌉, capped at 8 (the paper's; one shot and one query gives 3, measured best; 5 shots
+    and 15 queries give 5, measured above the paper's 8 on BANKING77's val split at 5 and 10 ways,
+    docs/methods.md). Under the ``balanced`` assignment n_top = 2 already from q ≤ shots, and the paper's 8
+    from m ≥ 16, the regime it tuned for: the Sinkhorn does the transductive work (measured on BANKING77's
+    val split).
     """
     queries = points_per_class - shots
-    if points_per_class >= 16:
+    if balanced and points_per_class >= 16:
         return PAPER_N_TOP
     if (shots > 1 or balanced) and queries <= shots:
         return 2

@@ -59,3 +59,66 @@ def anchor_support_(operator: torch.Tensor, num_support: int) -> torch.Tensor:
     eye = torch.eye(operator.shape[-1], dtype=operator.dtype, device=operator.device)
     operator[..., :num_support, :] = eye[:num_support]
     return operator
+
+
+def proportion_em_points(
+    x: torch.Tensor,
+    support_labels: torch.Tensor,
+    ways: int,
+    lam: float,
+    steps: int,
+    alpha: float,
+    prior: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`proportion_em` on one task's points x [n, d] (support first): (prototypes [ways, d], log π [ways]).
+
+    The same updates in feature space, for one large task (``predict``): n × ways distances per step instead
+    of an n × n Gram matrix. Query scores are ``log π − lam·‖x − m‖²`` (:func:`share_scores`).
+    """
+    ns = support_labels.shape[-1]
+    queries = x[ns:]
+    onehot = F.one_hot(support_labels, ways).to(x.dtype)
+    support_sum, support_count = onehot.T @ x[:ns], onehot.sum(dim=0)
+    protos = support_sum / support_count.clamp_min(1.0)[:, None]
+    log_share = torch.full((ways,), -math.log(ways), dtype=x.dtype, device=x.device)
+    nq = queries.shape[0]
+    for _ in range(steps):
+        resp = torch.softmax(share_scores(queries, protos, log_share, lam), dim=-1)
+        mass = resp.sum(dim=0)
+        log_share = ((mass + prior) / (nq + ways * prior)).clamp_min(1e-12).log()
+        target = (support_sum + resp.T @ queries) / (support_count + mass).clamp_min(1e-30)[:, None]
+        protos = protos + alpha * (target - protos)
+    return protos, log_share
+
+
+def share_scores(points: torch.Tensor, protos: torch.Tensor, log_share: torch.Tensor, lam: float) -> torch.Tensor:
+    """log π_c − λ‖x − m_c‖² [n, ways]: the log-posteriors of the share EM, up to a constant per point."""
+    sq = (points * points).sum(-1, keepdim=True) - 2.0 * points @ protos.T + (protos * protos).sum(-1)
+    return log_share - lam * sq.clamp_min(0.0)
+
+
+def share_shift_gram(g: torch.Tensor, support_labels: torch.Tensor, ways: int, share: torch.Tensor) -> torch.Tensor:
+    """The Gram matrix [E, n, n] after the queries are shifted so that their mean is Σ_c π_c·μ_c (a new tensor).
+
+    μ_c is the mean of class c's support and π [E, ways] the estimated query shares: the cross-domain shift
+    (query mean := support mean) with each class weighted by its share of the queries instead of equally,
+    so that classes without queries do not pull the queries towards themselves. x_q ← x_q + δ with
+    δ = w·x, w = Σ_c π_c·(support averaging row c) − (query averaging row).
+    """
+    ns, n = support_labels.shape[-1], g.shape[-1]
+    w = (share[..., None] * support_averaging(support_labels, ways, n, g.dtype)).sum(dim=-2)
+    w[..., ns:] -= 1.0 / (n - ns)
+    along = (g @ w[..., None])[..., 0]
+    shifted = g.clone()
+    shifted[..., ns:, :] += along[..., None, :]
+    shifted[..., :, ns:] += along[..., :, None]
+    shifted[..., ns:, ns:] += (along * w).sum(dim=-1)[..., None, None]
+    return shifted
+
+
+def share_shift_(x: torch.Tensor, support_labels: torch.Tensor, ways: int, share: torch.Tensor) -> torch.Tensor:
+    """:func:`share_shift_gram` on the points x [..., n, d] themselves (support first), in place."""
+    ns = support_labels.shape[-1]
+    means = support_averaging(support_labels, ways, ns, x.dtype) @ x[..., :ns, :]
+    x[..., ns:, :] += share[..., None, :] @ means - x[..., ns:, :].mean(dim=-2, keepdim=True)
+    return x

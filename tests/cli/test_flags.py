@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from diffshot.cli import app
 from diffshot.cli.common import as_flags, command_flags
+from diffshot.cli.compare import compare
 from diffshot.cli.evaluate import evaluate
 from diffshot.cli.extract import extract
 from diffshot.cli.plot import plot
@@ -49,6 +50,11 @@ def test_another_commands_option_becomes_its_flag() -> None:
         as_flags("run tune with grid_json=FILE.json and plot that", plot)
         == "run tune with --grid-json FILE.json and plot that"
     )
+
+
+def test_another_commands_bare_name_stays_a_name() -> None:
+    """A bare name that is only another command's option (a JSON key of compare's input) is not made a flag."""
+    assert as_flags("r.json: its episodes_file is not a path", compare) == "r.json: its episodes_file is not a path"
 
 
 def test_library_messages_name_parameters_and_the_cli_names_flags(synthetic: FeatureSet, tmp_path) -> None:

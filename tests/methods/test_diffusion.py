@@ -83,7 +83,7 @@ def test_batched_diffusion_matches_unbatched_reference_on_real_episodes(banking7
         centre = torch.from_numpy(banking77.base_mean).double()
         labels = torch.from_numpy(indices.support_labels)
         batch = Episodes(gather(features, indices), labels, 5, centre)
-        params = get_method("diffusion").parse({"n_top": 8, "sigma": 4})
+        params = get_method("diffusion").parse({"n_top": 8, "sigma": 4, "assign": "nearest"})
         batched = get_method("diffusion").score(batch, params).argmax(-1)
         agree, ties = 0, 0
         for e in range(indices.num_episodes):
@@ -100,7 +100,8 @@ def test_batched_diffusion_matches_unbatched_reference_on_real_episodes(banking7
     ("ways", "shots", "queries", "expected"),
     [
         (5, 1, 15, (8, 4)),
-        (5, 5, 15, (8, 4)),
+        (5, 5, 15, (5, 4)),
+        (30, 5, 15, (5, 4)),
         (5, 1, 1, (3, 3)),
         (5, 1, 3, (5, 4)),
         (20, 5, 1, (2, 2)),
@@ -115,6 +116,8 @@ def test_auto_graph_reduces_to_the_paper_setting(ways: int, shots: int, queries:
     assert episode_graph_size(batch, "auto", "auto") == expected
     assert episode_graph_size(batch, 6, "auto") == (6, 4)
     assert episode_graph_size(batch, "auto", 1)[1] == 1
+    if shots + queries >= 16:
+        assert episode_graph_size(batch, "auto", "auto", balanced=True) == (8, 4)  # the paper's, under the Sinkhorn
 
 
 def test_method_scores_do_not_depend_on_batching(synthetic: FeatureSet) -> None:

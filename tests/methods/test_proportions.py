@@ -55,7 +55,7 @@ def test_estimated_labels_an_episode_with_absent_classes_and_gates_per_episode()
     truth = [torch.tensor([0] * 10 + [2] * 10 + [4] * 10), torch.arange(5).repeat_interleave(6)]
     for e in range(2):
         assert torch.equal(scores[e, : truth[e].numel()].argmax(-1), truth[e])
-    nearest = get_method("diffusion").score(episodes, get_method("diffusion").parse({}))
+    nearest = get_method("diffusion").score(episodes, get_method("diffusion").parse({"assign": "nearest"}))
     assert torch.equal(scores[1], nearest[1])  # no scarce class: exactly the nearest prototype
     assert not torch.equal(scores[0], nearest[0])
 

@@ -57,7 +57,7 @@ def test_streamed_exact_path_equals_in_memory(noisy_task, monkeypatch: pytest.Mo
     read = stream.read_window
     monkeypatch.setattr(stream, "read_window", lambda ds, a, b: shapes.append((b - a,)) or read(ds, a, b))
     options = PredictOptions(index="flat", exact_limit=10**9)
-    expected = predict(support, query, "diffusion", options)
+    expected = predict(support, query, "diffusion:assign=nearest", options)
     with contextlib.ExitStack() as stack:
         rows = open_query(stack, path, block_rows=BLOCK)
         got = predict(support, rows, method_runs(["diffusion"])[0], options)
@@ -115,7 +115,8 @@ def predict_both_ways(
 
 def test_cli_block_rows_writes_the_same_csv(noisy_task, tmp_path: Path) -> None:
     support, _, path = noisy_task
-    outputs, _ = predict_both_ways(support, path, tmp_path, 5000, ["--exact-limit", "100000"])
+    extra = ["--exact-limit", "100000", "-m", "diffusion:assign=nearest"]  # streamed predict decides by nearest
+    outputs, _ = predict_both_ways(support, path, tmp_path, 5000, extra)
     assert len(outputs["stream"]) == ROWS
     assert [r["class"] for r in outputs["stream"]] == [r["class"] for r in outputs["memory"]]
     assert [r["row"] for r in outputs["stream"]] == [r["row"] for r in outputs["memory"]]
@@ -158,7 +159,7 @@ def open_task(banking77: FeatureSet, tmp_path_factory: pytest.TempPathFactory) -
 def test_streamed_unknown_scores_and_rejection_equal_in_memory(open_task, monkeypatch: pytest.MonkeyPatch) -> None:
     support, query, path = open_task
     options = PredictOptions(index="flat", exact_limit=10**9, reject=Rejection("auto"))
-    expected = predict(support, query, "diffusion", options)
+    expected = predict(support, query, "diffusion:assign=nearest", options)
     n = support.num_rows + query.num_rows
     monkeypatch.setattr(diffusion, "SLAB_BUDGET", 8 * n * 100)  # 4 slabs of at most 100 of the 384 columns
     with contextlib.ExitStack() as stack:
@@ -177,7 +178,8 @@ def test_streamed_unknown_scores_and_rejection_equal_in_memory(open_task, monkey
 
 def test_cli_streamed_reject_writes_the_same_classes(open_task, tmp_path: Path) -> None:
     support, _, path = open_task
-    outputs, printed = predict_both_ways(support, path, tmp_path, 1000, ["--reject", "auto", "--unknown-name", "other"])
+    extra = ["--reject", "auto", "--unknown-name", "other", "-m", "diffusion:assign=nearest"]
+    outputs, printed = predict_both_ways(support, path, tmp_path, 1000, extra)
     assert all("rejected" in text and "unknown recall" in text for text in printed.values())
     classes = {name: [r["class"] for r in rows] for name, rows in outputs.items()}
     assert "other" in classes["stream"]
