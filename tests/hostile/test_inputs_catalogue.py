@@ -108,7 +108,7 @@ CASES: list[tuple[tuple[str, ...], list[str], int, str]] = [
     # synth parameters
     ((), ["synth", "o.h5", "--dim", "0"], 2, "dim must be an integer from 1 to 65,536, got 0"),
     ((), ["synth", "o.h5", "--dim", "100000000"], 2, "dim must be an integer from 1 to 65,536"),
-    ((), ["synth", "o.h5", "--rows-per-class", "0"], 2, "rows_per_class must be an integer from 2"),
+    ((), ["synth", "o.h5", "--rows-per-class", "0"], 2, "rows-per-class must be an integer from 2 to 1,000,000, got 0"),
     ((), ["synth", "o.h5", "--seed", "-1"], 2, "seed must be an integer from 0 to 2**64 - 1, got -1"),
     # the small ones: empty list items
     (("in.h5",), ["evaluate", "in.h5", "-m", ""], 2, "--method '': an empty item"),

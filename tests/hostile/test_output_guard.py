@@ -74,7 +74,8 @@ MAKERS: dict[str, Callable[[Path], Path]] = {
     "res.json": _results,
     "imgs/c0/0.png": _images,
 }
-SUFFIX = {"plot": ".png", "convert": ".h5", "extract": ".h5", "batch": ".xml"}
+SAME_NAME = {"evaluate": "in.json", "predict": "in.csv", "tune": "in.toml", "separability": "in.json"}
+SUFFIX = {"plot": ".png", "convert": ".h5", "extract": ".h5", "batch": ".xml", "tune": ".toml"}
 
 
 def _writes_files(command: Callable[..., object]) -> bool:
@@ -100,6 +101,12 @@ def test_an_output_onto_an_input_is_refused(tmp_path: Path, command: str, how: s
         os.symlink(source, tmp_path / out)
     elif how == "hardlink":
         os.link(source, tmp_path / out)
+    if how == "same" and command in ("extract", "plot"):
+        pytest.skip("covered by the image-folder and r.png tests below (the output's suffix names an image)")
+    if how == "same" and command in SAME_NAME:  # the output's suffix is checked first: name the input to match
+        source = source.rename(tmp_path / SAME_NAME[command])
+        out = source.name
+        args = [out if a == "in.h5" else a for a in args]
     argv = [out if a == "OUT" else a for a in args]
     probe(argv, cwd=tmp_path, inputs=[source], contains=[out, "the input", "choose another output"])
 
@@ -111,10 +118,11 @@ def test_extract_output_inside_the_image_folder_is_refused(tmp_path: Path) -> No
     assert not (tmp_path / "imgs" / "c0" / "new.h5").exists()
 
 
-def test_extract_output_onto_an_image_is_refused(tmp_path: Path) -> None:
+def test_extract_output_linking_to_an_image_is_refused(tmp_path: Path) -> None:
     image = _images(tmp_path)
-    argv = ["extract", "ck.pth", "imgs", "--arch", "conv4", "--grayscale", "-o", "imgs/c0/0.png"]
-    probe(argv, cwd=tmp_path, inputs=[image], contains=["imgs/c0/0.png", "inside the input folder imgs"])
+    os.symlink("imgs/c0/0.png", tmp_path / "out.h5")
+    argv = ["extract", "ck.pth", "imgs", "--arch", "conv4", "--grayscale", "-o", "out.h5"]
+    probe(argv, cwd=tmp_path, inputs=[image], contains=["out.h5: lies inside the input folder imgs"])
 
 
 @pytest.mark.parametrize("option", ["--plot", "-o"])
