@@ -1,4 +1,4 @@
-"""`diffshot separability`: the paper's distance-diameter ratio and accuracy after each diffusion layer."""
+"""`diffshot separability`: the paper's distance-diameter ratio and accuracy after each layer of a layer-wise method."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from diffshot.cli.common import (
     Threads,
     check_extension,
     claim_outputs,
+    fail,
     progress,
     show,
     stdout,
@@ -32,7 +33,7 @@ from diffshot.features import load_features
 from diffshot.report.separability import to_document
 from diffshot.report.table import Column, fit
 from diffshot.results import QUANTITIES
-from diffshot.run.separability import episode_view, measure, parse_layers, pca_2d
+from diffshot.run.separability import episode_view, measure, parse_layers, pca_2d, separability_run
 
 HEADERS = {
     "min_inter": "min\ninter-class",
@@ -42,6 +43,21 @@ HEADERS = {
     "accuracy": "accuracy (%)",
 }
 VIEW_DEFAULT_LAYER = 6
+
+
+def layer_assignments(items: list[str], method: str) -> dict[str, str]:
+    """``--set PARAM=VALUE`` (or ``METHOD.PARAM=VALUE`` naming ``method``) items as {param: value}.
+
+    A malformed item exits here, in the user's words, rather than through the parameter-to-flag rewording.
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        owner, _, name = key.strip().rpartition(".")
+        if not sep or not name or owner not in ("", method):
+            raise fail(f"--set {item!r}: expected PARAM=VALUE (or {method}.PARAM=VALUE), e.g. n_top=8", 2)
+        out[name.replace("-", "_")] = value
+    return out
 
 
 def episode_plot_path(plot: Path, index: int) -> Path:
@@ -58,6 +74,13 @@ def separability(
     episodes: Annotated[int, typer.Option(help="Episodes (the same ones evaluate draws for this seed).")] = 1000,
     layers: Annotated[str, typer.Option(help="Layers t to report: 0..20, 0,2,6 or 6 (0 = undiffused).")] = "0..20",
     seed: Annotated[int, typer.Option(help="Episode seed.")] = 0,
+    method: Annotated[
+        str, typer.Option("--method", "-m", help="Method to step layer by layer (one with a layer-wise view).")
+    ] = "diffusion",
+    set_params: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="PARAM=VALUE", help="A layer parameter of the method (repeatable)."),
+    ] = None,
     split: Annotated[
         str | None, typer.Option(help="Classes to sample (default: novel if the file has a split).")
     ] = None,
@@ -106,11 +129,18 @@ def separability(
         figure()  # fails now, with the one-line missing-extra error, rather than after the run
     overrides = {"step_size": step_size, "n_top": n_top, "sigma": sigma, "shift": shift, "knn": knn}
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    given = layer_assignments(set_params or [], method)
+    if set(given) & set(overrides):
+        raise fail(f"--set {', '.join(sorted(set(given) & set(overrides)))}: also given as its own option", 2)
+    overrides |= given
+    method = separability_run(method, overrides).method.name  # a usage error now, before any file is read
     spec = EpisodeSpec(ways, shots, queries)
     fs = load_features(features, allow_external=allow_external_data, labels_path=labels)
     with progress(quiet, episodes, "separability: episodes", progress_mode) as advance:
-        result = measure(fs, spec, wanted, episodes, seed, split, overrides, resolve_device(device), on_chunk=advance)
-    document = to_document(result, features, fs)
+        result = measure(
+            fs, spec, wanted, episodes, seed, split, overrides, resolve_device(device), method=method, on_chunk=advance
+        )
+    document = to_document(result, features, fs) | {"method": method}
     if output is not None:
         write_text_atomic(output, json.dumps(document, indent=2) + "\n")
     if fmt == "json":
@@ -131,7 +161,7 @@ def separability(
         save_figure(draw_separability(document, str(output or features)).figure, plot)
         if show_episode is not None:
             layer = view_layer if view_layer is not None else min(VIEW_DEFAULT_LAYER, wanted[-1]) or wanted[-1]
-            view = episode_view(fs, spec, show_episode, layer, seed, split, overrides)
+            view = episode_view(fs, spec, show_episode, layer, seed, split, overrides, method)
             title = separability_title(document).replace("separability: ", f"episode {show_episode} of ", 1)
             title = title.replace(f" · {episodes} episodes", "")
             coords = pca_2d(view.before), pca_2d(view.after)

@@ -1,4 +1,4 @@
-"""`diffshot tune`: grid-search the diffusion hyper-parameters on validation classes, write the best as TOML."""
+"""`diffshot tune`: grid-search a method's hyper-parameters on validation classes, write the best as TOML."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from diffshot.cli.common import (
     Threads,
     check_extension,
     claim_outputs,
+    fail,
     progress,
     show,
     stdout,
@@ -28,6 +29,7 @@ from diffshot.device import resolve_device, set_threads
 from diffshot.episodes import EpisodeSpec
 from diffshot.errors import UsageError
 from diffshot.features import load_features
+from diffshot.methods import REGISTRY, Method, get_method
 from diffshot.report.table import Column, fit
 from diffshot.report.tune import write_tune_json
 from diffshot.run.config import write_config
@@ -35,6 +37,7 @@ from diffshot.run.tune import METHOD, TuneResult, step_layer_view
 from diffshot.run.tune import tune as run_tune
 
 AXIS_HELP = "Comma-separated values to try"
+HEADERS = {"step_size": "τ", "layers": "T"}  # diffusion's axes as the paper names them
 
 
 def _axis(text: str | None) -> list[str] | None:
@@ -42,6 +45,43 @@ def _axis(text: str | None) -> list[str] | None:
     if text is None:
         return None
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def tuned_method(name: str) -> Method:
+    """The registered method ``name`` if it declares a grid to tune; else a usage error naming those that do."""
+    found = get_method(name)
+    if not found.grid:
+        able = ", ".join(m.name for m in REGISTRY.values() if m.grid)
+        raise UsageError(f"method {found.name} declares no grid to tune; tune runs {able}")
+    return found
+
+
+def grid_axes(found: Method, named: dict[str, str | None], items: list[str]) -> dict[str, list[str]]:
+    """The axes to replace: diffusion's named options (``--step-size``…) and ``--grid PARAM=V1,V2`` items, each
+    checked to be an axis of ``found``'s grid; a named option with another method, or an axis twice, is refused.
+
+    These messages echo the user's words, so they exit here rather than through the parameter-to-flag rewording.
+    """
+    axes = tuple(key for key, _ in found.grid)
+    grid: dict[str, list[str]] = {}
+    for key, text in named.items():
+        if text is None:
+            continue
+        if found.name != METHOD:
+            flag = "--" + key.replace("_", "-")
+            raise fail(f"{flag} is a diffusion option; for {found.name} give --grid PARAM=V1,V2 ({', '.join(axes)})", 2)
+        grid[key] = _axis(text) or []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise fail(f"--grid {item!r}: expected PARAM=V1,V2, e.g. {axes[0]}=1,2", 2)
+        if key not in axes:
+            raise fail(f"--grid {item!r}: {found.name} tunes {', '.join(axes)}, not {key!r}", 2)
+        if key in grid:
+            raise fail(f"--grid {item!r}: the {key} axis is given twice", 2)
+        grid[key] = _axis(text) or []
+    return grid
 
 
 @user_errors
@@ -57,6 +97,15 @@ def tune(
     queries: Annotated[int, typer.Option(help="Query rows per class.")] = 15,
     episodes: Annotated[int, typer.Option(help="Episodes, the same for every configuration.")] = 2000,
     seed: Annotated[int, typer.Option(help="Episode seed.")] = 0,
+    method: Annotated[
+        str, typer.Option("--method", "-m", help="Method to tune (one that declares a grid; see `diffshot methods`).")
+    ] = METHOD,
+    grid_items: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--grid", metavar="PARAM=V1,V2", help="Values to try for an axis of the method's grid (repeatable)."
+        ),
+    ] = None,
     step_size: Annotated[str | None, typer.Option(help=f"{AXIS_HELP} for τ (default 0.1,0.25,0.5,0.75,1).")] = None,
     layers: Annotated[str | None, typer.Option(help=f"{AXIS_HELP} for T (default 1,2,4,6,8,12).")] = None,
     n_top: Annotated[str | None, typer.Option(help=f"{AXIS_HELP} for n_top (default auto).")] = None,
@@ -85,8 +134,9 @@ def tune(
     allow_external_data: AllowExternal = False,
     threads: Threads = None,
 ) -> None:
-    """Rank a grid of diffusion settings on the same episodes of the val classes; write the best to TOML."""
+    """Rank a grid of a method's settings on the same episodes of the val classes; write the best to TOML."""
     set_threads(threads)
+    found = tuned_method(method)
     counts = list(dict.fromkeys(shots or [1]))
     if len(counts) > 1:
         raise UsageError(
@@ -97,9 +147,8 @@ def tune(
     checks = [lambda: check_extension("--output", output, (".toml",))]
     checks.append(lambda: check_extension("--grid-json", grid_json, (".json",)))
     claim_outputs([output, grid_json], [features, labels], force=force, checks=checks)
-    axes = {"step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
-    axes |= {"rectify": rectify, "shift": shift}
-    grid = {k: v for k, v in ((k, _axis(t)) for k, t in axes.items()) if v is not None}
+    named = {"step_size": step_size, "layers": layers, "n_top": n_top, "sigma": sigma}
+    grid = grid_axes(found, named | {"rectify": rectify, "shift": shift}, grid_items or [])
     spec = EpisodeSpec(ways, shots, queries)
     fs = load_features(features, allow_external=allow_external_data, labels_path=labels)
     setting = f"tuning {ways}-way {shots}-shot"
@@ -115,6 +164,7 @@ def tune(
             str(resolve_device(device)),
             on_chunk=lambda done, point: advance(done, f"{setting} · {point}"),
             calibrate=calibrate,
+            method=found.name,
         )
     best = result.best
     summary = best.result.summary
@@ -125,13 +175,14 @@ def tune(
     ]
     calibration = None
     if result.temperature is not None:
-        calibration = {METHOD: result.temperature}
+        calibration = {found.name: result.temperature}
         comments.append(f"confidence temperature {result.temperature:.6g} of the best: {result.temperature_note}")
-    write_config(output, {METHOD: best.result.params}, comments, calibration)
+    write_config(output, {found.name: best.result.params}, comments, calibration)
     if grid_json is not None:
         write_tune_json(grid_json, result, features, fs)
     show(_ranked_table(result, top))
-    show(_view_table(result))
+    if {"step_size", "layers"} <= set(result.grid):
+        show(_view_table(result))
     if result.temperature is not None:
         stdout.print(
             f"confidence temperature {result.temperature:.4g} on {split}: {result.temperature_note}; "
@@ -156,15 +207,9 @@ def _ranked_table(result: TuneResult, top: int) -> list[RenderableType]:
     params = [entry.params for entry in entries]
     columns = [Column("rank", [str(rank) for rank in range(1, len(entries) + 1)])]
     same = []
-    for key, header in (
-        ("step_size", "τ"),
-        ("layers", "T"),
-        ("n_top", "n_top"),
-        ("sigma", "sigma"),
-        ("rectify", "rectify"),
-        ("shift", "shift"),
-    ):
-        cells = [f"{p[key]:g}" if key == "step_size" else str(p[key]) for p in params]
+    for key in result.grid:
+        header = HEADERS.get(key, key)
+        cells = [f"{p[key]:g}" if isinstance(p[key], float) else str(p[key]) for p in params]
         if len(set(cells)) == 1 and len(cells) > 1:
             same.append(f"{header} {cells[0]}")
         else:

@@ -177,3 +177,33 @@ def test_a_method_with_the_layerwise_hook_runs_separability(synthetic: FeatureSe
     assert result.params == {}
     with pytest.raises(UsageError, match="method simpleshot has no layer-by-layer view; separability runs diffusion"):
         measure(synthetic, spec, [0], episodes=2, method="simpleshot")
+
+
+def test_cli_runs_a_layerwise_method_by_name(tmp_path: Path) -> None:
+    """``separability -m testguess`` steps the method's own layers (contractions: every layer keeps the
+    nearest-prototype decisions, so accuracy is the same at each); a method without the hook exits 2."""
+    out = tmp_path / "guess.json"
+    args = ["separability", str(DEMO), "-m", "testguess", "--episodes", "20", "--layers", "0..3", "-o", str(out)]
+    done = runner.invoke(app, args)
+    assert done.exit_code == 0, done.stderr
+    document = json.loads(out.read_text())
+    assert document["method"] == "testguess" and document["params"] == {}
+    accuracy = [e["accuracy"]["mean"] for e in document["layers"]]
+    assert len(accuracy) == 4 and len(set(accuracy)) == 1
+    diffusion = runner.invoke(app, [*args[:2], "--episodes", "20", "--layers", "0..3", "--format", "json"])
+    assert json.loads(diffusion.stdout)["method"] == "diffusion" and "n_top" in json.loads(diffusion.stdout)["params"]
+    same = runner.invoke(app, [*args[:2], "--episodes", "5", "--layers", "2", "--set", "n_top=8", "--format", "json"])
+    assert same.exit_code == 0 and json.loads(same.stdout)["params"]["n_top"] == 8
+    cases = [
+        (["-m", "simpleshot"], "method simpleshot has no layer-by-layer view; separability runs diffusion"),
+        (["-m", "testguess", "--set", "scale=5"], "separability takes only no parameters of testguess; got scale"),
+        (["--set", "n_top=8", "--n-top", "5"], "--set n_top: also given as its own option"),
+        (["--set", "ptmap.lam=1"], "expected PARAM=VALUE (or diffusion.PARAM=VALUE)"),
+    ]
+    for extra, message in cases:
+        refused = runner.invoke(
+            app, ["separability", str(DEMO), "--episodes", "3", "-o", str(tmp_path / "x.json"), *extra]
+        )
+        assert refused.exit_code == 2 and message in refused.stderr, (extra, refused.stderr)
+        assert len(refused.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.json").exists()

@@ -12,11 +12,12 @@ from diffshot.cli import app
 from diffshot.episodes import EpisodeSpec
 from diffshot.errors import DiffshotError
 from diffshot.features import FeatureSet
-from diffshot.run.config import read_config, write_config
+from diffshot.run.config import read_calibration, read_config, write_config
 from diffshot.run.evaluate import evaluate
 from diffshot.run.tune import edge_axes, step_layer_view, tune
 
 runner = CliRunner()
+DEMO = Path(__file__).resolve().parents[2] / "features" / "synthetic-demo.h5"
 SPEC = EpisodeSpec(5, 1, 15)
 
 
@@ -102,3 +103,34 @@ def test_tune_runs_any_method_over_its_declared_grid(synthetic: FeatureSet) -> N
     assert result.temperature is not None and result.temperature > 0
     with pytest.raises(DiffshotError, match="unknown grid axis 'layers'; choose from scale"):
         tune(synthetic, EpisodeSpec(5, 1, 5), {"layers": [1]}, episodes=5, split="val", method="testguess")
+
+
+def test_tune_cli_runs_a_method_by_name_and_writes_its_table(tmp_path: Path) -> None:
+    """``tune -m testguess`` ranks the method's own grid; ``--grid`` names its parameters; its table is written."""
+    out = tmp_path / "best.toml"
+    args = ["tune", str(DEMO), "-m", "testguess", "--episodes", "20", "--grid", "scale=1000,3000,5000", "-o", str(out)]
+    done = runner.invoke(app, args)
+    assert done.exit_code == 0, done.stderr
+    assert "3 configurations, ranked" in done.stdout and "scale" in done.stdout
+    assert "τ (rows) × T (columns)" not in done.stdout
+    config = read_config(out)
+    assert list(config) == ["testguess"] and config["testguess"]["scale"] in (1e3, 3e3, 5e3)
+    assert "testguess" in read_calibration(out)
+
+
+def test_tune_cli_refuses_a_method_without_a_grid_and_other_methods_axes(tmp_path: Path) -> None:
+    out = tmp_path / "best.toml"
+    cases = [
+        (["-m", "simpleshot"], "method simpleshot declares no grid to tune; tune runs diffusion"),
+        (["-m", "testguess", "--layers", "1,2"], "--layers is a diffusion option; for testguess give --grid"),
+        (["-m", "testguess", "--grid", "layers=1,2"], "testguess tunes scale, not 'layers'"),
+        (["--grid", "scale=1,2"], "diffusion tunes step_size, layers, n_top, sigma, rectify, shift, not 'scale'"),
+        (["--grid", "layers=1", "--layers", "2"], "the layers axis is given twice"),
+        (["--grid", "layers"], "expected PARAM=V1,V2"),
+        (["-m", "nosuch"], "unknown method 'nosuch'"),
+    ]
+    for extra, message in cases:
+        done = runner.invoke(app, ["tune", str(DEMO), "--episodes", "3", "-o", str(out), *extra])
+        assert done.exit_code == 2 and message in done.stderr, (extra, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists()
