@@ -46,6 +46,7 @@ from diffshot.ops.openset import otsu_rejection
 from diffshot.ops.preprocess import cl2n, transductive_gram, transductive_points
 from diffshot.ops.proportions import (
     anchor_support_,
+    effective_classes,
     proportion_em,
     proportion_em_points,
     share_scores,
@@ -104,9 +105,10 @@ class DiffusionParams:
         minimum=0.0,
     )
     min_queries: float = param(
-        5.0,
-        "assign = estimated: below this many queries per class on average, shares are not estimated "
-        "(nearest prototype; measured: docs/methods.md)",
+        4.0,
+        "assign = estimated: below this many queries per class that looks present (the effective number of "
+        "classes of the estimated shares, exp of their entropy), shares are not used (nearest prototype; "
+        "measured: docs/methods.md)",
         minimum=0.0,
     )
 
@@ -134,20 +136,24 @@ def graph_and_steps(episodes: Episodes, params: DiffusionParams) -> tuple[torch.
 
 def estimated_scores(episodes: Episodes, params: DiffusionParams) -> tuple[torch.Tensor, torch.Tensor]:
     """assign = estimated: class shares π̂ estimated by EM on the CL2N queries; nearest diffused prototype
-    where every share is at least scarce / ways (or queries are fewer than min_queries per class), else the
-    scarce decision (:func:`scarce_scores`). Returns (scores, π̂; uniform when not estimated).
+    where every share is at least scarce / ways (or there are fewer than min_queries queries per class that looks
+    present, nq < min_queries · exp H(π̂)), else the scarce decision (:func:`scarce_scores`). Returns (scores, π̂;
+    uniform when not used).
 
     The shift (query mean := support mean) and the diffusion of labelled points both assume that every
     class has its share of the queries; an episode where one looks scarce or absent drops both.
     """
     ns, ways = episodes.num_support, episodes.ways
+    nq = episodes.points.shape[-2] - ns
     scores = score(episodes, dataclasses.replace(params, assign="nearest"))
     share = torch.full((episodes.num_episodes, ways), 1.0 / ways, dtype=scores.dtype, device=scores.device)
-    if episodes.points.shape[-2] - ns < params.min_queries * ways:
+    if nq < params.min_queries:
         return scores, share
     raw = transductive_gram(episodes.points, episodes.centre, ns, shift=False)
-    _, share = proportion_em(raw, episodes.support_labels, ways, params.em_lam, PTMAP_STEPS, PTMAP_ALPHA, params.prior)
-    scarce = (share.amin(dim=-1) * ways < params.scarce).nonzero()[:, 0]
+    _, found = proportion_em(raw, episodes.support_labels, ways, params.em_lam, PTMAP_STEPS, PTMAP_ALPHA, params.prior)
+    estimated = nq >= params.min_queries * effective_classes(found)
+    share = torch.where(estimated[:, None], found, share)
+    scarce = (estimated & (share.amin(dim=-1) * ways < params.scarce)).nonzero()[:, 0]
     if scarce.numel():
         subset = Episodes(episodes.points[scarce], episodes.support_labels[scarce], ways, episodes.centre)
         scores[scarce] = scarce_scores(subset, params, raw[scarce], share[scarce])
@@ -331,7 +337,8 @@ def estimated_large_task(task: Task, params: DiffusionParams) -> TaskScores | No
     raw = cl2n(task.points, task.centre)
     _, log_share = proportion_em_points(raw, labels, ways, params.em_lam, PTMAP_STEPS, PTMAP_ALPHA, params.prior)
     share = log_share.exp()
-    if raw.shape[0] - ns < params.min_queries * ways or float(share.min()) * ways >= params.scarce:
+    few = raw.shape[0] - ns < params.min_queries * float(effective_classes(share))
+    if few or float(share.min()) * ways >= params.scarce:
         return None
     one_shot = ns < 2 * ways
     points = raw.clone() if one_shot else share_shift_(raw.clone(), labels, ways, share)

@@ -50,6 +50,15 @@ def proportion_em(
     return scores, log_share.exp()[..., 0, :]
 
 
+def effective_classes(share: torch.Tensor) -> torch.Tensor:
+    """exp(−Σ_c π_c log π_c) [...]: the number of classes the estimated shares π [..., ways] spread over.
+
+    Equal to ways for uniform shares and to M for M equal shares, so ``nq / effective_classes`` counts
+    queries per class that looks present: what the share estimate's reliability rests on.
+    """
+    return torch.exp(-(share * share.clamp_min(1e-30).log()).sum(dim=-1))
+
+
 def anchor_support_(operator: torch.Tensor, num_support: int) -> torch.Tensor:
     """The diffusion operator P [E, n, n] with its support rows set to the identity, in place: labelled points stay put.
 

@@ -10,7 +10,7 @@ from diffshot.features import FeatureSet
 from diffshot.methods import get_method
 from diffshot.methods.diffusion import estimated_scores
 from diffshot.ops.knn import gram
-from diffshot.ops.proportions import anchor_support_, proportion_em
+from diffshot.ops.proportions import anchor_support_, effective_classes, proportion_em
 from diffshot.run.evaluate import evaluate
 from tests.methods.test_registry import episodes_of
 
@@ -58,6 +58,22 @@ def test_estimated_labels_an_episode_with_absent_classes_and_gates_per_episode()
     nearest = get_method("diffusion").score(episodes, get_method("diffusion").parse({"assign": "nearest"}))
     assert torch.equal(scores[1], nearest[1])  # no scarce class: exactly the nearest prototype
     assert not torch.equal(scores[0], nearest[0])
+
+
+def test_effective_classes_counts_the_classes_shares_spread_over() -> None:
+    share = torch.tensor([[0.2] * 5, [0.5, 0.0, 0.5, 0.0, 0.0]], dtype=torch.float64)
+    assert torch.allclose(effective_classes(share), torch.tensor([5.0, 2.0], dtype=torch.float64))
+
+
+def test_few_queries_per_class_but_many_per_present_class_are_estimated() -> None:
+    """24 queries from 2 of 5 classes: under 5 per class (the old gate: nearest decision), 12 per present one."""
+    episodes = _clustered([[12, 0, 12, 0, 0]])
+    params = get_method("diffusion").parse({})
+    scores, share = estimated_scores(episodes, params)
+    assert share[0, [1, 3, 4]].max() < 0.5 / 5
+    assert torch.equal(scores[0].argmax(-1), torch.tensor([0] * 12 + [2] * 12))
+    nearest = get_method("diffusion").score(episodes, get_method("diffusion").parse({"assign": "nearest"}))
+    assert not torch.equal(scores, nearest)
 
 
 def test_anchored_operator_keeps_the_support_rows() -> None:
