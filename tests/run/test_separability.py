@@ -94,7 +94,7 @@ def test_accuracy_per_layer_is_evaluate_diffusion(demo: FeatureSet) -> None:
     spec = EpisodeSpec(5, 1, 15)
     result = measure(demo, spec, (0, 4), episodes=80, seed=5)
     for column, t in enumerate((0, 4)):
-        ev = evaluate(demo, [("diffusion", {"layers": t})], spec, episodes=80, seed=5)
+        ev = evaluate(demo, [("diffusion", {"layers": t, "assign": "nearest"})], spec, episodes=80, seed=5)
         same = np.mean(ev.results[0].accuracies == result.values["accuracy"][:, column])
         assert same >= 0.98 and result.summary("accuracy")[column].mean == pytest.approx(
             ev.results[0].summary.mean, abs=0.1
@@ -148,7 +148,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
 def test_banking77_layer_six_matches_evaluate(banking77: FeatureSet) -> None:
     spec = EpisodeSpec(5, 1, 15)
     result = measure(banking77, spec, (0, 6), episodes=300, seed=0)
-    ev = evaluate(banking77, [("diffusion", {"layers": 6})], spec, episodes=300, seed=0)
+    ev = evaluate(banking77, [("diffusion", {"layers": 6, "assign": "nearest"})], spec, episodes=300, seed=0)
     assert result.summary("accuracy")[1].mean == pytest.approx(ev.results[0].summary.mean, abs=0.05)
     ratio = result.summary("ratio")
     assert ratio[0].mean > ratio[1].mean  # measured: the paper's min/max ratio falls on BANKING77 (README)
@@ -160,7 +160,7 @@ def test_layer_t_accuracy_is_evaluate_at_layers_t_even_where_the_step_is_reduced
     with pytest.warns(UserWarning, match="was reduced in some episodes"):
         result = measure(synthetic, spec, [0, 3], episodes=40, params={"step_size": 2.0})
     with pytest.warns(UserWarning, match="was reduced in some episodes"):
-        layer3 = evaluate(synthetic, [("diffusion", {"step_size": 2.0, "layers": 3})], spec, episodes=40)
+        layer3 = evaluate(synthetic, [("diffusion", {"step_size": 2.0, "layers": 3, "assign": "nearest"})], spec, episodes=40)
     accuracy = result.values["accuracy"]
     assert np.allclose(accuracy[:, 1], layer3.results[0].accuracies)
 
