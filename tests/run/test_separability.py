@@ -160,7 +160,9 @@ def test_layer_t_accuracy_is_evaluate_at_layers_t_even_where_the_step_is_reduced
     with pytest.warns(UserWarning, match="was reduced in some episodes"):
         result = measure(synthetic, spec, [0, 3], episodes=40, params={"step_size": 2.0})
     with pytest.warns(UserWarning, match="was reduced in some episodes"):
-        layer3 = evaluate(synthetic, [("diffusion", {"step_size": 2.0, "layers": 3, "assign": "nearest"})], spec, episodes=40)
+        layer3 = evaluate(
+            synthetic, [("diffusion", {"step_size": 2.0, "layers": 3, "assign": "nearest"})], spec, episodes=40
+        )
     accuracy = result.values["accuracy"]
     assert np.allclose(accuracy[:, 1], layer3.results[0].accuracies)
 
