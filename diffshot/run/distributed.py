@@ -143,7 +143,7 @@ def check_workers(workers: int | None) -> None:
     """``--workers`` is a number of local processes: from 1 to this machine's cores (as ``--threads`` is)."""
     cores = os.cpu_count() or 1
     if workers is not None and (isinstance(workers, bool) or not 1 <= workers <= cores):
-        raise UsageError(f"--workers must be an integer from 1 to the {cores} CPU cores of this machine, got {workers}")
+        raise UsageError(f"workers={workers}: must be an integer from 1 to the {cores} CPU cores of this machine")
 
 
 def _received(sock: socket.socket, count: int, deadline: float, address: str) -> bytes:
@@ -156,7 +156,7 @@ def _received(sock: socket.socket, count: int, deadline: float, address: str) ->
         sock.settimeout(left)
         chunk = sock.recv(min(count - len(data), 1 << 16))
         if not chunk:
-            raise DiffshotError(f"--scheduler {address}: the peer closed the connection without a Dask handshake")
+            raise DiffshotError(f"scheduler={address}: the peer closed the connection without a Dask handshake")
         data += chunk
     return bytes(data)
 
@@ -174,27 +174,27 @@ def check_scheduler(address: str, timeout: float = HANDSHAKE_TIMEOUT_S) -> None:
         return
     host, sep, port = rest.rpartition(":")
     if not sep or not port.isdigit():
-        raise UsageError(f"--scheduler {address}: expected tcp://HOST:PORT")
+        raise UsageError(f"scheduler={address}: expected tcp://HOST:PORT")
     deadline = time.monotonic() + timeout
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
             size = int.from_bytes(_received(sock, 8, deadline, address), "little")
             if not 0 < size <= MAX_HANDSHAKE_BYTES:
                 raise DiffshotError(
-                    f"--scheduler {address}: not a Dask scheduler (its first message declares {size:,} bytes; "
+                    f"scheduler={address}: not a Dask scheduler (its first message declares {size:,} bytes; "
                     f"a scheduler's handshake is under {MAX_HANDSHAKE_BYTES:,})"
                 )
             body = _received(sock, size, deadline, address)
     except TimeoutError:
         raise DiffshotError(
-            f"--scheduler {address}: no Dask handshake within {timeout:g} s; not a Dask scheduler"
+            f"scheduler={address}: no Dask handshake within {timeout:g} s; not a Dask scheduler"
         ) from None
     except OSError as exc:
         raise DiffshotError(
-            f"--scheduler {address}: cannot connect to a Dask scheduler ({exc.strerror or type(exc).__name__})"
+            f"scheduler={address}: cannot connect to a Dask scheduler ({exc.strerror or type(exc).__name__})"
         ) from None
     if b"compression" not in body or b"pickle-protocol" not in body:
-        raise DiffshotError(f"--scheduler {address}: not a Dask scheduler (it answered with something else)")
+        raise DiffshotError(f"scheduler={address}: not a Dask scheduler (it answered with something else)")
 
 
 @contextlib.contextmanager

@@ -69,8 +69,8 @@ def test_bad_query_classes_are_one_line_usage_errors(value: object) -> None:
 @pytest.mark.parametrize(
     ("value", "needle"),
     [
-        ("0", "query_classes must be an integer from 1 to ways (5), got 0"),
-        ("6", "query_classes must be an integer from 1 to ways (5), got 6"),
+        ("0", "--query-classes must be an integer from 1 to ways (5), got 0"),
+        ("6", "--query-classes must be an integer from 1 to ways (5), got 6"),
         ("2.5", "Invalid value for '--query-classes'"),
         ("abc", "Invalid value for '--query-classes'"),
     ],
