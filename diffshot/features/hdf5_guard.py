@@ -23,6 +23,7 @@ def check_contained(handle: h5py.File, path: Path | str, allow_external: bool = 
     """
     seen: set[int] = set()
     groups: list[h5py.Group] = [handle]
+    softs: list[tuple[h5py.Group, str, str, str]] = []
     while groups:
         group = groups.pop()
         for name in group:
@@ -35,7 +36,7 @@ def check_contained(handle: h5py.File, path: Path | str, allow_external: bool = 
                     f"{path}: {where} is an external link to {link.filename}:{link.path}, outside this file; {OPT_IN}"
                 )
             if isinstance(link, h5py.SoftLink):
-                _check_soft_link(group, name, where, link.path, path)
+                softs.append((group, name, where, link.path))
                 continue
             if not isinstance(link, h5py.HardLink):
                 raise DiffshotError(f"{path}: {where} is a user-defined HDF5 link, which diffshot does not follow")
@@ -47,6 +48,8 @@ def check_contained(handle: h5py.File, path: Path | str, allow_external: bool = 
                 groups.append(obj)
             elif isinstance(obj, h5py.Dataset) and not allow_external:
                 _check_dataset(obj, where, path)
+    for group, name, where, target in softs:  # resolved only now: every external link has been refused
+        _check_soft_link(group, name, where, target, path)
 
 
 def _check_soft_link(group: h5py.Group, name: str, where: str, target: str, path: Path | str) -> None:

@@ -224,7 +224,7 @@ CARELESS_HDF5 = {
     "empty-features.h5": ({"features": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64)}, "no rows"),
     "scalar-names.h5": ({"features": FEATURES, "labels": LABELS, "class_names": np.bytes_("ab")}, "class_names"),
     "scalar-split.h5": ({"features": FEATURES, "labels": LABELS, "class_split": np.bytes_("base")}, "class_split"),
-    "string-mean.h5": ({"features": FEATURES, "labels": LABELS, "base_mean": np.bytes_("abcd")}, "base_mean"),
+    "string-mean.h5": ({"features": FEATURES, "labels": LABELS, "base_mean": np.bytes_("abcd")}, "base-mean must be"),
     "bad-utf8.h5": ({"features": FEATURES, "labels": np.array([b"\xff\xfe"] * 3 + [b"a"] * 3)}, "UTF-8"),
     "count-nan.h5": ({"all_feats": FEATURES, "all_labels": LABELS, "count": np.float64("nan")}, "'count'"),
     "count-inf.h5": ({"all_feats": FEATURES, "all_labels": LABELS, "count": np.float64("inf")}, "'count'"),
@@ -243,7 +243,7 @@ CARELESS_PICKLES = {
     "mixed.pkl": ({"features": FEATURES[:2], "labels": [1, "1"]}, "mix integers and strings"),
     "scalar-features.pkl": ({"features": np.float32(3), "labels": [1]}, "2-D array"),
     "scalar-names.pkl": ({"features": FEATURES, "labels": LABELS, "class_names": "ab"}, "class_names"),
-    "string-mean.pkl": ({"features": FEATURES, "labels": LABELS, "base_mean": "abcd"}, "base_mean"),
+    "string-mean.pkl": ({"features": FEATURES, "labels": LABELS, "base_mean": "abcd"}, "base-mean must be a 1-D"),
     "cycle.pkl": (None, "reference cycle"),
 }
 
