@@ -333,18 +333,19 @@ def run_evaluation(
                 request.split,
                 device,
                 request.chunk_size,
-                None
-                if on_progress is None
-                else (
-                    lambda finished, method, done=done, spec=spec: on_progress(
-                        done + finished, f"{spec.ways}-way {spec.shots}-shot · {method}"
-                    )
-                ),
+                _setting_progress(on_progress, done, spec),
                 request.temperatures,
                 record_rows=request.record_rows,
             )
         )
     return _run(request, fs, device, evaluations)
+
+
+def _setting_progress(on_progress: Progress | None, done: int, spec: EpisodeSpec) -> Progress | None:
+    """``on_progress`` for one shot setting: episodes counted from ``done``, the setting named in the status."""
+    if on_progress is None:
+        return None
+    return lambda finished, method: on_progress(done + finished, f"{spec.ways}-way {spec.shots}-shot · {method}")
 
 
 def _run(
@@ -393,13 +394,7 @@ def _replay(
                 fixed.split,
                 device,
                 request.chunk_size,
-                None
-                if on_progress is None
-                else (
-                    lambda finished, method, done=done, spec=spec: on_progress(
-                        done + finished, f"{spec.ways}-way {spec.shots}-shot · {method}"
-                    )
-                ),
+                _setting_progress(on_progress, done, spec),
                 request.temperatures,
                 record_rows=request.record_rows,
                 fixed=fixed,
