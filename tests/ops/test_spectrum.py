@@ -220,7 +220,7 @@ def test_predict_keeps_its_step_stable_where_the_raw_step_diverges(monkeypatch) 
         stable = predict(support, query, method)
     assert len([w for w in caught if "reduced" in str(w.message)]) == 1
     tau, bound = stable.details["step_size"], stable.details["lambda_max_bound"]
-    assert 0.5 * bound > 2.0 and tau < 0.5 and tau * bound <= 1.9 + 1e-9
+    assert 0.5 * bound > 2.0 and tau < 0.5 and tau * bound <= 1.9 + 5e-5 * tau + 1e-9  # bound is rounded to 4 places
     assert float(np.mean(stable.labels == query.labels)) >= float(np.mean(centroid.labels == query.labels)) - 0.01
     monkeypatch.setattr(spectrum, "stable_step_sparse", lambda lap, step: (step, float("nan")))
     raw = predict(support, query, method)
