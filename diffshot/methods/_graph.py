@@ -89,10 +89,12 @@ def graph_inputs(episodes: Episodes, shift: bool, knn: str) -> tuple[torch.Tenso
     return points, gram(points)
 
 
-def task_graph(task: Task, prepared: Prepared, n_top: int | str, sigma: int | str) -> tuple[torch.Tensor, int, int]:
+def task_graph(
+    task: Task, prepared: Prepared, n_top: int | str, sigma: int | str, balanced: bool = False
+) -> tuple[torch.Tensor, int, int]:
     """One large task's sparse graph W̃ of its prepared points, with the graph size the ``auto`` rule gives it."""
     n = prepared.n
-    top, width = graph_size(task.shots, task.points_per_class, n_top, sigma)
+    top, width = graph_size(task.shots, task.points_per_class, n_top, sigma, balanced)
     top, width = min(top, n), min(width, n)
     with task.search(prepared, max(top, width)) as (dist, ids):
         graph = sparse_graph(np.asarray(dist), np.asarray(ids, dtype=np.int64), top, width)

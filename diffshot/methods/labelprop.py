@@ -18,7 +18,6 @@ from diffshot.methods._graph import (
     graph_inputs,
     knn_param,
     n_top_param,
-    resolved_graph,
     sigma_param,
     task_graph,
 )
@@ -28,6 +27,7 @@ from diffshot.task import Task
 
 CG_TOLERANCE = 1e-6
 CG_MAX_ITERATIONS = 1000
+PROPAGATION_RULE = True  # the graph-size rule of the transductive decisions: the paper's 8 from 16 points per class
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +44,7 @@ class LabelpropParams:
 def score(episodes: Episodes, params: LabelpropParams) -> torch.Tensor:
     """Propagated label mass F = (I − αS)⁻¹Y of each query (Zhou et al. 2004, Eq. 4's closed form)."""
     points, inner = graph_inputs(episodes, params.shift, params.knn)
-    n_top, sigma = episode_graph_size(episodes, params.n_top, params.sigma)
+    n_top, sigma = episode_graph_size(episodes, params.n_top, params.sigma, PROPAGATION_RULE)
     s = degree_normalised(episode_graph(points, n_top, sigma, params.knn, inner))
     n, ns = s.shape[-1], episodes.num_support
     y = F.pad(F.one_hot(episodes.support_labels, episodes.ways).to(s.dtype), (0, 0, 0, n - ns))
@@ -72,6 +72,17 @@ def conjugate_gradients(apply: object, b: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def resolved_size(episodes: Episodes, params: LabelpropParams) -> dict[str, object]:
+    """The graph size ``auto`` gives on these episodes.
+
+    Label propagation keeps the balanced decision's rule (the paper's 8 from 16 points per class), never the
+    2-point graph that plain diffusion takes when shots outnumber queries: that graph has no edge for the
+    labels to propagate along.
+    """
+    n_top, sigma = episode_graph_size(episodes, params.n_top, params.sigma, PROPAGATION_RULE)
+    return {"n_top": n_top, "sigma": sigma}
+
+
 def large_task(task: Task, params: LabelpropParams) -> TaskScores:
     """F = (I − αS)⁻¹Y on one large task's sparse graph, by conjugate gradients (I − αS is positive definite).
 
@@ -79,7 +90,7 @@ def large_task(task: Task, params: LabelpropParams) -> TaskScores:
     """
     ns = task.num_support
     prepared = task.prepared(params.shift)
-    graph, n_top, sigma = task_graph(task, prepared, params.n_top, params.sigma)
+    graph, n_top, sigma = task_graph(task, prepared, params.n_top, params.sigma, PROPAGATION_RULE)
     n, support = prepared.n, prepared.support
     s = to_csr(degree_normalised(graph)).to(support.device)
     y = F.pad(F.one_hot(task.support_labels, task.ways).to(support.dtype), (0, 0, 0, n - ns))
@@ -93,6 +104,6 @@ METHOD = Method(
     params=LabelpropParams,
     score=score,
     transductive=True,
-    resolve_auto=resolved_graph,
+    resolve_auto=resolved_size,
     large_task=large_task,
 )
